@@ -1,0 +1,19 @@
+"""notifyq: Postgres as your job queue."""
+
+from notifyq.client import enqueue
+from notifyq.errors import Discard, NotifyqError, Retry, Snooze
+from notifyq.models import Job, JobState
+from notifyq.registry import Registry
+from notifyq.retry import Backoff
+
+__all__ = [
+    "Backoff",
+    "Discard",
+    "Job",
+    "JobState",
+    "NotifyqError",
+    "Registry",
+    "Retry",
+    "Snooze",
+    "enqueue",
+]

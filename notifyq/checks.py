@@ -1,0 +1,80 @@
+"""`notifyq check`: connectivity, schema, LISTEN round trip, and queued work that no handler takes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from notifyq import migrate, queries
+from notifyq.config import Settings
+from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, NotifyqError
+from notifyq.registry import load_app
+from notifyq.store import Store, connect, safe_dsn
+
+
+async def run_checks(settings: Settings, echo: Callable[[str], Any]) -> bool:
+    """Print one line per check; True when nothing is wrong (warnings do not fail)."""
+    try:
+        store = await Store.open(settings.dsn, max_size=2, statement_cache_size=settings.statement_cache_size)
+    except (DatabaseUnavailable, DatabaseConfigError) as exc:
+        echo(f"FAIL  database: cannot connect to {safe_dsn(settings.dsn)}: {exc}")
+        return False
+    ok = True
+    try:
+        echo(f"ok    database: connected to {safe_dsn(settings.dsn)}")
+        async with store.connection() as conn:
+            problem = (await migrate.status(conn)).problem()
+        if problem:
+            echo(f"FAIL  schema: {problem}")
+            return False
+        echo("ok    schema: current")
+        ok = await _check_listen(settings, echo) and ok
+        await _check_handlers(settings, store, echo)
+    finally:
+        await store.close()
+    return ok
+
+
+async def _check_listen(settings: Settings, echo: Callable[[str], Any] = print) -> bool:
+    channel = f"notifyq.check.{uuid.uuid4().hex}"
+    got = anyio.Event()
+    try:
+        conn = await connect(settings.effective_listen_dsn)
+    except NotifyqError as exc:
+        echo(f"FAIL  listen: cannot connect: {exc}")
+        return False
+    try:
+        await conn.add_listener(channel, lambda *_: got.set())
+        await conn.execute(queries.get("probe"), channel)
+        with anyio.move_on_after(5):
+            await got.wait()
+    finally:
+        await conn.close()
+    if not got.is_set():
+        echo("FAIL  listen: a NOTIFY did not come back within 5 s (is listen_dsn a transaction pooler?)")
+        return False
+    echo("ok    listen: NOTIFY round trip works")
+    return True
+
+
+async def _check_handlers(settings: Settings, store: Store, echo: Callable[[str], Any]) -> None:
+    """Warn about queued jobs that no handler will ever claim."""
+    workers = await store.live_workers()
+    if settings.app:
+        known = {(q, t) for q in settings.queues for t in load_app(settings.app).names}
+        source = f"app {settings.app} on queues {','.join(settings.queues)}"
+    else:
+        known = {(q, t) for w in workers for q in w["queues"] for t in w["tasks"]}
+        source = f"{len(workers)} live worker(s)"
+    echo(f"ok    workers: {len(workers)} live")
+    orphans = [r for r in await store.queued_tasks() if (r["queue"], r["task"]) not in known]
+    for row in orphans:
+        echo(
+            f"WARN  handlers: {row['jobs']} queued job(s) of task {row['task']!r} in queue "
+            f"{row['queue']!r}, which no handler takes ({source}); they stay queued"
+        )
+    if not orphans:
+        echo(f"ok    handlers: every queued job has a handler ({source})")

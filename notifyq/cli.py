@@ -1,0 +1,270 @@
+"""The `notifyq` command: argv -> Settings -> the work. No SQL here.
+
+Exit codes: 0 success; 1 a runtime failure (database, schema, handler app); 2 a usage or settings
+error; 3 `check` found a problem.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import anyio
+import click
+import orjson
+
+from notifyq import logs
+from notifyq.config import Settings, load_settings
+from notifyq.errors import (
+    AppLoadError,
+    ConfigError,
+    DatabaseConfigError,
+    DatabaseUnavailable,
+    NotifyqError,
+    SchemaError,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_CHECK = 3
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"notifyq: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings(config: str | None, **flags: Any) -> Settings:
+    try:
+        return load_settings(config, **flags)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+        raise  # unreachable; keeps type checkers honest
+
+
+def _run(fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one coroutine; map notifyq's errors to one clear line and an exit code."""
+    try:
+        return anyio.run(fn)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (SchemaError, DatabaseConfigError, DatabaseUnavailable, NotifyqError) as exc:
+        _fail(str(exc), EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def db_options(fn: F) -> F:
+    fn = click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        envvar="NOTIFYQ_CONFIG",
+        help="TOML settings file.",
+    )(fn)
+    fn = click.option("--dsn", help="Postgres DSN (default: libpq PG* variables). Env: NOTIFYQ_DSN.")(fn)
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(["json", "console", "auto"]),
+        help="Log format (default auto: console on a terminal, else JSON).",
+    )(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="notifyq")
+def main() -> None:
+    """notifyq: Postgres as your job queue.
+
+    \b
+    Quick start:
+      notifyq migrate --dsn postgresql://localhost/app      create the schema
+      notifyq serve --dsn ... --app myproject.jobs:registry run the daemon
+      notifyq enqueue emails.send --payload '{"to": "a@b.c"}'
+      notifyq dev                                           try it with a private Postgres
+    """
+
+
+@main.command()
+@db_options
+@click.option("--app", help="MODULE:ATTR of your notifyq.Registry. Env: NOTIFYQ_APP.")
+@click.option("--listen-dsn", help="Direct DSN for LISTEN when --dsn goes through PgBouncer.")
+@click.option("--queues", help="Comma-separated queues to serve (default: default).")
+@click.option("--concurrency", type=int, help="Jobs run at once (default 10).")
+@click.option("--lease-seconds", type=float, help="Lease length (default 30).")
+@click.option("--poll-interval-seconds", type=float, help="Safety poll (default 5).")
+@click.option("--shutdown-timeout-seconds", type=float, help="Drain time on SIGTERM (default 30).")
+@click.option(
+    "--http-address",
+    help="HOST:PORT for /metrics, /healthz, /readyz, or 'off' (default 127.0.0.1:9469).",
+)
+def serve(config: str | None, **flags: Any) -> None:
+    """Run the daemon: claim jobs and run their handlers until SIGTERM."""
+    from notifyq.daemon import Daemon
+    from notifyq.registry import load_app
+
+    settings = _settings(config, **flags)
+    logs.configure(settings.log_format, settings.log_level)
+    if settings.app is None:
+        _fail("invalid setting app: required (--app MODULE:ATTR or NOTIFYQ_APP)", EXIT_USAGE)
+    try:
+        registry = load_app(settings.app or "")
+    except AppLoadError as exc:
+        _fail(str(exc), EXIT_USAGE)
+        return
+    _run(Daemon(settings, registry).run)
+
+
+@main.command()
+@db_options
+@click.option(
+    "--sql",
+    "print_sql",
+    is_flag=True,
+    help="Print the SQL that would run (pending migrations only) and change nothing.",
+)
+def migrate(config: str | None, print_sql: bool, **flags: Any) -> None:
+    """Create or upgrade the notifyq schema. Safe to run again, and from two places at once."""
+    from notifyq import migrate as migrations
+    from notifyq.store import connect
+
+    settings = _settings(config, **flags)
+
+    async def go() -> None:
+        conn = await connect(settings.dsn)
+        try:
+            if print_sql:
+                state = await migrations.status(conn)
+                if state.unknown:
+                    raise SchemaError(state.problem() or "")
+                click.echo(migrations.render_sql(state.pending), nl=False)
+                return
+            applied = await migrations.apply(conn)
+        finally:
+            await conn.close()
+        if applied:
+            for m in applied:
+                click.echo(f"applied {m.label}")
+        else:
+            click.echo("schema is current; nothing to apply")
+
+    _run(go)
+
+
+@main.command()
+@db_options
+@click.option("--app", help="MODULE:ATTR of your Registry, to check its handlers against the queue.")
+def check(config: str | None, **flags: Any) -> None:
+    """Check the connection, the schema, LISTEN and handlers. Exit 0 when all is well."""
+    from notifyq.checks import run_checks
+
+    settings = _settings(config, **flags)
+    ok = _run(lambda: run_checks(settings, click.echo))
+    sys.exit(0 if ok else EXIT_CHECK)
+
+
+@main.command()
+@db_options
+@click.argument("task")
+@click.option("--payload", default="{}", show_default=True, help="JSON payload.")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--run-at", help="When to run: ISO 8601 time, or +SECONDS / +5m / +2h from now.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
+@click.option("--dedup-key", help="Skip if a queued or running job holds this key.")
+@click.option("--max-attempts", type=int, help="Attempts before failed (default 20).")
+def enqueue(
+    config: str | None,
+    task: str,
+    payload: str,
+    queue: str,
+    run_at: str | None,
+    priority: int,
+    dedup_key: str | None,
+    max_attempts: int | None,
+    **flags: Any,
+) -> None:
+    """Enqueue one job and print its id."""
+    from notifyq.client import enqueue as enqueue_job
+    from notifyq.store import connect
+
+    settings = _settings(config, **flags)
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        _fail(f"--payload is not valid JSON: {exc}", EXIT_USAGE)
+    when = _parse_when(run_at)
+
+    async def go() -> int:
+        import asyncpg
+
+        conn = await connect(settings.dsn)
+        try:
+            return await enqueue_job(
+                conn,
+                task,
+                body,
+                queue=queue,
+                run_at=when,
+                priority=priority,
+                dedup_key=dedup_key,
+                max_attempts=max_attempts,
+            )
+        except asyncpg.PostgresError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+        finally:
+            await conn.close()
+
+    click.echo(_run(go))
+
+
+def _parse_when(text: str | None) -> datetime | timedelta | None:
+    if text is None:
+        return None
+    if text.startswith("+"):
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        number, unit = (text[1:-1], text[-1]) if text[-1] in units else (text[1:], "s")
+        try:
+            return timedelta(seconds=float(number) * units[unit])
+        except ValueError:
+            _fail(f"--run-at {text!r}: expected +SECONDS, +Nm, +Nh or +Nd", EXIT_USAGE)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--run-at {text!r}: expected an ISO 8601 time or +SECONDS", EXIT_USAGE)
+        raise
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Where the private cluster lives (default: a folder under the temp dir).",
+)
+@click.option("--port", type=int, default=0, help="Port for the private Postgres (default: free).")
+@click.option("--app", default="examples.hello:registry", show_default=True)
+@click.option(
+    "--jobs",
+    "demo_jobs",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Demo jobs to enqueue at start.",
+)
+@click.option("--log-format", type=click.Choice(["json", "console", "auto"]), default="auto")
+def dev(data_dir: str | None, port: int, app: str, demo_jobs: int, log_format: str) -> None:
+    """Try notifyq with no database to set up: a private Postgres, the example app, demo jobs.
+
+    Ctrl-C stops the daemon and the private Postgres.
+    """
+    from notifyq.devserver import run_dev
+
+    logs.configure(log_format)
+    try:
+        run_dev(data_dir=data_dir, port=port, app=app, demo_jobs=demo_jobs, echo=click.echo)
+    except NotifyqError as exc:
+        _fail(str(exc), EXIT_RUNTIME)

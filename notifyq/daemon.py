@@ -1,0 +1,224 @@
+"""The composition root: builds every part, owns the root task group, handles signals.
+
+Start-up: connect (retrying with backoff while the database is away; bad credentials stop here), check
+that the schema is exactly the one this notifyq knows, register the worker row, then start the parts,
+each reporting ready: listener (LISTEN is up), completer, heartbeat, maintenance, http; then the
+dispatcher claims. Shutdown: the first SIGTERM/SIGINT stops claiming and drains; a second one cancels
+running jobs at once. Outcomes are flushed, the worker row removed, and `run()` returns normally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from importlib.metadata import PackageNotFoundError, version
+
+import anyio
+
+from notifyq import logs, migrate
+from notifyq.config import Settings
+from notifyq.errors import DatabaseUnavailable
+from notifyq.http import HttpServer
+from notifyq.listener import Listener
+from notifyq.metrics import Metrics
+from notifyq.registry import Registry
+from notifyq.retry import Backoff
+from notifyq.store import Store, WorkerInfo, safe_dsn
+from notifyq.worker import wakeup
+from notifyq.worker.completer import Completer
+from notifyq.worker.dispatcher import Dispatcher
+from notifyq.worker.executor import Executor
+from notifyq.worker.heartbeat import Heartbeat
+from notifyq.worker.leases import Leases
+from notifyq.worker.maintenance import Maintenance
+from notifyq.worker.wakeup import Wakeup
+
+_CONNECT_RETRY = Backoff(base_seconds=0.5, factor=2.0, cap_seconds=30.0, jitter=0.5)
+
+
+def notifyq_version() -> str:
+    try:
+        return version("notifyq")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Daemon:
+    """`notifyq serve`: one process, one root task group."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        if len(registry) == 0:
+            raise ValueError("the registry has no tasks; register at least one handler")
+        self.settings = settings
+        self.registry = registry
+        self.worker_id = uuid.uuid4()
+        self.ready = anyio.Event()
+        self.metrics = Metrics(settings.queues, registry.names, notifyq_version())
+        self.metrics.worker_slots.set(settings.concurrency)
+        self.http: HttpServer | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._stop_requested = 0
+        self._log = logs.get("daemon").bind(worker_id=str(self.worker_id))
+
+    def stop(self) -> None:
+        """Graceful stop (what SIGTERM does); a second call stops at once."""
+        self._stop_requested += 1
+        if self._dispatcher is None:
+            return
+        if self._stop_requested == 1:
+            self._dispatcher.stop()
+        else:
+            self._dispatcher.stop_now()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        store = await self._open_store()
+        try:
+            async with store.connection() as conn:
+                await migrate.ensure_current(conn)
+            await self._serve(store, handle_signals)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                with contextlib.suppress(DatabaseUnavailable):
+                    await store.unregister_worker(self.worker_id)
+                await store.close()
+            self._log.info("daemon_stopped")
+
+    async def _open_store(self) -> Store:
+        s = self.settings
+        failures = 0
+        while True:
+            try:
+                return await Store.open(
+                    s.dsn,
+                    max_size=4,
+                    statement_cache_size=s.statement_cache_size,
+                    command_timeout=max(5.0, min(30.0, s.lease_seconds)),
+                )
+            except DatabaseUnavailable as exc:
+                failures += 1
+                delay = _CONNECT_RETRY.delay(failures)
+                self._log.warning(
+                    "database_unavailable",
+                    error=str(exc),
+                    dsn=safe_dsn(s.dsn),
+                    retry_in_s=round(delay, 2),
+                    failures=failures,
+                )
+                await anyio.sleep(delay)
+
+    async def _serve(self, store: Store, handle_signals: bool) -> None:
+        s = self.settings
+        tasks = self.registry.names
+        worker = WorkerInfo(
+            id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(s.queues),
+            tasks=tasks,
+            concurrency=s.concurrency,
+        )
+        await store.register_worker(worker)
+        wake = Wakeup()
+        leases = Leases()
+        completer = Completer(store, leases, self.metrics, buffer=2 * s.concurrency)
+        executor = Executor(
+            self.registry,
+            completer,
+            leases,
+            self.metrics,
+            s.concurrency,
+            on_slot_free=lambda: wake.hint(wakeup.SLOT),
+        )
+        listener = Listener(
+            s.effective_listen_dsn,
+            s.queues,
+            self.worker_id,
+            wake.hint,
+            self.metrics,
+            probe_interval=s.probe_interval_seconds,
+        )
+        dispatcher = Dispatcher(
+            store,
+            executor,
+            listener,
+            wake,
+            self.metrics,
+            queues=s.queues,
+            tasks=tasks,
+            max_attempts=[self.registry[t].max_attempts for t in tasks],
+            worker_id=self.worker_id,
+            lease_seconds=s.lease_seconds,
+            poll_interval=s.poll_interval_seconds,
+            shutdown_timeout=s.shutdown_timeout_seconds,
+        )
+        heartbeat = Heartbeat(store, leases, executor, worker, s.lease_seconds, s.heartbeat_interval)
+        maintenance = Maintenance(
+            store,
+            s.queues,
+            tasks,
+            s.lease_seconds,
+            s.retention_seconds,
+            on_rescued=lambda: wake.hint(wakeup.RESCUE),
+        )
+        self._dispatcher = dispatcher
+        flushed = anyio.Event()
+
+        async def run_completer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            try:
+                await completer.run(task_status=task_status)
+            finally:
+                flushed.set()
+
+        async with anyio.create_task_group() as root:
+            if handle_signals:
+                root.start_soon(self._watch_signals)
+            await root.start(listener.run)
+            await root.start(run_completer)
+            await root.start(heartbeat.run)
+            await root.start(maintenance.run)
+            address = s.http_host_port
+            if address is not None:
+                self.http = HttpServer(
+                    address[0],
+                    address[1],
+                    self.metrics.registry,
+                    lambda: (
+                        listener.connected,
+                        "ok" if listener.connected else "listener disconnected",
+                    ),
+                )
+                await root.start(self.http.run)
+            self._log.info(
+                "daemon_ready",
+                queues=list(s.queues),
+                tasks=tasks,
+                concurrency=s.concurrency,
+                dsn=safe_dsn(s.dsn),
+            )
+            self.ready.set()
+            if self._stop_requested:  # a signal came during start-up
+                dispatcher.stop()
+            await dispatcher.run()
+            completer.close()
+            with anyio.move_on_after(max(5.0, s.heartbeat_interval)):
+                await flushed.wait()
+            if not flushed.is_set():
+                self._log.error(
+                    "outcomes_unwritten",
+                    leases=len(leases),
+                    note="their leases will expire and the jobs will run again",
+                )
+            root.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self._log.info(
+                    "signal_received",
+                    signal=signal.Signals(signum).name,
+                    graceful=self._stop_requested == 0,
+                )
+                self.stop()

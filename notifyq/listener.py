@@ -1,0 +1,176 @@
+"""The LISTEN connection: wake hints, idle locks, self-probe and reconnect.
+
+Lifecycle. Connect (a direct session, never through a transaction pooler), LISTEN on `notifyq` and on
+this daemon's own probe channel, re-take the idle locks if the dispatcher is idle, then wake the
+dispatcher so that it re-scans: whatever was notified while the connection was down is found by that
+scan, never lost. While connected, the loop applies idle/busy changes that the dispatcher asks for
+and sends a probe every `probe_interval`: a NOTIFY to its own channel that must come back within
+`probe_timeout`. A probe that does not come back (a half-open or stalled socket) or a closed connection
+ends the session; the loop reconnects after a capped, jittered backoff.
+
+Idle locks (DESIGN section 4): while the dispatcher waits for work, this connection holds
+`pg_advisory_lock_shared(7243, hashtext(queue))` for each served queue; the producers' trigger sees
+the lock and sends NOTIFY. When the dispatcher is busy the locks are released, and producers skip the
+NOTIFY and its commit-time cost. After taking the locks the listener wakes the dispatcher once more
+("idle"), so that a job committed just before the locks were taken is claimed by that re-check.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import asyncpg
+
+from notifyq import logs, queries
+from notifyq.errors import DatabaseConfigError, DatabaseUnavailable
+from notifyq.metrics import Metrics
+from notifyq.retry import Backoff
+from notifyq.store import connect, describe
+from notifyq.worker import wakeup
+
+CHANNEL = "notifyq"
+_RECONNECT = Backoff(base_seconds=0.05, factor=2.0, cap_seconds=15.0, jitter=0.5)
+
+
+class Listener:
+    def __init__(
+        self,
+        dsn: str | None,
+        queues: Sequence[str],
+        worker_id: uuid.UUID,
+        wake: Callable[[str], None],
+        metrics: Metrics,
+        probe_interval: float,
+    ) -> None:
+        self._dsn = dsn
+        self._queues = list(queues)
+        self._served = frozenset(queues)
+        self._wake = wake
+        self._metrics = metrics
+        self._probe_interval = probe_interval
+        self._probe_timeout = max(0.5, min(2.0, probe_interval))
+        self._probe_channel = f"notifyq.probe.{worker_id.hex}"
+        self._want_idle = False
+        self._is_idle = False
+        self._changed = anyio.Event()
+        self._probe_ack = anyio.Event()
+        self._lost = False
+        self._connected = False
+        self._log = logs.get("listener")
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def set_idle(self, idle: bool) -> None:
+        """Ask for the idle locks to be taken (True) or released (False); applied by the loop."""
+        if idle != self._want_idle:
+            self._want_idle = idle
+            self._changed.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        failures = 0
+        ready = False
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self._connect()
+                self._connected = True
+                self._metrics.listener_connected.set(1)
+                if failures:
+                    self._metrics.listener_reconnects.inc()
+                    self._log.info("listener_reconnected", after_failures=failures)
+                failures = 0
+                self._wake(wakeup.RECONNECT)
+                if not ready:
+                    ready = True
+                    task_status.started()
+                await self._session(conn)
+                self._log.warning("listener_lost", reason="connection closed or probe unanswered")
+            except DatabaseConfigError:
+                raise
+            except (
+                DatabaseUnavailable,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                if failures == 0 or failures % 10 == 0:
+                    self._log.warning("listener_error", error=describe(exc), failures=failures)
+            finally:
+                self._connected = False
+                self._is_idle = False
+                self._metrics.listener_connected.set(0)
+                if conn is not None:
+                    conn.terminate()
+            failures += 1
+            await anyio.sleep(_RECONNECT.delay(failures))
+
+    async def _connect(self) -> asyncpg.Connection:
+        self._lost = False
+        # Statement cache off: this connection runs three tiny statements, and it must work even
+        # where prepared statements are not welcome.
+        conn = await connect(self._dsn, statement_cache_size=0)
+        try:
+            conn.add_termination_listener(self._on_terminated)
+            with anyio.fail_after(10.0):
+                await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(self._probe_channel, self._on_probe)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def _session(self, conn: asyncpg.Connection) -> None:
+        """Serve one connection until it is lost or stops answering probes."""
+        next_probe = anyio.current_time() + self._probe_interval
+        while True:
+            # Reset first, then look at the flags: a change made after this line is never missed.
+            self._changed = anyio.Event()
+            if self._lost or conn.is_closed():
+                return
+            if self._want_idle != self._is_idle:
+                await self._apply_idle(conn)
+                continue
+            if anyio.current_time() >= next_probe:
+                if not await self._probe(conn):
+                    return
+                next_probe = anyio.current_time() + self._probe_interval
+                continue
+            with anyio.move_on_after(next_probe - anyio.current_time()):
+                await self._changed.wait()
+
+    async def _apply_idle(self, conn: asyncpg.Connection) -> None:
+        target = self._want_idle
+        name = "take_idle_locks" if target else "release_idle_locks"
+        with anyio.fail_after(self._probe_timeout * 2):
+            if target:
+                await conn.execute(queries.get(name), self._queues)
+            else:
+                await conn.execute(queries.get(name))
+        self._is_idle = target
+        if target:
+            self._wake(wakeup.IDLE)
+
+    async def _probe(self, conn: asyncpg.Connection) -> bool:
+        self._probe_ack = anyio.Event()
+        with anyio.move_on_after(self._probe_timeout):
+            await conn.execute(queries.get("probe"), self._probe_channel)
+            await self._probe_ack.wait()
+            return True
+        return False
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload in self._served:
+            self._wake(wakeup.NOTIFY)
+
+    def _on_probe(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._probe_ack.set()
+
+    def _on_terminated(self, _conn: Any) -> None:
+        self._lost = True
+        self._changed.set()

@@ -1,0 +1,261 @@
+"""The one database seam: a connection pool and one method per named query.
+
+Driver errors are mapped here. Anything that means "the database is not reachable or will not take
+writes right now" becomes `DatabaseUnavailable`, which every loop answers by backing off; bad
+credentials or a missing database become `DatabaseConfigError`, which stops start-up. A read-only
+error also drops the pool's connections, so that after a failover the next ones reach the new primary.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from notifyq import queries
+from notifyq.config import redact_dsn
+from notifyq.errors import DatabaseConfigError, DatabaseUnavailable
+from notifyq.models import Claim, Job, Outcome
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+_FATAL: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.InvalidPasswordError,
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
+)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, secret-free description of a driver error."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def map_error(exc: BaseException) -> BaseException:
+    """The notifyq error for a driver error, or the error itself when it is not a connection problem."""
+    if isinstance(exc, _FATAL):
+        return DatabaseConfigError(describe(exc))
+    if isinstance(exc, _UNAVAILABLE):
+        return DatabaseUnavailable(describe(exc))
+    return exc
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: uuid.UUID
+    hostname: str
+    pid: int
+    queues: list[str]
+    tasks: list[str]
+    concurrency: int
+
+
+async def connect(dsn: str | None, *, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
+    """One direct connection, with driver errors mapped and the DSN kept out of messages."""
+    try:
+        return await asyncpg.connect(dsn, timeout=connect_timeout, **kwargs)
+    except BaseException as exc:
+        mapped = map_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from None
+
+
+class Store:
+    """Pool plus named statements. Create with `await Store.open(...)`, finish with `close()`."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._q = queries.load()
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str | None,
+        *,
+        max_size: int = 4,
+        statement_cache_size: int = 100,
+        command_timeout: float = 30.0,
+    ) -> Store:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=max_size,
+                statement_cache_size=statement_cache_size,
+                command_timeout=command_timeout,
+                timeout=10.0,
+            )
+        except BaseException as exc:
+            mapped = map_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
+        return cls(pool)
+
+    async def close(self) -> None:
+        try:
+            await self._pool.close()
+        except Exception:
+            self._pool.terminate()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except BaseException as exc:
+            if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+                self._pool.expire_connections()
+            mapped = map_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._conn() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(self._q[name], *args)
+            return rows
+
+    async def _execute(self, name: str, *args: Any) -> None:
+        async with self._conn() as conn:
+            await conn.execute(self._q[name], *args)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for callers outside the daemon's hot path (CLI, client helpers)."""
+        async with self._conn() as conn:
+            yield conn
+
+    # -- the job path ---------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        tasks: Sequence[str],
+        max_attempts: Sequence[int | None],
+        limit: int,
+        lease_seconds: float,
+        worker_id: uuid.UUID,
+    ) -> list[Claim]:
+        rows = await self._fetch(
+            "claim_jobs",
+            list(queues),
+            list(tasks),
+            list(max_attempts),
+            limit,
+            lease_seconds,
+            worker_id,
+        )
+        claims = [
+            Claim(
+                job=Job(
+                    id=r["id"],
+                    queue=r["queue"],
+                    task=r["task"],
+                    payload=orjson.loads(r["payload"]),
+                    attempt=r["attempts"],
+                    max_attempts=r["max_attempts"],
+                    priority=r["priority"],
+                    run_at=r["run_at"],
+                    created_at=r["created_at"],
+                ),
+                lease_token=r["lease_token"],
+            )
+            for r in rows
+        ]
+        claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
+        return claims
+
+    async def record(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Write outcomes in one fenced statement; returns the ids actually written."""
+        rows = await self._fetch(
+            "record_outcomes",
+            [o.job_id for o in outcomes],
+            [o.lease_token for o in outcomes],
+            [o.state.value for o in outcomes],
+            [o.delay for o in outcomes],
+            [o.refund for o in outcomes],
+            [o.error for o in outcomes],
+            [o.result for o in outcomes],
+        )
+        return {r["id"] for r in rows}
+
+    async def extend(self, held: dict[int, uuid.UUID], lease_seconds: float, worker: WorkerInfo) -> set[int]:
+        """Extend every lease in `held` and refresh this worker's row; returns the ids still held."""
+        rows = await self._fetch(
+            "extend_leases",
+            list(held.keys()),
+            list(held.values()),
+            lease_seconds,
+            worker.id,
+            worker.hostname,
+            worker.pid,
+            worker.queues,
+            worker.tasks,
+            worker.concurrency,
+        )
+        return {r["id"] for r in rows}
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        await self._execute(
+            "register_worker",
+            worker.id,
+            worker.hostname,
+            worker.pid,
+            worker.queues,
+            worker.tasks,
+            worker.concurrency,
+        )
+
+    async def unregister_worker(self, worker_id: uuid.UUID) -> None:
+        await self._execute("unregister_worker", worker_id)
+
+    async def rescue_expired(self, limit: int = 1000) -> list[asyncpg.Record]:
+        return await self._fetch("rescue_expired", limit)
+
+    async def prune_workers(self, older_than_seconds: float) -> None:
+        await self._execute("prune_workers", older_than_seconds)
+
+    async def prune_finished(self, older_than_seconds: float, limit: int = 1000) -> int:
+        rows = await self._fetch("prune_finished", older_than_seconds, limit)
+        return int(rows[0]["deleted"])
+
+    async def next_run_delay(self, queues: Sequence[str], tasks: Sequence[str]) -> float | None:
+        rows = await self._fetch("next_run_delay", list(queues), list(tasks))
+        delay = rows[0]["delay"]
+        return None if delay is None else float(delay)
+
+    async def jobs_without_handler(
+        self, queues: Sequence[str], tasks: Sequence[str], limit: int = 20
+    ) -> list[asyncpg.Record]:
+        return await self._fetch("jobs_without_handler", list(queues), list(tasks), limit)
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    async def live_workers(self, seen_within_seconds: float = 120.0) -> list[asyncpg.Record]:
+        return await self._fetch("live_workers", seen_within_seconds)
+
+    async def queued_tasks(self) -> list[asyncpg.Record]:
+        return await self._fetch("queued_tasks")
+
+
+def safe_dsn(dsn: str | None) -> str:
+    """For messages: the DSN without its password, or a note that libpq variables are in use."""
+    return redact_dsn(dsn) if dsn else "(from PG* environment variables)"

@@ -1,0 +1,1 @@
+"""The daemon's moving parts: dispatcher, executor, completer, heartbeat, maintenance."""

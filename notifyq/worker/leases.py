@@ -1,0 +1,52 @@
+"""The leases this daemon holds, from claim until the completer has written the outcome.
+
+The heartbeat extends all of them; a lease also records when the database last confirmed it, so that
+when the database cannot be reached for longer than a lease the daemon knows its leases are gone and
+stops their handlers rather than racing the daemon that rescues them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Lease:
+    token: uuid.UUID
+    confirmed_at: float
+
+
+class Leases:
+    def __init__(self) -> None:
+        self._held: dict[int, Lease] = {}
+
+    def add(self, job_id: int, token: uuid.UUID) -> None:
+        self._held[job_id] = Lease(token, time.monotonic())
+
+    def discard(self, job_id: int, token: uuid.UUID) -> None:
+        lease = self._held.get(job_id)
+        if lease is not None and lease.token == token:
+            del self._held[job_id]
+
+    def snapshot(self) -> dict[int, uuid.UUID]:
+        return {job_id: lease.token for job_id, lease in self._held.items()}
+
+    def confirm(self, alive: set[int], at: float, snapshot: dict[int, uuid.UUID]) -> None:
+        """Mark the leases the database just extended (as of `at`, taken before the statement)."""
+        for job_id in alive:
+            lease = self._held.get(job_id)
+            if lease is not None and lease.token == snapshot.get(job_id):
+                lease.confirmed_at = at
+
+    def expired(self, lease_seconds: float, now: float | None = None) -> list[int]:
+        """Ids whose lease the database has not confirmed for a whole lease length."""
+        now = time.monotonic() if now is None else now
+        return [i for i, lease in self._held.items() if now - lease.confirmed_at > lease_seconds]
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._held

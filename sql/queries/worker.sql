@@ -1,0 +1,137 @@
+-- Statements the daemon runs. Loaded once by notifyq/queries.py; every value is a bound parameter.
+-- The SQL text is fixed, so asyncpg prepares each statement once per connection and reuses it.
+
+-- name: claim_jobs :many
+-- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
+-- $4 how many (the free slots), $5 lease seconds, $6 worker id.
+-- Attempts are counted here, at claim, so a job that kills its worker cannot retry forever.
+WITH picked AS (
+    SELECT j.id
+    FROM notifyq.jobs AS j
+    WHERE j.state = 'queued'
+      AND j.queue = ANY($1::text[])
+      AND j.task = ANY($2::text[])
+      AND j.run_at <= now()
+    ORDER BY j.priority DESC, j.run_at, j.id
+    LIMIT $4
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE notifyq.jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    max_attempts = coalesce(
+        (SELECT o.max_attempts FROM unnest($2::text[], $3::int[]) AS o(task, max_attempts)
+         WHERE o.task = j.task),
+        j.max_attempts),
+    lease_token = gen_random_uuid(),
+    leased_until = now() + make_interval(secs => $5::float8),
+    worker_id = $6::uuid,
+    started_at = now()
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.attempts,
+          j.max_attempts, j.created_at, j.lease_token;
+
+-- name: record_outcomes :many
+-- One fenced statement per batch: a row is written only by the holder of its current lease.
+-- $1 ids, $2 lease tokens, $3 new states, $4 delay seconds (queued only), $5 attempts to give back
+-- (1 for a snooze or a shutdown release), $6 errors, $7 results as JSON text.
+UPDATE notifyq.jobs AS j
+SET state = o.state::notifyq.job_state,
+    attempts = j.attempts - o.refund,
+    run_at = CASE WHEN o.state = 'queued' THEN now() + make_interval(secs => o.delay) ELSE j.run_at END,
+    last_error = coalesce(o.error, j.last_error),
+    result = o.result::jsonb,
+    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE now() END,
+    lease_token = NULL,
+    leased_until = NULL,
+    worker_id = NULL
+FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::text[])
+    AS o(id, token, state, delay, refund, error, result)
+WHERE j.id = o.id
+  AND j.lease_token = o.token
+  AND j.state = 'running'
+RETURNING j.id;
+
+-- name: extend_leases :many
+-- The heartbeat: one statement extends every lease this daemon holds and refreshes its workers row
+-- (re-creating it if maintenance pruned it while this process was stopped). Returns the ids still held.
+-- $1 ids, $2 tokens, $3 lease seconds, $4 worker id, $5 hostname, $6 pid, $7 queues, $8 tasks,
+-- $9 concurrency.
+WITH seen AS (
+    INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running)
+    VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]))
+    ON CONFLICT (id) DO UPDATE SET last_seen = now(), running = excluded.running
+)
+UPDATE notifyq.jobs AS j
+SET leased_until = now() + make_interval(secs => $3::float8)
+FROM unnest($1::bigint[], $2::uuid[]) AS h(id, token)
+WHERE j.id = h.id
+  AND j.lease_token = h.token
+  AND j.state = 'running'
+RETURNING j.id;
+
+-- name: register_worker :exec
+INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency)
+VALUES ($1::uuid, $2::text, $3::int, $4::text[], $5::text[], $6::int)
+ON CONFLICT (id) DO UPDATE SET last_seen = now();
+
+-- name: unregister_worker :exec
+DELETE FROM notifyq.workers WHERE id = $1::uuid;
+
+-- name: rescue_expired :many
+-- Requeue (or fail, when attempts are spent) jobs whose lease ran out: their daemon crashed, froze or
+-- lost the database. SKIP LOCKED lets every daemon run this at once without waiting on each other.
+WITH expired AS (
+    SELECT j.id
+    FROM notifyq.jobs AS j
+    WHERE j.state = 'running' AND j.leased_until < now()
+    ORDER BY j.id
+    LIMIT $1
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE notifyq.jobs AS j
+SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END::notifyq.job_state,
+    last_error = 'LeaseExpired: worker ' || coalesce(j.worker_id::text, 'unknown')
+        || ' stopped heartbeating during attempt ' || j.attempts,
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+    run_at = now(),
+    lease_token = NULL,
+    leased_until = NULL,
+    worker_id = NULL
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.queue, j.task, j.state::text AS state, j.attempts;
+
+-- name: prune_workers :exec
+-- Forget daemons that have not been seen for $1 seconds.
+DELETE FROM notifyq.workers WHERE last_seen < now() - make_interval(secs => $1::float8);
+
+-- name: next_run_delay :one
+-- Seconds until the earliest scheduled job this daemon could run; NULL when there is none.
+SELECT extract(epoch FROM min(j.run_at) - now())::float8 AS delay
+FROM notifyq.jobs AS j
+WHERE j.state = 'queued' AND j.queue = ANY($1::text[]) AND j.task = ANY($2::text[]);
+
+-- name: jobs_without_handler :many
+-- Queued jobs in the served queues whose task no handler in $2 knows.
+SELECT j.queue, j.task, count(*)::bigint AS jobs
+FROM notifyq.jobs AS j
+WHERE j.state = 'queued' AND j.queue = ANY($1::text[]) AND NOT (j.task = ANY($2::text[]))
+GROUP BY j.queue, j.task
+ORDER BY jobs DESC, j.queue, j.task
+LIMIT $3;
+
+-- name: prune_finished :one
+-- Retention: delete up to $2 finished jobs older than $1 seconds; bounded so it never holds long locks.
+WITH doomed AS (
+    SELECT j.id FROM notifyq.jobs AS j
+    WHERE j.state IN ('succeeded', 'failed', 'cancelled')
+      AND j.finished_at < now() - make_interval(secs => $1::float8)
+    ORDER BY j.finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM notifyq.jobs AS j USING doomed WHERE j.id = doomed.id RETURNING 1
+)
+SELECT count(*)::bigint AS deleted FROM gone;
