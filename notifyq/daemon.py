@@ -172,46 +172,49 @@ class Daemon:
             finally:
                 flushed.set()
 
-        async with anyio.create_task_group() as root:
-            if handle_signals:
-                root.start_soon(self._watch_signals)
-            await root.start(listener.run)
-            await root.start(run_completer)
-            await root.start(heartbeat.run)
-            await root.start(maintenance.run)
-            address = s.http_host_port
-            if address is not None:
-                self.http = HttpServer(
-                    address[0],
-                    address[1],
-                    self.metrics.registry,
-                    lambda: (
-                        listener.connected,
-                        "ok" if listener.connected else "listener disconnected",
-                    ),
+        try:
+            async with anyio.create_task_group() as root:
+                if handle_signals:
+                    root.start_soon(self._watch_signals)
+                await root.start(listener.run)
+                await root.start(run_completer)
+                await root.start(heartbeat.run)
+                await root.start(maintenance.run)
+                address = s.http_host_port
+                if address is not None:
+                    self.http = HttpServer(
+                        address[0],
+                        address[1],
+                        self.metrics.registry,
+                        lambda: (
+                            listener.connected,
+                            "ok" if listener.connected else "listener disconnected",
+                        ),
+                    )
+                    await root.start(self.http.run)
+                self._log.info(
+                    "daemon_ready",
+                    queues=list(s.queues),
+                    tasks=tasks,
+                    concurrency=s.concurrency,
+                    dsn=safe_dsn(s.dsn),
                 )
-                await root.start(self.http.run)
-            self._log.info(
-                "daemon_ready",
-                queues=list(s.queues),
-                tasks=tasks,
-                concurrency=s.concurrency,
-                dsn=safe_dsn(s.dsn),
-            )
-            self.ready.set()
-            if self._stop_requested:  # a signal came during start-up
-                dispatcher.stop()
-            await dispatcher.run()
-            completer.close()
-            with anyio.move_on_after(max(5.0, s.heartbeat_interval)):
-                await flushed.wait()
-            if not flushed.is_set():
-                self._log.error(
-                    "outcomes_unwritten",
-                    leases=len(leases),
-                    note="their leases will expire and the jobs will run again",
-                )
-            root.cancel_scope.cancel()
+                self.ready.set()
+                if self._stop_requested:  # a signal came during start-up
+                    dispatcher.stop()
+                await dispatcher.run()
+                completer.close()
+                with anyio.move_on_after(max(5.0, s.heartbeat_interval)):
+                    await flushed.wait()
+                if not flushed.is_set():
+                    self._log.error(
+                        "outcomes_unwritten",
+                        leases=len(leases),
+                        note="their leases will expire and the jobs will run again",
+                    )
+                root.cancel_scope.cancel()
+        finally:
+            completer.dispose()
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -114,7 +114,9 @@ class Listener:
         self._lost = False
         # Statement cache off: this connection runs three tiny statements, and it must work even
         # where prepared statements are not welcome.
-        conn = await connect(self._dsn, statement_cache_size=0)
+        conn = await connect(
+            self._dsn, statement_cache_size=0, server_settings={"application_name": "notifyq-listener"}
+        )
         try:
             conn.add_termination_listener(self._on_terminated)
             with anyio.fail_after(10.0):

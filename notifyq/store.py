@@ -92,6 +92,7 @@ class Store:
         max_size: int = 4,
         statement_cache_size: int = 100,
         command_timeout: float = 30.0,
+        application_name: str = "notifyq",
     ) -> Store:
         try:
             pool = await asyncpg.create_pool(
@@ -101,6 +102,7 @@ class Store:
                 statement_cache_size=statement_cache_size,
                 command_timeout=command_timeout,
                 timeout=10.0,
+                server_settings={"application_name": application_name},
             )
         except BaseException as exc:
             mapped = map_error(exc)

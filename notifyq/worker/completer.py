@@ -41,6 +41,11 @@ class Completer:
         """No more outcomes: `run` returns once everything sent so far is written."""
         self._send.close()
 
+    def dispose(self) -> None:
+        """Close both ends; outcomes not yet written are dropped (their leases will expire)."""
+        self._send.close()
+        self._recv.close()
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async with self._recv:

@@ -1,0 +1,70 @@
+"""Fixtures: every test that touches the database gets its own database, cloned from a template that
+has the migrations applied once per session (CREATE DATABASE ... TEMPLATE is a file copy, far cheaper
+than migrating each time). NOTIFY is delivered only on commit, so tests commit for real."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from notifyq import migrate
+from tests.support import ADMIN_DSN, dsn_for
+
+_counter = itertools.count()
+_PREFIX = f"nq_test_{os.getpid()}"
+TEMPLATE = f"{_PREFIX}_tpl"
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    import anyio
+
+    async def build() -> None:
+        await _admin(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        await _admin(f"CREATE DATABASE {TEMPLATE}")
+        conn = await asyncpg.connect(dsn_for(TEMPLATE))
+        try:
+            await migrate.apply(conn)
+        finally:
+            await conn.close()
+
+    anyio.run(build)
+    yield TEMPLATE
+    anyio.run(_admin, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+
+
+@pytest.fixture
+async def db_dsn(template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"{_PREFIX}_{next(_counter)}"
+    await _admin(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield dsn_for(name)
+    await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def empty_dsn() -> AsyncIterator[str]:
+    """A fresh database without the notifyq schema."""
+    name = f"{_PREFIX}_{next(_counter)}"
+    await _admin(f"CREATE DATABASE {name}")
+    yield dsn_for(name)
+    await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(db_dsn)
+    yield c
+    await c.close()

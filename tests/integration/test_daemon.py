@@ -1,0 +1,302 @@
+"""The daemon in-process against a real Postgres: wake-ups, outcomes, retries, timeouts."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from notifyq import Backoff, Discard, Job, Registry, Retry, Snooze, enqueue
+from tests.support import LogCapture, count_states, running_daemon, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = Backoff(base_seconds=0.2, factor=2.0, cap_seconds=5.0, jitter=0.25)
+
+
+async def wait_state(
+    conn: asyncpg.Connection, job_id: int, state: str, timeout: float = 10.0
+) -> asyncpg.Record:
+    async def check() -> asyncpg.Record | None:
+        row = await conn.fetchrow("SELECT * FROM notifyq.jobs WHERE id = $1", job_id)
+        return row if row is not None and row["state"] == state else None
+
+    row: asyncpg.Record = await wait_for(check, timeout, f"job {job_id} to be {state}")
+    return row
+
+
+async def test_committed_jobs_run_rolled_back_jobs_never_do(conn: asyncpg.Connection, db_dsn: str) -> None:
+    seen: list[int] = []
+    done = anyio.Event()
+    registry = Registry()
+
+    @registry.task("t")
+    async def handler(job: Job) -> None:
+        seen.append(job.payload["n"])
+        if len(seen) == 20:
+            done.set()
+
+    # Committed while no daemon runs: must run once one starts.
+    async with conn.transaction():
+        for n in range(10):
+            await enqueue(conn, "t", {"n": n})
+    tx = conn.transaction()
+    await tx.start()
+    for n in range(100, 110):
+        await enqueue(conn, "t", {"n": n})
+    await tx.rollback()
+
+    async with running_daemon(db_dsn, registry):
+        async with conn.transaction():
+            for n in range(10, 20):
+                await enqueue(conn, "t", {"n": n})
+        tx = conn.transaction()
+        await tx.start()
+        await enqueue(conn, "t", {"n": 999})
+        await tx.rollback()
+        with anyio.fail_after(10):
+            await done.wait()
+        await wait_for(lambda: _succeeded_is(conn, 20), 10, "20 succeeded rows")
+    assert sorted(seen) == list(range(20))
+    assert await count_states(conn) == {"succeeded": 20}
+
+
+async def _succeeded_is(conn: asyncpg.Connection, n: int) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) = $1 FROM notifyq.jobs WHERE state = 'succeeded'", n))
+
+
+async def test_psql_insert_wakes_an_idle_daemon_well_within_the_poll(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    started = anyio.Event()
+    registry = Registry()
+    at: dict[str, float] = {}
+
+    @registry.task("wake.me")
+    async def handler(job: Job) -> None:
+        at["start"] = time.monotonic()
+        started.set()
+
+    async with running_daemon(db_dsn, registry, poll_interval_seconds=30):
+        # Wait until the daemon is idle (holds its idle locks), as a real idle daemon would be.
+        await wait_for(lambda: _idle_locks(conn), 5, "idle locks")
+        at["insert"] = time.monotonic()
+        subprocess.run(
+            ["psql", db_dsn, "-qc", "INSERT INTO notifyq.jobs (task) VALUES ('wake.me')"], check=True
+        )
+        with anyio.fail_after(5):
+            await started.wait()
+    assert at["start"] - at["insert"] < 1.0
+
+
+async def _idle_locks(conn: asyncpg.Connection) -> int:
+    n: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_locks"
+        " WHERE locktype = 'advisory' AND classid = 7243 AND mode = 'ShareLock' AND granted"
+    )
+    return n
+
+
+async def test_gated_notify_only_while_a_daemon_is_idle(conn: asyncpg.Connection, db_dsn: str) -> None:
+    release = anyio.Event()
+    running = 0
+    registry = Registry()
+
+    @registry.task("block")
+    async def block(job: Job) -> None:
+        nonlocal running
+        running += 1
+        await release.wait()
+
+    @registry.task("quick")
+    async def quick(job: Job) -> None:
+        pass
+
+    notes: list[str] = []
+    spy = await asyncpg.connect(db_dsn)
+    await spy.add_listener("notifyq", lambda *args: notes.append(args[3]))
+    try:
+        async with running_daemon(db_dsn, registry, concurrency=2):
+            await enqueue(conn, "block")
+            await enqueue(conn, "block")
+            await wait_for(lambda: running == 2, 5, "both slots busy")
+            await wait_for(lambda: _no_idle_locks(conn), 5, "idle locks released")
+            notes.clear()
+            # A burst against a busy daemon: nobody waits, so no producer pays for NOTIFY.
+            for _ in range(50):
+                await enqueue(conn, "quick")
+            # Round trip on the spy connection so that any NOTIFY sent has been delivered.
+            await spy.execute("SELECT pg_notify('notifyq', 'spy-marker')")
+            await wait_for(lambda: "spy-marker" in notes, 5, "spy marker")
+            assert [n for n in notes if n != "spy-marker"] == []
+
+            release.set()
+            await wait_for(lambda: _succeeded_is(conn, 52), 10, "all jobs done")
+            await wait_for(lambda: _idle_locks(conn), 5, "idle again")
+            notes.clear()
+            await enqueue(conn, "quick")
+            await wait_for(lambda: "default" in notes, 5, "a NOTIFY for the idle daemon")
+    finally:
+        await spy.close()
+
+
+async def _no_idle_locks(conn: asyncpg.Connection) -> bool:
+    return await _idle_locks(conn) == 0
+
+
+async def test_failures_retry_with_backoff_then_fail_keeping_the_error(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    registry = Registry(backoff=FAST)
+    starts: list[float] = []
+
+    @registry.task("boom", max_attempts=3)
+    async def boom(job: Job) -> None:
+        starts.append(time.monotonic())
+        raise ValueError(f"broken on attempt {job.attempt}")
+
+    job_id = await enqueue(conn, "boom", max_attempts=10)  # the task's max_attempts wins at claim
+    async with running_daemon(db_dsn, registry):
+        row = await wait_state(conn, job_id, "failed", 15)
+    assert row["attempts"] == 3
+    assert row["max_attempts"] == 3
+    assert row["last_error"].startswith("ValueError: broken on attempt 3")
+    assert "Traceback" not in row["last_error"] and "boom" in row["last_error"]  # short traceback frames
+    assert row["finished_at"] is not None and row["lease_token"] is None
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    # Never before the backoff floor (0.2 s, then 0.4 s); jitter only adds.
+    assert gaps[0] >= 0.2 * 0.95 and gaps[1] >= 0.4 * 0.95
+
+
+async def test_retry_snooze_discard_and_timeout(conn: asyncpg.Connection, db_dsn: str) -> None:
+    registry = Registry(backoff=FAST)
+
+    @registry.task("retry.then.ok")
+    async def retry_then_ok(job: Job) -> str:
+        if job.attempt == 1:
+            raise Retry("not yet", delay=0.1)
+        return "ok"
+
+    @registry.task("snooze.then.ok")
+    async def snooze_then_ok(job: Job) -> dict[str, int]:
+        if job.payload.get("snoozed") is None and job.attempt == 1 and not _snoozed.get(job.id):
+            _snoozed[job.id] = True
+            raise Snooze(0.1)
+        return {"attempt": job.attempt}
+
+    @registry.task("discard")
+    async def discard(job: Job) -> None:
+        raise Discard("bad address")
+
+    @registry.task("slow", timeout=0.2, max_attempts=2)
+    async def slow(job: Job) -> None:
+        await anyio.sleep(30)
+
+    @registry.task("sync.ok")
+    def sync_ok(job: Job) -> int:
+        return int(job.payload["x"]) * 2
+
+    _snoozed: dict[int, bool] = {}
+    ids = {
+        name: await enqueue(conn, name, payload)
+        for name, payload in [
+            ("retry.then.ok", {}),
+            ("snooze.then.ok", {}),
+            ("discard", {}),
+            ("slow", {}),
+            ("sync.ok", {"x": 21}),
+        ]
+    }
+    async with running_daemon(db_dsn, registry):
+        retried = await wait_state(conn, ids["retry.then.ok"], "succeeded")
+        snoozed = await wait_state(conn, ids["snooze.then.ok"], "succeeded")
+        discarded = await wait_state(conn, ids["discard"], "failed")
+        timed_out = await wait_state(conn, ids["slow"], "failed", 15)
+        synced = await wait_state(conn, ids["sync.ok"], "succeeded")
+    assert retried["attempts"] == 2 and retried["last_error"] == "Retry: not yet"
+    assert retried["result"] == '"ok"'
+    assert snoozed["attempts"] == 1, "a snooze spends no attempt"
+    assert snoozed["result"] == '{"attempt": 1}'
+    assert discarded["attempts"] == 1 and discarded["last_error"] == "Discard: bad address"
+    assert timed_out["attempts"] == 2 and "timed out after 0.2s" in timed_out["last_error"]
+    assert synced["result"] == "42"
+
+
+async def test_job_without_handler_stays_queued_and_is_reported(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    registry = Registry()
+
+    @registry.task("known")
+    async def known(job: Job) -> None:
+        pass
+
+    orphan = await enqueue(conn, "nobody.handles.this")
+    other_queue = await enqueue(conn, "known", queue="elsewhere")
+    known_id = await enqueue(conn, "known")
+    log = LogCapture()
+    async with running_daemon(db_dsn, registry, log=log):
+        await wait_state(conn, known_id, "succeeded")
+        await wait_for(lambda: log.events("jobs_without_handler"), 5, "the report")
+    report = log.events("jobs_without_handler")[0]
+    assert (report["task"], report["queue"], report["jobs"]) == ("nobody.handles.this", "default", 1)
+    rows = {r["id"]: r for r in await conn.fetch("SELECT id, state::text, attempts FROM notifyq.jobs")}
+    assert rows[orphan]["state"] == "queued" and rows[orphan]["attempts"] == 0
+    assert rows[other_queue]["state"] == "queued", "queues not served are left alone"
+
+
+async def test_scheduled_job_runs_at_its_time_without_a_poll(conn: asyncpg.Connection, db_dsn: str) -> None:
+    ran = anyio.Event()
+    registry = Registry()
+    at: dict[str, Any] = {}
+
+    @registry.task("later")
+    async def later(job: Job) -> None:
+        at["started"] = await conn_now(db_dsn)
+        ran.set()
+
+    async with running_daemon(db_dsn, registry, poll_interval_seconds=30):
+        await wait_for(lambda: _idle_locks(conn), 5, "idle")
+        job_id = await enqueue(conn, "later", run_at=__import__("datetime").timedelta(seconds=0.7))
+        with anyio.fail_after(5):
+            await ran.wait()
+    run_at = await conn.fetchval("SELECT run_at FROM notifyq.jobs WHERE id = $1", job_id)
+    lateness = (at["started"] - run_at).total_seconds()
+    assert 0 <= lateness < 0.5
+
+
+async def conn_now(dsn: str) -> Any:
+    c = await asyncpg.connect(dsn)
+    try:
+        return await c.fetchval("SELECT clock_timestamp()")
+    finally:
+        await c.close()
+
+
+async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Connection, db_dsn: str) -> None:
+    started = anyio.Event()
+    registry = Registry()
+
+    @registry.task("after.kill")
+    async def after_kill(job: Job) -> None:
+        started.set()
+
+    log = LogCapture()
+    async with running_daemon(db_dsn, registry, log=log, poll_interval_seconds=30):
+        await wait_for(lambda: _idle_locks(conn), 5, "idle")
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'notifyq-listener' AND datname = current_database()"
+        )
+        assert killed == 1
+        t0 = time.monotonic()
+        await enqueue(conn, "after.kill")
+        with anyio.fail_after(5):
+            await started.wait()
+        assert time.monotonic() - t0 < 2.0
+        await wait_for(lambda: log.events("listener_reconnected"), 5, "reconnect logged")

@@ -1,0 +1,126 @@
+"""The producer contract: plain INSERT, notifyq.enqueue(), Python enqueue(), and bad rows refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from notifyq import enqueue
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_plain_insert_is_enough(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        """INSERT INTO notifyq.jobs (task, payload) VALUES ('emails.send', '{"to": "a@b.c"}')"""
+    )
+    row = await conn.fetchrow("SELECT * FROM notifyq.jobs")
+    assert row["queue"] == "default"
+    assert row["state"] == "queued"
+    assert row["attempts"] == 0
+    assert row["max_attempts"] == 20
+    assert row["priority"] == 0
+    assert row["lease_token"] is None
+
+
+@pytest.mark.parametrize(
+    ("columns", "values", "field", "limit"),
+    [
+        ("task", "''", "task", "1 to 200 characters"),
+        ("task", "repeat('x', 201)", "task", "1 to 200 characters"),
+        ("task, queue", "'t', 'Bad Queue'", "queue", "^[a-z0-9][a-z0-9_.:-]{0,62}$"),
+        ("task, queue", "'t', 'q;drop'", "queue", "^[a-z0-9]"),
+        ("task, queue", "'t', repeat('q', 64)", "queue", "at most 63"),
+        ("task, queue", "'t', 'é'", "queue", "^[a-z0-9]"),
+        ("task, payload", "'t', jsonb_build_object('x', repeat('a', 1048577))", "payload", "1048576 bytes"),
+        ("task, max_attempts", "'t', 0", "max_attempts", "between 1 and 1000"),
+        ("task, max_attempts", "'t', -5", "max_attempts", "between 1 and 1000"),
+        ("task, state", "'t', 'running'", "state", "only insert queued"),
+        ("task, state", "'t', 'succeeded'", "state", "only insert queued"),
+        ("task, lease_token, leased_until", "'t', gen_random_uuid(), now()", "lease_token", "lease"),
+        ("task, worker_id", "'t', gen_random_uuid()", "lease_token", "lease"),
+        ("task, attempts", "'t', 3", "attempts", "must be 0"),
+    ],
+)
+async def test_bad_rows_are_refused_naming_the_field(
+    conn: asyncpg.Connection, columns: str, values: str, field: str, limit: str
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await conn.execute(f"INSERT INTO notifyq.jobs ({columns}) VALUES ({values})")
+    assert f"notifyq.jobs.{field}" in str(caught.value)
+    assert limit in str(caught.value)
+    assert caught.value.column_name == field
+    assert await conn.fetchval("SELECT count(*) FROM notifyq.jobs") == 0
+
+
+async def test_updates_cannot_break_the_lease_invariant(conn: asyncpg.Connection) -> None:
+    job_id = await enqueue(conn, "t")
+    with pytest.raises(asyncpg.CheckViolationError, match="jobs_lease_only_when_running"):
+        await conn.execute("UPDATE notifyq.jobs SET state = 'running' WHERE id = $1", job_id)
+
+
+async def test_sql_enqueue_with_named_arguments(conn: asyncpg.Connection) -> None:
+    job_id = await conn.fetchval(
+        """SELECT notifyq.enqueue('emails.send', '{"to": "x"}', queue => 'mail', priority => 5,
+                  run_at => now() + interval '1 hour', max_attempts => 3)"""
+    )
+    row = await conn.fetchrow("SELECT *, run_at - now() AS delay FROM notifyq.jobs WHERE id = $1", job_id)
+    assert (row["queue"], row["priority"], row["max_attempts"]) == ("mail", 5, 3)
+    assert timedelta(minutes=59) < row["delay"] <= timedelta(hours=1)
+
+
+async def test_sql_enqueue_refuses_bad_priority(conn: asyncpg.Connection) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match=r"notifyq.jobs.priority: must be between"):
+        await conn.fetchval("SELECT notifyq.enqueue('t', priority => 40000)")
+
+
+async def test_dedup_returns_the_existing_id_until_it_finishes(conn: asyncpg.Connection) -> None:
+    first = await conn.fetchval("SELECT notifyq.enqueue('t', dedup_key => 'k1')")
+    again = await conn.fetchval("SELECT notifyq.enqueue('t', '{\"other\": 1}', dedup_key => 'k1')")
+    assert again == first
+    assert await conn.fetchval("SELECT count(*) FROM notifyq.jobs") == 1
+    # Once the holder has finished, the key is free for a new job.
+    await conn.execute(
+        "UPDATE notifyq.jobs SET state = 'succeeded', finished_at = now() WHERE id = $1", first
+    )
+    fresh = await conn.fetchval("SELECT notifyq.enqueue('t', dedup_key => 'k1')")
+    assert fresh != first
+
+
+async def test_python_enqueue_is_part_of_the_callers_transaction(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    other = await asyncpg.connect(db_dsn)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        job_id = await enqueue(conn, "emails.send", {"to": "a@b.c"}, priority=2)
+        assert await other.fetchval("SELECT count(*) FROM notifyq.jobs") == 0
+        await tx.rollback()
+        assert await conn.fetchval("SELECT count(*) FROM notifyq.jobs WHERE id = $1", job_id) == 0
+        async with conn.transaction():
+            job_id = await enqueue(conn, "emails.send", {"to": "a@b.c"}, priority=2)
+        row = await other.fetchrow("SELECT task, payload::text, priority FROM notifyq.jobs")
+        assert row["task"] == "emails.send"
+        assert row["payload"] == '{"to": "a@b.c"}'
+        assert row["priority"] == 2
+    finally:
+        await other.close()
+
+
+async def test_python_enqueue_run_at_forms(conn: asyncpg.Connection) -> None:
+    later = await enqueue(conn, "t", run_at=timedelta(minutes=10))
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    fixed = await enqueue(conn, "t", run_at=at)
+    rows = {r["id"]: r for r in await conn.fetch("SELECT id, run_at, run_at - now() AS d FROM notifyq.jobs")}
+    assert timedelta(minutes=9) < rows[later]["d"] <= timedelta(minutes=10)
+    assert rows[fixed]["run_at"] == at
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await enqueue(conn, "t", run_at=datetime(2030, 1, 1))
+
+
+async def test_python_enqueue_surfaces_the_constraint_error(conn: asyncpg.Connection) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match=r"notifyq\.jobs\.queue"):
+        await enqueue(conn, "t", queue="NOPE")
