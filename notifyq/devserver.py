@@ -85,6 +85,11 @@ class PrivateCluster:
         if (self.data_dir / "PG_VERSION").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._as_postgres and self._run("test", "-x", str(self.data_dir.parent), check=False).returncode:
+            raise NotifyqError(
+                f"the postgres user cannot reach {self.data_dir.parent}; pick a data folder it can "
+                "traverse, e.g. --data-dir /tmp/notifyq-dev"
+            )
         if self._as_postgres:
             pg = pwd.getpwnam("postgres")
             os.chown(self.data_dir, pg.pw_uid, pg.pw_gid)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -68,3 +71,12 @@ async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     c = await asyncpg.connect(db_dsn)
     yield c
     await c.close()
+
+
+@pytest.fixture
+def pg_tmp() -> Iterator[Path]:
+    """A folder the `postgres` user can traverse (pytest's tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="notifyq-test-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,24 @@
+-- The documented GRANT set. Run after every `notifyq migrate`, as notifyq_owner or a superuser:
+--     psql "$DATABASE_URL" -f sql/roles/02_grants.sql
+-- Idempotent. Owner-only powers (ALTER TABLE, DISABLE TRIGGER, DROP) are never granted.
+
+GRANT USAGE ON SCHEMA notifyq TO notifyq_producer, notifyq_worker, notifyq_observer;
+
+-- Producers: insert the producer columns only; the guard trigger refuses anything else.
+GRANT INSERT (task, payload, queue, run_at, priority, dedup_key, max_attempts) ON notifyq.jobs
+    TO notifyq_producer;
+-- enqueue() is SECURITY DEFINER (it needs to read back a dedup hit), so it is not for everyone.
+REVOKE EXECUTE ON FUNCTION notifyq.enqueue(text, jsonb, text, timestamptz, integer, text, integer, interval)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION notifyq.enqueue(text, jsonb, text, timestamptz, integer, text, integer, interval)
+    TO notifyq_producer, notifyq_worker;
+
+-- Workers: claim, complete, heartbeat, rescue and prune jobs; keep their own workers row.
+GRANT SELECT, UPDATE, DELETE ON notifyq.jobs TO notifyq_worker;
+GRANT INSERT (task, payload, queue, run_at, priority, dedup_key, max_attempts) ON notifyq.jobs
+    TO notifyq_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON notifyq.workers TO notifyq_worker;
+GRANT SELECT ON notifyq.schema_migrations TO notifyq_worker;
+
+-- Observers: read everything, change nothing.
+GRANT SELECT ON ALL TABLES IN SCHEMA notifyq TO notifyq_observer;

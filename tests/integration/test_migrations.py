@@ -1,0 +1,147 @@
+"""Migrations: concurrent runs, idempotence, --sql, the version guard, roles, and the schema snapshot."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from notifyq.devserver import pg_bindir
+from tests.support import ROOT
+
+pytestmark = pytest.mark.timeout(60)
+SNAPSHOT = ROOT / "tests" / "snapshots" / "schema.sql"
+
+
+def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "notifyq", *args], capture_output=True, text=True, cwd=ROOT, input=stdin,
+        timeout=60,
+    )
+
+
+async def test_two_concurrent_migrates_apply_once(empty_dsn: str) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "notifyq", "migrate", "--dsn", empty_dsn],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    said = sorted(o[0].strip() for o in outs)
+    assert said == ["applied 0001_init", "schema is current; nothing to apply"]
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 1
+    finally:
+        await conn.close()
+    again = cli("migrate", "--dsn", empty_dsn)
+    assert again.returncode == 0 and "nothing to apply" in again.stdout
+
+
+async def test_migrate_sql_prints_a_complete_script_and_changes_nothing(empty_dsn: str) -> None:
+    shown = cli("migrate", "--sql", "--dsn", empty_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("BEGIN;") and "CREATE TABLE notifyq.jobs" in shown.stdout
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        assert await conn.fetchval("SELECT to_regnamespace('notifyq')") is None, "--sql changed nothing"
+    finally:
+        await conn.close()
+    # A DBA runs the printed script with psql: the result is a current schema.
+    ran = subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "-q", empty_dsn], input=shown.stdout,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    checked = cli("check", "--dsn", empty_dsn)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_check_and_serve_refuse_a_missing_or_unknown_migration(empty_dsn: str) -> None:
+    missing = cli("check", "--dsn", empty_dsn)
+    assert missing.returncode == 3
+    assert "missing migration(s) 0001_init" in missing.stdout
+    assert cli("migrate", "--dsn", empty_dsn).returncode == 0
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO notifyq.schema_migrations (version, name, checksum) VALUES (2, 'from_the_future', 'x')"
+        )
+    finally:
+        await conn.close()
+    unknown = cli("check", "--dsn", empty_dsn)
+    assert unknown.returncode == 3 and "unknown migration(s) 0002_from_the_future" in unknown.stdout
+    serve = subprocess.run(
+        [sys.executable, "-m", "notifyq", "serve", "--dsn", empty_dsn, "--app", "examples.hello:registry",
+         "--http-address", "off"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert serve.returncode == 1
+    assert serve.stderr.strip().splitlines()[-1] == (
+        "notifyq: schema is newer than this notifyq: unknown migration(s) 0002_from_the_future; upgrade notifyq"
+    )
+
+
+def _normalized_dump(dsn: str) -> str:
+    dump = subprocess.run(
+        [str(pg_bindir() / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges", "--schema=notifyq", dsn],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    keep = [
+        line for line in dump.splitlines()
+        # \restrict lines carry a random key (pg_dump 15.14 and later).
+        if line and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict"))
+    ]
+    return re.sub(r"\n{2,}", "\n", "\n".join(keep)) + "\n"
+
+
+async def test_schema_matches_the_checked_in_snapshot(db_dsn: str) -> None:
+    dump = _normalized_dump(db_dsn)
+    if os.environ.get("NOTIFYQ_UPDATE_SNAPSHOT"):
+        SNAPSHOT.write_text(dump)
+    assert dump == SNAPSHOT.read_text(), (
+        "the migrations no longer produce tests/snapshots/schema.sql; if that is intended, "
+        "rerun with NOTIFYQ_UPDATE_SNAPSHOT=1 and review the diff"
+    )
+
+
+async def test_least_privilege_roles(empty_dsn: str) -> None:
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute((ROOT / "sql/roles/01_create_roles.sql").read_text())
+        await conn.execute("SET ROLE notifyq_owner")
+        from notifyq import migrate
+
+        await migrate.apply(conn)  # no superuser needed
+        await conn.execute((ROOT / "sql/roles/02_grants.sql").read_text())
+        await conn.execute("RESET ROLE")
+        assert await conn.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == "notifyq_owner"
+
+        await conn.execute("SET ROLE notifyq_producer")
+        await conn.execute("INSERT INTO notifyq.jobs (task) VALUES ('p')")
+        assert await conn.fetchval("SELECT notifyq.enqueue('p', dedup_key => 'k')") > 0
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("UPDATE notifyq.jobs SET priority = 1")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT * FROM notifyq.jobs")
+        await conn.execute("RESET ROLE")
+
+        await conn.execute("SET ROLE notifyq_worker")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("ALTER TABLE notifyq.jobs DISABLE TRIGGER jobs_guard_insert")
+        # Refused twice over: no INSERT privilege on state, and the guard trigger behind it.
+        with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.CheckViolationError)):
+            await conn.execute("INSERT INTO notifyq.jobs (task, state) VALUES ('w', 'running')")
+        await conn.execute("UPDATE notifyq.jobs SET priority = 1")
+        await conn.execute("RESET ROLE")
+
+        await conn.execute("SET ROLE notifyq_observer")
+        assert await conn.fetchval("SELECT count(*) FROM notifyq.jobs") == 2
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM notifyq.jobs")
+        await conn.execute("RESET ROLE")
+    finally:
+        await conn.close()

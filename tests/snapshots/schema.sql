@@ -1,0 +1,197 @@
+CREATE SCHEMA notifyq;
+CREATE TYPE notifyq.job_state AS ENUM (
+    'queued',
+    'running',
+    'succeeded',
+    'failed',
+    'cancelled'
+);
+CREATE FUNCTION notifyq.default_max_attempts() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$SELECT 20$$;
+CREATE FUNCTION notifyq.enqueue(task text, payload jsonb DEFAULT '{}'::jsonb, queue text DEFAULT 'default'::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, dedup_key text DEFAULT NULL::text, max_attempts integer DEFAULT NULL::integer, run_in interval DEFAULT NULL::interval) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+    new_id bigint;
+BEGIN
+    IF enqueue.priority IS NULL OR enqueue.priority NOT BETWEEN -32768 AND 32767 THEN
+        RAISE EXCEPTION 'notifyq.jobs.priority: must be between -32768 and 32767 (got %)',
+            coalesce(enqueue.priority::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'priority', SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF enqueue.run_at IS NOT NULL AND enqueue.run_in IS NOT NULL THEN
+        RAISE EXCEPTION 'notifyq.enqueue: give run_at or run_in, not both'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        INSERT INTO notifyq.jobs AS j (task, payload, queue, run_at, priority, dedup_key, max_attempts)
+        VALUES (
+            enqueue.task,
+            coalesce(enqueue.payload, '{}'),
+            coalesce(enqueue.queue, 'default'),
+            coalesce(enqueue.run_at, now() + enqueue.run_in, now()),
+            enqueue.priority,
+            enqueue.dedup_key,
+            coalesce(enqueue.max_attempts, notifyq.default_max_attempts())
+        )
+        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running')
+        DO NOTHING
+        RETURNING j.id INTO new_id;
+        IF new_id IS NOT NULL THEN
+            RETURN new_id;
+        END IF;
+        SELECT j.id INTO new_id FROM notifyq.jobs AS j
+        WHERE j.dedup_key = enqueue.dedup_key AND j.state IN ('queued', 'running');
+        IF new_id IS NOT NULL THEN
+            RETURN new_id;
+        END IF;
+        -- The holder finished between our INSERT and SELECT: the key is free again, so try once more.
+    END LOOP;
+END
+$$;
+CREATE FUNCTION notifyq.jobs_guard_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+BEGIN
+    IF NEW.state IS DISTINCT FROM 'queued' THEN
+        RAISE EXCEPTION 'notifyq.jobs.state: producers may only insert queued jobs (got %)', NEW.state
+            USING ERRCODE = 'check_violation', COLUMN = 'state', CONSTRAINT = 'jobs_guard_state',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF NEW.lease_token IS NOT NULL OR NEW.leased_until IS NOT NULL OR NEW.worker_id IS NOT NULL THEN
+        RAISE EXCEPTION 'notifyq.jobs.lease_token: producers may not insert a lease (lease_token, leased_until and worker_id must be NULL)'
+            USING ERRCODE = 'check_violation', COLUMN = 'lease_token', CONSTRAINT = 'jobs_guard_lease',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF NEW.attempts IS DISTINCT FROM 0 THEN
+        RAISE EXCEPTION 'notifyq.jobs.attempts: must be 0 on insert (got %)', NEW.attempts
+            USING ERRCODE = 'check_violation', COLUMN = 'attempts', CONSTRAINT = 'jobs_guard_attempts',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF NEW.task IS NULL OR char_length(NEW.task) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'notifyq.jobs.task: must be 1 to 200 characters (got %)',
+            coalesce(char_length(NEW.task)::text || ' characters', 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'task', CONSTRAINT = 'jobs_task_length',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF NEW.queue IS NULL OR NEW.queue !~ '^[a-z0-9][a-z0-9_.:-]{0,62}$' THEN
+        RAISE EXCEPTION 'notifyq.jobs.queue: must match ^[a-z0-9][a-z0-9_.:-]{0,62}$ (lowercase letters, digits, _ . : -; at most 63 characters)'
+            USING ERRCODE = 'check_violation', COLUMN = 'queue', CONSTRAINT = 'jobs_queue_format',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'notifyq.jobs.max_attempts: must be between 1 and 1000 (got %)',
+            coalesce(NEW.max_attempts::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'max_attempts',
+                  CONSTRAINT = 'jobs_max_attempts_range', SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    -- 1 MiB of JSON text; octet_length of the text form is what a producer can reason about.
+    IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048576 THEN
+        RAISE EXCEPTION 'notifyq.jobs.payload: must be a JSON value of at most 1048576 bytes (got %)',
+            coalesce(octet_length(NEW.payload::text)::text || ' bytes', 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'payload', CONSTRAINT = 'jobs_payload_size',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF NEW.dedup_key IS NOT NULL AND char_length(NEW.dedup_key) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'notifyq.jobs.dedup_key: must be NULL or 1 to 200 characters (got % characters)',
+            char_length(NEW.dedup_key)
+            USING ERRCODE = 'check_violation', COLUMN = 'dedup_key',
+                  CONSTRAINT = 'jobs_dedup_key_length', SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    NEW.created_at := now();
+    NEW.started_at := NULL;
+    NEW.finished_at := NULL;
+    NEW.result := NULL;
+    NEW.last_error := NULL;
+    RETURN NEW;
+END
+$_$;
+CREATE FUNCTION notifyq.jobs_wake() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    seen text := coalesce(current_setting('notifyq.woken', true), '');
+    mark text := '|' || NEW.queue || '|';
+BEGIN
+    IF strpos(seen, mark) > 0 THEN
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('notifyq.woken', seen || mark, true);
+    IF pg_try_advisory_lock(7243, hashtext(NEW.queue)) THEN
+        PERFORM pg_advisory_unlock(7243, hashtext(NEW.queue));
+    ELSE
+        PERFORM pg_notify('notifyq', NEW.queue);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TABLE notifyq.jobs (
+    id bigint NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    task text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    priority smallint DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    state notifyq.job_state DEFAULT 'queued'::notifyq.job_state NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT notifyq.default_max_attempts() NOT NULL,
+    lease_token uuid,
+    leased_until timestamp with time zone,
+    worker_id uuid,
+    dedup_key text,
+    last_error text,
+    result jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT jobs_attempts_range CHECK ((attempts >= 0)),
+    CONSTRAINT jobs_dedup_key_length CHECK (((dedup_key IS NULL) OR ((char_length(dedup_key) >= 1) AND (char_length(dedup_key) <= 200)))),
+    CONSTRAINT jobs_lease_only_when_running CHECK (((state = 'running'::notifyq.job_state) = ((lease_token IS NOT NULL) AND (leased_until IS NOT NULL)))),
+    CONSTRAINT jobs_max_attempts_range CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
+    CONSTRAINT jobs_queue_format CHECK ((queue ~ '^[a-z0-9][a-z0-9_.:-]{0,62}$'::text)),
+    CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200)))
+)
+WITH (fillfactor='80');
+ALTER TABLE notifyq.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME notifyq.jobs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+CREATE TABLE notifyq.schema_migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE notifyq.workers (
+    id uuid NOT NULL,
+    hostname text NOT NULL,
+    pid integer NOT NULL,
+    queues text[] NOT NULL,
+    tasks text[] NOT NULL,
+    concurrency integer NOT NULL,
+    running integer DEFAULT 0 NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE ONLY notifyq.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY notifyq.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+ALTER TABLE ONLY notifyq.workers
+    ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
+CREATE INDEX jobs_claim_idx ON notifyq.jobs USING btree (queue, priority DESC, run_at, id) WHERE (state = 'queued'::notifyq.job_state);
+CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs USING btree (dedup_key) WHERE ((dedup_key IS NOT NULL) AND (state = ANY (ARRAY['queued'::notifyq.job_state, 'running'::notifyq.job_state])));
+CREATE INDEX jobs_finished_idx ON notifyq.jobs USING btree (finished_at) WHERE (state = ANY (ARRAY['succeeded'::notifyq.job_state, 'failed'::notifyq.job_state, 'cancelled'::notifyq.job_state]));
+CREATE INDEX jobs_running_idx ON notifyq.jobs USING btree (worker_id) WHERE (state = 'running'::notifyq.job_state);
+CREATE TRIGGER jobs_guard_insert BEFORE INSERT ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard_insert();
+CREATE CONSTRAINT TRIGGER jobs_wake_insert AFTER INSERT ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_wake();
+CREATE CONSTRAINT TRIGGER jobs_wake_requeue AFTER UPDATE OF state ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((new.state = 'queued'::notifyq.job_state) AND (old.state <> 'queued'::notifyq.job_state))) EXECUTE FUNCTION notifyq.jobs_wake();
