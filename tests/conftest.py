@@ -8,8 +8,8 @@ import itertools
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest

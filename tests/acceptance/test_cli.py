@@ -20,18 +20,41 @@ pytestmark = pytest.mark.timeout(60)
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "notifyq", *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
+        [sys.executable, "-m", "notifyq", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
         env={**os.environ, **(env or {})},
     )
 
 
 async def test_enqueue_from_the_cli(conn: asyncpg.Connection, db_dsn: str) -> None:
-    done = cli("enqueue", "emails.send", "--dsn", db_dsn, "--payload", '{"to": "a@b.c"}', "--queue", "mail",
-               "--priority", "3", "--run-at", "+5m", "--dedup-key", "welcome-1")
+    done = cli(
+        "enqueue",
+        "emails.send",
+        "--dsn",
+        db_dsn,
+        "--payload",
+        '{"to": "a@b.c"}',
+        "--queue",
+        "mail",
+        "--priority",
+        "3",
+        "--run-at",
+        "+5m",
+        "--dedup-key",
+        "welcome-1",
+    )
     assert done.returncode == 0, done.stderr
     job_id = int(done.stdout)
     row = await conn.fetchrow("SELECT *, run_at - now() AS d FROM notifyq.jobs WHERE id = $1", job_id)
-    assert (row["task"], row["queue"], row["priority"], row["dedup_key"]) == ("emails.send", "mail", 3, "welcome-1")
+    assert (row["task"], row["queue"], row["priority"], row["dedup_key"]) == (
+        "emails.send",
+        "mail",
+        3,
+        "welcome-1",
+    )
     assert row["d"].total_seconds() > 290
     again = cli("enqueue", "emails.send", "--dsn", db_dsn, "--dedup-key", "welcome-1")
     assert int(again.stdout) == job_id, "dedup hit returns the existing id"
@@ -71,7 +94,9 @@ def test_password_never_printed_on_connection_failure() -> None:
 
 
 async def test_check_warns_about_jobs_no_handler_takes(conn: asyncpg.Connection, db_dsn: str) -> None:
-    await conn.execute("INSERT INTO notifyq.jobs (task) VALUES ('hello.greet'), ('ghost.task'), ('ghost.task')")
+    await conn.execute(
+        "INSERT INTO notifyq.jobs (task) VALUES ('hello.greet'), ('ghost.task'), ('ghost.task')"
+    )
     done = cli("check", "--dsn", db_dsn, "--app", "examples.hello:registry")
     assert done.returncode == 0, done.stdout
     assert "WARN  handlers: 2 queued job(s) of task 'ghost.task' in queue 'default'" in done.stdout
@@ -84,9 +109,21 @@ def test_dev_runs_jobs_on_a_private_postgres_and_stops_on_ctrl_c(pg_tmp: Path) -
     log = pg_tmp / "dev.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "notifyq", "dev", "--data-dir", str(data), "--jobs", "6",
-             "--log-format", "json"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "notifyq",
+                "dev",
+                "--data-dir",
+                str(data),
+                "--jobs",
+                "6",
+                "--log-format",
+                "json",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             finished = 0

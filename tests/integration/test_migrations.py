@@ -19,15 +19,24 @@ SNAPSHOT = ROOT / "tests" / "snapshots" / "schema.sql"
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "notifyq", *args], capture_output=True, text=True, cwd=ROOT, input=stdin,
+        [sys.executable, "-m", "notifyq", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        input=stdin,
         timeout=60,
     )
 
 
 async def test_two_concurrent_migrates_apply_once(empty_dsn: str) -> None:
     procs = [
-        subprocess.Popen([sys.executable, "-m", "notifyq", "migrate", "--dsn", empty_dsn],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        subprocess.Popen(
+            [sys.executable, "-m", "notifyq", "migrate", "--dsn", empty_dsn],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=60) for p in procs]
@@ -53,8 +62,13 @@ async def test_migrate_sql_prints_a_complete_script_and_changes_nothing(empty_ds
     finally:
         await conn.close()
     # A DBA runs the printed script with psql: the result is a current schema.
-    ran = subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "-q", empty_dsn], input=shown.stdout,
-                         capture_output=True, text=True, timeout=60)
+    ran = subprocess.run(
+        ["psql", "-v", "ON_ERROR_STOP=1", "-q", empty_dsn],
+        input=shown.stdout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ran.returncode == 0, ran.stderr
     checked = cli("check", "--dsn", empty_dsn)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -68,32 +82,59 @@ async def test_check_and_serve_refuse_a_missing_or_unknown_migration(empty_dsn: 
     conn = await asyncpg.connect(empty_dsn)
     try:
         await conn.execute(
-            "INSERT INTO notifyq.schema_migrations (version, name, checksum) VALUES (2, 'from_the_future', 'x')"
+            "INSERT INTO notifyq.schema_migrations (version, name, checksum)"
+            " VALUES (2, 'from_the_future', 'x')"
         )
     finally:
         await conn.close()
     unknown = cli("check", "--dsn", empty_dsn)
     assert unknown.returncode == 3 and "unknown migration(s) 0002_from_the_future" in unknown.stdout
     serve = subprocess.run(
-        [sys.executable, "-m", "notifyq", "serve", "--dsn", empty_dsn, "--app", "examples.hello:registry",
-         "--http-address", "off"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "notifyq",
+            "serve",
+            "--dsn",
+            empty_dsn,
+            "--app",
+            "examples.hello:registry",
+            "--http-address",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert serve.returncode == 1
     assert serve.stderr.strip().splitlines()[-1] == (
-        "notifyq: schema is newer than this notifyq: unknown migration(s) 0002_from_the_future; upgrade notifyq"
+        "notifyq: schema is newer than this notifyq:"
+        " unknown migration(s) 0002_from_the_future; upgrade notifyq"
     )
 
 
 def _normalized_dump(dsn: str) -> str:
     dump = subprocess.run(
-        [str(pg_bindir() / "pg_dump"), "--schema-only", "--no-owner", "--no-privileges", "--schema=notifyq", dsn],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            str(pg_bindir() / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--schema=notifyq",
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     keep = [
-        line for line in dump.splitlines()
+        line
+        for line in dump.splitlines()
         # \restrict lines carry a random key (pg_dump 15.14 and later).
-        if line and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict"))
+        if line
+        and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict"))
     ]
     return re.sub(r"\n{2,}", "\n", "\n".join(keep)) + "\n"
 
@@ -118,7 +159,10 @@ async def test_least_privilege_roles(empty_dsn: str) -> None:
         await migrate.apply(conn)  # no superuser needed
         await conn.execute((ROOT / "sql/roles/02_grants.sql").read_text())
         await conn.execute("RESET ROLE")
-        assert await conn.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == "notifyq_owner"
+        assert (
+            await conn.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'")
+            == "notifyq_owner"
+        )
 
         await conn.execute("SET ROLE notifyq_producer")
         await conn.execute("INSERT INTO notifyq.jobs (task) VALUES ('p')")

@@ -81,8 +81,10 @@ def test_unknown_toml_key_and_missing_file(tmp_path: Path) -> None:
     ("dsn", "shown"),
     [
         ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
-        ("postgresql://app@db/app?password=s3cret&sslmode=require",
-         "postgresql://app@db/app?password=***&sslmode=require"),
+        (
+            "postgresql://app@db/app?password=s3cret&sslmode=require",
+            "postgresql://app@db/app?password=***&sslmode=require",
+        ),
         ("host=db user=app password=s3cret dbname=app", "host=db user=app password=*** dbname=app"),
         ("host=db password='s3 cret' dbname=app", "host=db password=*** dbname=app"),
         ("postgresql://db/app", "postgresql://db/app"),
@@ -100,8 +102,16 @@ def test_settings_repr_hides_the_password() -> None:
 
 def test_every_named_query_loads() -> None:
     loaded = queries.load()
-    for name in ("claim_jobs", "record_outcomes", "extend_leases", "rescue_expired", "enqueue",
-                 "take_idle_locks", "migrate_lock", "ledger_bootstrap"):
+    for name in (
+        "claim_jobs",
+        "record_outcomes",
+        "extend_leases",
+        "rescue_expired",
+        "enqueue",
+        "take_idle_locks",
+        "migrate_lock",
+        "ledger_bootstrap",
+    ):
         assert loaded[name].strip()
     assert all("-- name:" not in sql for sql in loaded.values())
     with pytest.raises(ValueError, match="duplicate"):
