@@ -16,6 +16,7 @@ from notifyq import Job, Registry
 
 registry = Registry()
 _pool: asyncpg.Pool | None = None
+_pool_lock = anyio.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS test_runs (
@@ -30,8 +31,9 @@ CREATE TABLE IF NOT EXISTS test_runs (
 
 async def pool() -> asyncpg.Pool:
     global _pool
-    if _pool is None:
-        _pool = await asyncpg.create_pool(os.environ["NOTIFYQ_DSN"], min_size=1, max_size=4)
+    async with _pool_lock:  # many handlers start at once; they must share one pool
+        if _pool is None:
+            _pool = await asyncpg.create_pool(os.environ["NOTIFYQ_DSN"], min_size=1, max_size=4)
     return _pool
 
 
