@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import uuid
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
@@ -35,6 +36,18 @@ from notifyq.worker.heartbeat import Heartbeat
 from notifyq.worker.leases import Leases
 from notifyq.worker.maintenance import Maintenance
 from notifyq.worker.wakeup import Wakeup
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    worker: WorkerInfo
+    leases: Leases
+    completer: Completer
+    listener: Listener
+    dispatcher: Dispatcher
+    heartbeat: Heartbeat
+    maintenance: Maintenance
+
 
 _CONNECT_RETRY = Backoff(base_seconds=0.5, factor=2.0, cap_seconds=30.0, jitter=0.5)
 
@@ -110,6 +123,16 @@ class Daemon:
                 await anyio.sleep(delay)
 
     async def _serve(self, store: Store, handle_signals: bool) -> None:
+        parts = self._build(store)
+        await store.register_worker(parts.worker)
+        self._dispatcher = parts.dispatcher
+        try:
+            await self._run_parts(parts, handle_signals)
+        finally:
+            parts.completer.dispose()
+
+    def _build(self, store: Store) -> _Parts:
+        """Wire the parts together; nothing starts here."""
         s = self.settings
         tasks = self.registry.names
         worker = WorkerInfo(
@@ -120,7 +143,6 @@ class Daemon:
             tasks=tasks,
             concurrency=s.concurrency,
         )
-        await store.register_worker(worker)
         wake = Wakeup()
         leases = Leases()
         completer = Completer(store, leases, self.metrics, buffer=2 * s.concurrency)
@@ -154,67 +176,74 @@ class Daemon:
             poll_interval=s.poll_interval_seconds,
             shutdown_timeout=s.shutdown_timeout_seconds,
         )
-        heartbeat = Heartbeat(store, leases, executor, worker, s.lease_seconds, s.heartbeat_interval)
-        maintenance = Maintenance(
-            store,
-            s.queues,
-            tasks,
-            s.lease_seconds,
-            s.retention_seconds,
-            on_rescued=lambda: wake.hint(wakeup.RESCUE),
+        return _Parts(
+            worker=worker,
+            leases=leases,
+            completer=completer,
+            listener=listener,
+            dispatcher=dispatcher,
+            heartbeat=Heartbeat(store, leases, executor, worker, s.lease_seconds, s.heartbeat_interval),
+            maintenance=Maintenance(
+                store,
+                s.queues,
+                tasks,
+                s.lease_seconds,
+                s.retention_seconds,
+                on_rescued=lambda: wake.hint(wakeup.RESCUE),
+            ),
         )
-        self._dispatcher = dispatcher
+
+    async def _run_parts(self, parts: _Parts, handle_signals: bool) -> None:
+        """Start every part (each reports ready), claim until stopped, then flush outcomes."""
         flushed = anyio.Event()
 
         async def run_completer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             try:
-                await completer.run(task_status=task_status)
+                await parts.completer.run(task_status=task_status)
             finally:
                 flushed.set()
 
-        try:
-            async with anyio.create_task_group() as root:
-                if handle_signals:
-                    root.start_soon(self._watch_signals)
-                await root.start(listener.run)
-                await root.start(run_completer)
-                await root.start(heartbeat.run)
-                await root.start(maintenance.run)
-                address = s.http_host_port
-                if address is not None:
-                    self.http = HttpServer(
-                        address[0],
-                        address[1],
-                        self.metrics.registry,
-                        lambda: (
-                            listener.connected,
-                            "ok" if listener.connected else "listener disconnected",
-                        ),
-                    )
-                    await root.start(self.http.run)
-                self._log.info(
-                    "daemon_ready",
-                    queues=list(s.queues),
-                    tasks=tasks,
-                    concurrency=s.concurrency,
-                    dsn=safe_dsn(s.dsn),
+        async with anyio.create_task_group() as root:
+            if handle_signals:
+                root.start_soon(self._watch_signals)
+            await root.start(parts.listener.run)
+            await root.start(run_completer)
+            await root.start(parts.heartbeat.run)
+            await root.start(parts.maintenance.run)
+            await self._start_http(root, parts.listener)
+            s = self.settings
+            self._log.info(
+                "daemon_ready",
+                queues=list(s.queues),
+                tasks=self.registry.names,
+                concurrency=s.concurrency,
+                dsn=safe_dsn(s.dsn),
+            )
+            self.ready.set()
+            if self._stop_requested:  # a signal came during start-up
+                parts.dispatcher.stop()
+            await parts.dispatcher.run()
+            parts.completer.close()
+            with anyio.move_on_after(max(5.0, s.heartbeat_interval)):
+                await flushed.wait()
+            if not flushed.is_set():
+                self._log.error(
+                    "outcomes_unwritten",
+                    leases=len(parts.leases),
+                    note="their leases will expire and the jobs will run again",
                 )
-                self.ready.set()
-                if self._stop_requested:  # a signal came during start-up
-                    dispatcher.stop()
-                await dispatcher.run()
-                completer.close()
-                with anyio.move_on_after(max(5.0, s.heartbeat_interval)):
-                    await flushed.wait()
-                if not flushed.is_set():
-                    self._log.error(
-                        "outcomes_unwritten",
-                        leases=len(leases),
-                        note="their leases will expire and the jobs will run again",
-                    )
-                root.cancel_scope.cancel()
-        finally:
-            completer.dispose()
+            root.cancel_scope.cancel()
+
+    async def _start_http(self, root: anyio.abc.TaskGroup, listener: Listener) -> None:
+        address = self.settings.http_host_port
+        if address is None:
+            return
+
+        def ready() -> tuple[bool, str]:
+            return listener.connected, "ok" if listener.connected else "listener disconnected"
+
+        self.http = HttpServer(address[0], address[1], self.metrics.registry, ready)
+        await root.start(self.http.run)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -140,3 +140,11 @@ def test_dev_runs_jobs_on_a_private_postgres_and_stops_on_ctrl_c(pg_tmp: Path) -
     text = log.read_text()
     assert "stopping the private Postgres" in text
     assert not PrivateCluster(data, 0).running(), "the private Postgres was stopped"
+
+
+def test_libpq_environment_is_used_when_dsn_is_unset(db_dsn: str) -> None:
+    database = db_dsn.rsplit("/", 1)[1]
+    env = {"PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres", "PGDATABASE": database}
+    done = cli("check", env={k: v for k, v in env.items()})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "connected to (from PG* environment variables)" in done.stdout

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from notifyq import Backoff, Discard, Job, Registry, Retry, Snooze, enqueue
-from tests.support import LogCapture, count_states, running_daemon, wait_for
+from tests.support import LogCapture, StallProxy, count_states, running_daemon, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -300,3 +300,60 @@ async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Conn
             await started.wait()
         assert time.monotonic() - t0 < 2.0
         await wait_for(lambda: log.events("listener_reconnected"), 5, "reconnect logged")
+
+
+async def test_blackholed_listener_is_noticed_by_the_probe(conn: asyncpg.Connection, db_dsn: str) -> None:
+    started = anyio.Event()
+    registry = Registry()
+
+    @registry.task("after.stall")
+    async def after_stall(job: Job) -> None:
+        started.set()
+
+    database = db_dsn.rsplit("/", 1)[1]
+    log = LogCapture()
+    async with StallProxy() as proxy:
+        async with running_daemon(
+            db_dsn,
+            registry,
+            log=log,
+            listen_dsn=proxy.dsn(database),
+            poll_interval_seconds=30,
+            probe_interval_seconds=0.5,
+        ):
+            await wait_for(lambda: _idle_locks(conn), 5, "idle")
+            proxy.stall()
+            t0 = time.monotonic()
+            await enqueue(conn, "after.stall")
+            with anyio.fail_after(10):
+                await started.wait()
+            waited = time.monotonic() - t0
+        assert log.events("listener_lost"), "the probe noticed the stalled connection"
+    # Bound: probe interval (0.5 s) + probe timeout (0.5 s) + reconnect backoff, far below the 30 s poll.
+    assert waited < 3.0
+
+
+async def test_job_log_lines_carry_context_and_never_the_payload(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    registry = Registry(backoff=FAST)
+
+    @registry.task("secretive", max_attempts=1)
+    async def secretive(job: Job) -> None:
+        raise RuntimeError("nope")
+
+    @registry.task("fine")
+    async def fine(job: Job) -> None:
+        pass
+
+    log = LogCapture()
+    failed = await enqueue(conn, "secretive", {"card": "4111-SECRET"})
+    ok = await enqueue(conn, "fine", {"card": "4111-SECRET"})
+    async with running_daemon(db_dsn + "?password=hunter2", registry, log=log):
+        await wait_state(conn, failed, "failed")
+        await wait_state(conn, ok, "succeeded")
+        await wait_for(lambda: log.events("job_failed"), 5, "the failure logged")
+    for event in log.events("job_finished") + log.events("job_failed"):
+        assert {"job_id", "task", "queue", "attempt", "outcome"} <= event.keys()
+    assert "4111-SECRET" not in log.getvalue()
+    assert "hunter2" not in log.getvalue()
