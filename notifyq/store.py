@@ -8,6 +8,7 @@ error also drops the pool's connections, so that after a failover the next ones 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -171,7 +172,7 @@ class Store:
                     id=r["id"],
                     queue=r["queue"],
                     task=r["task"],
-                    payload=orjson.loads(r["payload"]),
+                    payload=decode_payload(r["payload"]),
                     attempt=r["attempts"],
                     max_attempts=r["max_attempts"],
                     priority=r["priority"],
@@ -256,6 +257,15 @@ class Store:
 
     async def queued_tasks(self) -> list[asyncpg.Record]:
         return await self._fetch("queued_tasks")
+
+
+def decode_payload(text: str) -> Any:
+    """JSON text from jsonb to Python. orjson first (fast); the standard library for what orjson
+    refuses (numbers beyond a double, such as 1e400), so that no stored payload can stop a claim."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def safe_dsn(dsn: str | None) -> str:

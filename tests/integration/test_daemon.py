@@ -357,3 +357,24 @@ async def test_job_log_lines_carry_context_and_never_the_payload(
         assert {"job_id", "task", "queue", "attempt", "outcome"} <= event.keys()
     assert "4111-SECRET" not in log.getvalue()
     assert "hunter2" not in log.getvalue()
+
+
+async def test_payloads_orjson_cannot_read_still_run(conn: asyncpg.Connection, db_dsn: str) -> None:
+    registry = Registry()
+    seen: list[object] = []
+
+    @registry.task("odd")
+    async def odd(job: Job) -> None:
+        seen.append(job.payload)
+
+    # Valid jsonb that orjson refuses (beyond a double) and a top-level scalar: neither may stop a claim.
+    huge = await conn.fetchval(
+        "INSERT INTO notifyq.jobs (task, payload) VALUES ('odd', '1e400') RETURNING id"
+    )
+    scalar = await conn.fetchval(
+        "INSERT INTO notifyq.jobs (task, payload) VALUES ('odd', '\"x\"') RETURNING id"
+    )
+    async with running_daemon(db_dsn, registry):
+        await wait_state(conn, huge, "succeeded")
+        await wait_state(conn, scalar, "succeeded")
+    assert 10**400 in seen and "x" in seen  # jsonb keeps 1e400 as an exact number, and so do we
