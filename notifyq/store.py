@@ -9,6 +9,7 @@ error also drops the pool's connections, so that after a failover the next ones 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -259,13 +260,19 @@ class Store:
         return await self._fetch("queued_tasks")
 
 
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
 def decode_payload(text: str) -> Any:
-    """JSON text from jsonb to Python. orjson first (fast); the standard library for what orjson
-    refuses (numbers beyond a double, such as 1e400), so that no stored payload can stop a claim."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+    """JSON text from jsonb to Python, exactly. orjson is fast but turns integers beyond 64 bits into
+    floats and refuses numbers beyond a double (1e400), both valid jsonb; any text with a 19-digit run
+    takes the standard library's exact path instead, so no stored payload is altered or stops a claim."""
+    if _LONG_DIGITS.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def safe_dsn(dsn: str | None) -> str:

@@ -374,7 +374,12 @@ async def test_payloads_orjson_cannot_read_still_run(conn: asyncpg.Connection, d
     scalar = await conn.fetchval(
         "INSERT INTO notifyq.jobs (task, payload) VALUES ('odd', '\"x\"') RETURNING id"
     )
+    big = await conn.fetchval(
+        """INSERT INTO notifyq.jobs (task, payload) VALUES ('odd', '{"n": 123456789012345678901234567890}')
+           RETURNING id"""
+    )
     async with running_daemon(db_dsn, registry):
-        await wait_state(conn, huge, "succeeded")
-        await wait_state(conn, scalar, "succeeded")
+        for job_id in (huge, scalar, big):
+            await wait_state(conn, job_id, "succeeded")
     assert 10**400 in seen and "x" in seen  # jsonb keeps 1e400 as an exact number, and so do we
+    assert {"n": 123456789012345678901234567890} in seen, "integers beyond 64 bits arrive exact"
