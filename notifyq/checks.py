@@ -12,6 +12,7 @@ from notifyq import migrate, queries
 from notifyq.config import Settings
 from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, NotifyqError
 from notifyq.registry import load_app
+from notifyq.stats import handled_by, summarize
 from notifyq.store import Store, connect, safe_dsn
 
 
@@ -64,17 +65,17 @@ async def _check_handlers(settings: Settings, store: Store, echo: Callable[[str]
     """Warn about queued jobs that no handler will ever claim."""
     workers = await store.live_workers()
     if settings.app:
-        known = {(q, t) for q in settings.queues for t in load_app(settings.app).names}
+        handled = {(q, t) for q in settings.queues for t in load_app(settings.app).names}
         source = f"app {settings.app} on queues {','.join(settings.queues)}"
     else:
-        known = {(q, t) for w in workers for q in w["queues"] for t in w["tasks"]}
+        handled = handled_by(workers)
         source = f"{len(workers)} live worker(s)"
     echo(f"ok    workers: {len(workers)} live")
-    orphans = [r for r in await store.queued_tasks() if (r["queue"], r["task"]) not in known]
-    for row in orphans:
+    overview = summarize(await store.queue_stats(), workers, handled)
+    for (queue, task), jobs in sorted(overview.orphans.items()):
         echo(
-            f"WARN  handlers: {row['jobs']} queued job(s) of task {row['task']!r} in queue "
-            f"{row['queue']!r}, which no handler takes ({source}); they stay queued"
+            f"WARN  handlers: {jobs} queued job(s) of task {task!r} in queue {queue!r}, "
+            f"which no handler takes ({source}); they stay queued"
         )
-    if not orphans:
+    if not overview.orphans:
         echo(f"ok    handlers: every queued job has a handler ({source})")

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     retention_seconds: float = Field(
         default=7 * 86400.0, ge=0.0, description="Finished jobs older than this are pruned."
     )
+    stats_interval_seconds: float = Field(
+        default=15.0, ge=1.0, le=3600.0, description="Refresh period of the database gauges."
+    )
     statement_cache_size: int = Field(default=100, ge=0, description="0 for PgBouncer in transaction mode.")
 
     @field_validator("queues", mode="before")

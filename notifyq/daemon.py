@@ -27,11 +27,14 @@ from notifyq.listener import Listener
 from notifyq.metrics import Metrics
 from notifyq.registry import Registry
 from notifyq.retry import Backoff
+from notifyq.stats import Overview
 from notifyq.store import Store, WorkerInfo, safe_dsn
+from notifyq.systemd import SystemdNotifier
 from notifyq.worker import wakeup
 from notifyq.worker.completer import Completer
 from notifyq.worker.dispatcher import Dispatcher
 from notifyq.worker.executor import Executor
+from notifyq.worker.gauges import GaugeRefresher
 from notifyq.worker.heartbeat import Heartbeat
 from notifyq.worker.leases import Leases
 from notifyq.worker.maintenance import Maintenance
@@ -45,8 +48,10 @@ class _Parts:
     completer: Completer
     listener: Listener
     dispatcher: Dispatcher
+    executor: Executor
     heartbeat: Heartbeat
     maintenance: Maintenance
+    gauges: GaugeRefresher
 
 
 _CONNECT_RETRY = Backoff(base_seconds=0.5, factor=2.0, cap_seconds=30.0, jitter=0.5)
@@ -72,6 +77,9 @@ class Daemon:
         self.metrics = Metrics(settings.queues, registry.names, notifyq_version())
         self.metrics.worker_slots.set(settings.concurrency)
         self.http: HttpServer | None = None
+        self.systemd = SystemdNotifier()
+        self._store: Store | None = None
+        self._parts: _Parts | None = None
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = 0
         self._log = logs.get("daemon").bind(worker_id=str(self.worker_id))
@@ -79,6 +87,8 @@ class Daemon:
     def stop(self) -> None:
         """Graceful stop (what SIGTERM does); a second call stops at once."""
         self._stop_requested += 1
+        if self._stop_requested == 1:
+            self.systemd.stopping()
         if self._dispatcher is None:
             return
         if self._stop_requested == 1:
@@ -97,6 +107,7 @@ class Daemon:
                 with contextlib.suppress(DatabaseUnavailable):
                     await store.unregister_worker(self.worker_id)
                 await store.close()
+            self.systemd.close()
             self._log.info("daemon_stopped")
 
     async def _open_store(self) -> Store:
@@ -125,6 +136,8 @@ class Daemon:
     async def _serve(self, store: Store, handle_signals: bool) -> None:
         parts = self._build(store)
         await store.register_worker(parts.worker)
+        self._store = store
+        self._parts = parts
         self._dispatcher = parts.dispatcher
         try:
             await self._run_parts(parts, handle_signals)
@@ -142,6 +155,7 @@ class Daemon:
             queues=list(s.queues),
             tasks=tasks,
             concurrency=s.concurrency,
+            lease_seconds=s.lease_seconds,
         )
         wake = Wakeup()
         leases = Leases()
@@ -175,6 +189,9 @@ class Daemon:
             lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval_seconds,
             shutdown_timeout=s.shutdown_timeout_seconds,
+            on_turn=self.systemd.watchdog,
+            # Turn at least twice per watchdog interval, so a stuck loop is what systemd restarts.
+            tick=None if self.systemd.watchdog_interval is None else self.systemd.watchdog_interval / 2,
         )
         return _Parts(
             worker=worker,
@@ -182,6 +199,8 @@ class Daemon:
             completer=completer,
             listener=listener,
             dispatcher=dispatcher,
+            executor=executor,
+            gauges=GaugeRefresher(store, self.metrics, s.stats_interval_seconds, self._on_reading),
             heartbeat=Heartbeat(store, leases, executor, worker, s.lease_seconds, s.heartbeat_interval),
             maintenance=Maintenance(
                 store,
@@ -210,7 +229,8 @@ class Daemon:
             await root.start(run_completer)
             await root.start(parts.heartbeat.run)
             await root.start(parts.maintenance.run)
-            await self._start_http(root, parts.listener)
+            await root.start(parts.gauges.run)
+            await self._start_http(root)
             s = self.settings
             self._log.info(
                 "daemon_ready",
@@ -220,6 +240,7 @@ class Daemon:
                 dsn=safe_dsn(s.dsn),
             )
             self.ready.set()
+            self.systemd.ready(self._status_line(None))
             if self._stop_requested:  # a signal came during start-up
                 parts.dispatcher.stop()
             await parts.dispatcher.run()
@@ -234,16 +255,37 @@ class Daemon:
                 )
             root.cancel_scope.cancel()
 
-    async def _start_http(self, root: anyio.abc.TaskGroup, listener: Listener) -> None:
+    async def _start_http(self, root: anyio.abc.TaskGroup) -> None:
         address = self.settings.http_host_port
         if address is None:
             return
-
-        def ready() -> tuple[bool, str]:
-            return listener.connected, "ok" if listener.connected else "listener disconnected"
-
-        self.http = HttpServer(address[0], address[1], self.metrics.registry, ready)
+        self.http = HttpServer(address[0], address[1], self.metrics.registry, self.readiness)
         await root.start(self.http.run)
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /readyz: database reachable, listener connected, schema current."""
+        if self._parts is None or self._store is None:
+            return False, "starting"
+        problems = []
+        if not self._store.available:
+            problems.append("database unreachable")
+        if not self._parts.listener.connected:
+            problems.append("listener disconnected")
+        if self._parts.gauges.schema_problem:
+            problems.append(self._parts.gauges.schema_problem)
+        if self._stop_requested:
+            problems.append("stopping")
+        return not problems, "; ".join(problems) or "ok"
+
+    def _on_reading(self, overview: Overview) -> None:
+        self.systemd.status(self._status_line(overview))
+
+    def _status_line(self, overview: Overview | None) -> str:
+        running = self._parts.executor.running_count if self._parts else 0
+        line = f"{running}/{self.settings.concurrency} running"
+        if overview is not None:
+            line += f", {overview.total('queued')} queued, {overview.total('scheduled')} scheduled"
+        return line
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -51,6 +51,7 @@ class Claim:
 
     job: Job
     lease_token: uuid.UUID
+    waited: float = 0.0  # seconds from run_at (runnable) to the claim, on the database clock
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ class WorkerInfo:
     queues: list[str]
     tasks: list[str]
     concurrency: int
+    lease_seconds: float
 
 
 async def connect(dsn: str | None, *, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
@@ -85,6 +86,8 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._q = queries.load()
+        # False from the first "unavailable" error until the next statement succeeds; for /readyz.
+        self.available = True
 
     @classmethod
     async def open(
@@ -124,12 +127,14 @@ class Store:
         try:
             async with self._pool.acquire() as conn:
                 yield conn
+            self.available = True
         except BaseException as exc:
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
                 self._pool.expire_connections()
             mapped = map_error(exc)
             if mapped is exc:
                 raise
+            self.available = False
             raise mapped from None
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
@@ -181,6 +186,7 @@ class Store:
                     created_at=r["created_at"],
                 ),
                 lease_token=r["lease_token"],
+                waited=r["waited"],
             )
             for r in rows
         ]
@@ -226,6 +232,7 @@ class Store:
             worker.queues,
             worker.tasks,
             worker.concurrency,
+            worker.lease_seconds,
         )
 
     async def unregister_worker(self, worker_id: uuid.UUID) -> None:
@@ -253,11 +260,15 @@ class Store:
 
     # -- admin ----------------------------------------------------------------------------------
 
-    async def live_workers(self, seen_within_seconds: float = 120.0) -> list[asyncpg.Record]:
-        return await self._fetch("live_workers", seen_within_seconds)
+    async def live_workers(self) -> list[asyncpg.Record]:
+        return await self._fetch("live_workers")
 
-    async def queued_tasks(self) -> list[asyncpg.Record]:
-        return await self._fetch("queued_tasks")
+    async def queue_stats(self) -> list[asyncpg.Record]:
+        return await self._fetch("queue_stats")
+
+    async def notification_queue_usage(self) -> float:
+        rows = await self._fetch("notification_queue_usage")
+        return float(rows[0]["usage"])
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")

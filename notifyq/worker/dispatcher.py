@@ -35,6 +35,7 @@ _DB_RETRY = Backoff(base_seconds=0.2, factor=2.0, cap_seconds=15.0, jitter=0.5)
 # When runnable jobs exist that SKIP LOCKED hid from us (another daemon is claiming them), look again
 # soon rather than after a whole poll interval.
 _CONTENDED_RETRY_SECONDS = 0.05
+_TICK = "tick"
 
 
 class Dispatcher:
@@ -54,6 +55,7 @@ class Dispatcher:
         poll_interval: float,
         shutdown_timeout: float,
         on_turn: Callable[[], None] = lambda: None,
+        tick: float | None = None,
     ) -> None:
         self._store = store
         self._executor = executor
@@ -68,6 +70,7 @@ class Dispatcher:
         self._poll = poll_interval
         self._shutdown_timeout = shutdown_timeout
         self._on_turn = on_turn
+        self._tick = tick
         self._stopping = anyio.Event()
         self._hurry = anyio.Event()
         self._log = logs.get("dispatcher")
@@ -123,8 +126,20 @@ class Dispatcher:
                     timeout, reason = _DB_RETRY.delay(failures), wakeup.POLL
             else:
                 self._listener.set_idle(False)
-            for source in await self._wake.wait(timeout, reason):
+            for source in await self._wait(timeout, reason):
                 self._metrics.wakeups.labels(source).inc()
+
+    async def _wait(self, seconds: float, reason: str) -> set[str]:
+        """Wait for a hint, at most `seconds`; meanwhile turn every `tick` s to show the loop is alive."""
+        deadline = anyio.current_time() + seconds
+        while True:
+            remaining = deadline - anyio.current_time()
+            if self._tick is None or remaining <= self._tick:
+                return await self._wake.wait(max(remaining, 0.0), reason)
+            sources = await self._wake.wait(self._tick, _TICK)
+            if sources != {_TICK}:
+                return sources
+            self._on_turn()
 
     async def _claim(self, work: anyio.abc.TaskGroup, free: int) -> int:
         claims = await self._store.claim(

@@ -111,6 +111,7 @@ class Executor:
         started = time.monotonic()
         labels = (self._metrics.queue_label(job.queue), self._metrics.task_label(job.task))
         self._metrics.jobs_started.labels(*labels).inc()
+        self._metrics.job_wait.labels(*labels).observe(claim.waited)
         log.debug("job_started")
         outcome: Outcome | None = None
         try:

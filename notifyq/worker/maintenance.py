@@ -88,6 +88,6 @@ class Maintenance:
             if deleted < PRUNE_BATCH:
                 break
             await anyio.lowlevel.checkpoint()
-        await self._store.prune_workers(max(10 * self._lease_seconds, 300.0))
+        await self._store.prune_workers(300.0)
         if total:
             self._log.info("jobs_pruned", jobs=total)

@@ -59,6 +59,8 @@ CREATE TABLE notifyq.workers (
     tasks        text[] NOT NULL,
     concurrency  integer NOT NULL,
     running      integer NOT NULL DEFAULT 0,
+    -- A worker counts as alive while last_seen is within two of its leases (it beats three times each).
+    lease_seconds double precision NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     last_seen    timestamptz NOT NULL DEFAULT now()
 );

@@ -30,7 +30,8 @@ SET state = 'running',
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.attempts,
-          j.max_attempts, j.created_at, j.lease_token;
+          j.max_attempts, j.created_at, j.lease_token,
+          greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS waited;
 
 -- name: record_outcomes :many
 -- One fenced statement per batch: a row is written only by the holder of its current lease.
@@ -59,8 +60,9 @@ RETURNING j.id;
 -- $1 ids, $2 tokens, $3 lease seconds, $4 worker id, $5 hostname, $6 pid, $7 queues, $8 tasks,
 -- $9 concurrency.
 WITH seen AS (
-    INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running)
-    VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]))
+    INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running, lease_seconds)
+    VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]),
+            $3::float8)
     ON CONFLICT (id) DO UPDATE SET last_seen = now(), running = excluded.running
 )
 UPDATE notifyq.jobs AS j
@@ -72,8 +74,8 @@ WHERE j.id = h.id
 RETURNING j.id;
 
 -- name: register_worker :exec
-INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency)
-VALUES ($1::uuid, $2::text, $3::int, $4::text[], $5::text[], $6::int)
+INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, lease_seconds)
+VALUES ($1::uuid, $2::text, $3::int, $4::text[], $5::text[], $6::int, $7::float8)
 ON CONFLICT (id) DO UPDATE SET last_seen = now();
 
 -- name: unregister_worker :exec
@@ -104,8 +106,9 @@ WHERE j.id = expired.id
 RETURNING j.id, j.queue, j.task, j.state::text AS state, j.attempts;
 
 -- name: prune_workers :exec
--- Forget daemons that have not been seen for $1 seconds.
-DELETE FROM notifyq.workers WHERE last_seen < now() - make_interval(secs => $1::float8);
+-- Forget daemons silent for ten of their leases, and never sooner than $1 seconds.
+DELETE FROM notifyq.workers
+WHERE last_seen < now() - make_interval(secs => greatest(10 * lease_seconds, $1::float8));
 
 -- name: next_run_delay :one
 -- Seconds until the earliest scheduled job this daemon could run; NULL when there is none.

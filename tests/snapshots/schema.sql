@@ -179,6 +179,7 @@ CREATE TABLE notifyq.workers (
     tasks text[] NOT NULL,
     concurrency integer NOT NULL,
     running integer DEFAULT 0 NOT NULL,
+    lease_seconds double precision NOT NULL,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     last_seen timestamp with time zone DEFAULT now() NOT NULL
 );

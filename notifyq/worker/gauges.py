@@ -1,0 +1,59 @@
+"""Refreshes the database gauges in the background (never on the scrape path).
+
+Every `interval` seconds: one grouped scan of the jobs table (queue, task, state), the live workers, the
+NOTIFY queue usage and the schema ledger. The reading feeds the `notifyq_queue_*` gauges, systemd's
+STATUS line and `/readyz` (schema still current). The scan's cost grows with the table; retention keeps
+finished rows bounded, and the interval is a setting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+
+from notifyq import logs, migrate
+from notifyq.errors import DatabaseUnavailable
+from notifyq.metrics import Metrics
+from notifyq.stats import Overview, summarize
+from notifyq.store import Store
+
+
+class GaugeRefresher:
+    def __init__(
+        self, store: Store, metrics: Metrics, interval: float, on_reading: Callable[[Overview], None]
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._interval = interval
+        self._on_reading = on_reading
+        self.schema_problem: str | None = None
+        self._log = logs.get("gauges")
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            try:
+                await self.refresh()
+                failures = 0
+            except DatabaseUnavailable as exc:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    self._log.warning("gauges_refresh_failed", error=str(exc), failures=failures)
+            await anyio.sleep(self._interval)
+
+    async def refresh(self) -> Overview:
+        rows = await self._store.queue_stats()
+        workers = await self._store.live_workers()
+        usage = await self._store.notification_queue_usage()
+        async with self._store.connection() as conn:
+            self.schema_problem = (await migrate.status(conn)).problem()
+        overview = summarize(rows, workers)
+        self._metrics.set_queue_stats(overview.counts(), overview.oldest(), overview.orphans_by_queue())
+        self._metrics.workers_alive.set(len(workers))
+        self._metrics.notification_queue_usage.set(usage)
+        self._metrics.stats_age.set(time.time())
+        self._on_reading(overview)
+        return overview

@@ -1,0 +1,18 @@
+-- Statements for the database gauges, `notifyq status` and `notifyq check`.
+
+-- name: queue_stats :many
+-- One scan: jobs per queue, task and state ('scheduled' = queued with a future run_at), with the age of
+-- the oldest run_at in each group (for 'queued' that is the oldest runnable job). Capped so that a
+-- producer inventing task names cannot make this reading unbounded.
+SELECT j.queue,
+       j.task,
+       CASE WHEN j.state = 'queued' AND j.run_at > now() THEN 'scheduled' ELSE j.state::text END AS state,
+       count(*)::bigint AS jobs,
+       extract(epoch FROM now() - min(j.run_at))::float8 AS oldest_age
+FROM notifyq.jobs AS j
+GROUP BY 1, 2, 3
+ORDER BY jobs DESC
+LIMIT 10000;
+
+-- name: notification_queue_usage :one
+SELECT pg_notification_queue_usage()::float8 AS usage;
