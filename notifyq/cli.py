@@ -169,6 +169,18 @@ def check(config: str | None, **flags: Any) -> None:
 
 @main.command()
 @db_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(config: str | None, as_json: bool, **flags: Any) -> None:
+    """Queues (queued, scheduled, running, failed, oldest age) and live workers."""
+    from notifyq import status as view
+
+    settings = _settings(config, **flags)
+    overview = _run(lambda: view.gather(settings))
+    click.echo(view.to_json(overview) if as_json else view.render(overview))
+
+
+@main.command()
+@db_options
 @click.argument("task")
 @click.option("--payload", default="{}", show_default=True, help="JSON payload.")
 @click.option("--queue", default="default", show_default=True)

@@ -36,6 +36,10 @@ class DatabaseUnavailable(NotifyqError):
     """Raised when the database cannot be reached or refuses writes; callers back off and retry."""
 
 
+class QueryError(NotifyqError):
+    """Raised when a statement fails for a reason other than reachability (a bug or a changed schema)."""
+
+
 class DatabaseConfigError(NotifyqError):
     """Raised when the database rejects us for good: bad credentials or a missing database."""
 

@@ -5,7 +5,7 @@ Pure data shaping: the rows come from `Store.queue_stats()` and `Store.live_work
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ class QueueSummary:
 class Overview:
     queues: dict[str, QueueSummary]
     orphans: dict[tuple[str, str], int]  # (queue, task) -> queued jobs no handler takes
-    workers: list[Mapping[str, Any]]
+    workers: Sequence[Mapping[str, Any]]
 
     def counts(self) -> dict[tuple[str, str], int]:
         return {(q.queue, s): n for q in self.queues.values() for s, n in q.counts.items() if n}
@@ -48,7 +48,7 @@ def handled_by(workers: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
 
 def summarize(
     rows: Iterable[Mapping[str, Any]],
-    workers: list[Mapping[str, Any]],
+    workers: Sequence[Mapping[str, Any]],
     handled: set[tuple[str, str]] | None = None,
 ) -> Overview:
     """Fold queue_stats rows into per-queue summaries; `handled` defaults to what live workers serve."""

@@ -21,7 +21,7 @@ import orjson
 
 from notifyq import queries
 from notifyq.config import redact_dsn
-from notifyq.errors import DatabaseConfigError, DatabaseUnavailable
+from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, QueryError
 from notifyq.models import Claim, Job, Outcome
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -50,11 +50,13 @@ def describe(exc: BaseException) -> str:
 
 
 def map_error(exc: BaseException) -> BaseException:
-    """The notifyq error for a driver error, or the error itself when it is not a connection problem."""
+    """The notifyq error for a driver error; anything that is not a driver error is returned as is."""
     if isinstance(exc, _FATAL):
         return DatabaseConfigError(describe(exc))
     if isinstance(exc, _UNAVAILABLE):
         return DatabaseUnavailable(describe(exc))
+    if isinstance(exc, asyncpg.PostgresError):
+        return QueryError(describe(exc))
     return exc
 
 

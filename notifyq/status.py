@@ -1,0 +1,111 @@
+"""`notifyq status`: queues and live workers, as a table or as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from notifyq import migrate
+from notifyq.config import Settings
+from notifyq.stats import Overview, summarize
+from notifyq.store import Store
+
+
+async def gather(settings: Settings) -> Overview:
+    store = await Store.open(settings.dsn, max_size=1, statement_cache_size=settings.statement_cache_size)
+    try:
+        async with store.connection() as conn:
+            await migrate.ensure_current(conn)
+        rows = await store.queue_stats()
+        workers = [dict(w) for w in await store.live_workers()]
+    finally:
+        await store.close()
+    return summarize(rows, workers)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    ]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def render(overview: Overview) -> str:
+    queue_rows = [
+        [
+            q.queue,
+            str(q.counts["queued"]),
+            str(q.counts["scheduled"]),
+            str(q.counts["running"]),
+            str(q.counts["failed"]),
+            _age(q.oldest_age) if q.counts["queued"] else "-",
+        ]
+        for q in overview.queues.values()
+    ]
+    out = [_table(["QUEUE", "QUEUED", "SCHEDULED", "RUNNING", "FAILED", "OLDEST"], queue_rows)]
+    if not queue_rows:
+        out.append("(no jobs)")
+    worker_rows = [
+        [
+            w["hostname"],
+            str(w["pid"]),
+            ",".join(w["queues"]),
+            f"{w['running']}/{w['concurrency']}",
+            _age(float(w["seen_seconds_ago"])) + " ago",
+        ]
+        for w in overview.workers
+    ]
+    out += ["", _table(["HOST", "PID", "QUEUES", "RUNNING", "LAST SEEN"], worker_rows)]
+    if not worker_rows:
+        out.append("(no live workers)")
+    for (queue, task), jobs in sorted(overview.orphans.items()):
+        out.append(f"warning: {jobs} queued job(s) of task {task!r} in queue {queue!r} have no live handler")
+    return "\n".join(out)
+
+
+def to_json(overview: Overview) -> str:
+    doc: dict[str, Any] = {
+        "queues": [
+            {"queue": q.queue, **q.counts, "oldest_age_seconds": round(q.oldest_age, 3)}
+            for q in overview.queues.values()
+        ],
+        "workers": [
+            {
+                "id": str(w["id"]),
+                "hostname": w["hostname"],
+                "pid": w["pid"],
+                "queues": list(w["queues"]),
+                "tasks": list(w["tasks"]),
+                "running": w["running"],
+                "concurrency": w["concurrency"],
+                "started_at": w["started_at"].isoformat(),
+                "last_seen_seconds_ago": round(float(w["seen_seconds_ago"]), 3),
+            }
+            for w in overview.workers
+        ],
+        "jobs_without_handler": [
+            {"queue": queue, "task": task, "jobs": jobs}
+            for (queue, task), jobs in sorted(overview.orphans.items())
+        ],
+    }
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
