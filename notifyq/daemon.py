@@ -21,7 +21,7 @@ import anyio
 
 from notifyq import logs, migrate
 from notifyq.config import Settings
-from notifyq.errors import DatabaseUnavailable
+from notifyq.errors import DatabaseUnavailable, NotifyqError
 from notifyq.http import HttpServer
 from notifyq.listener import Listener
 from notifyq.metrics import Metrics
@@ -104,7 +104,8 @@ class Daemon:
             await self._serve(store, handle_signals)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                with contextlib.suppress(DatabaseUnavailable):
+                # Best effort: a stale row is pruned later, and must not hide why we are stopping.
+                with contextlib.suppress(NotifyqError):
                     await store.unregister_worker(self.worker_id)
                 await store.close()
             self.systemd.close()

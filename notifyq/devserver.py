@@ -57,12 +57,9 @@ class PrivateCluster:
     def __init__(self, data_dir: Path, port: int, settings: dict[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
-        self.settings = {
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            **(settings or {}),
-        }
+        # fsync off: a throwaway cluster never outlives an OS crash. synchronous_commit stays on, so
+        # that tests stopping it with -m immediate see what a real server would keep.
+        self.settings = {"fsync": "off", "full_page_writes": "off", **(settings or {})}
         self.bindir = pg_bindir()
         self._as_postgres = os.geteuid() == 0
 

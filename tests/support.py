@@ -87,7 +87,9 @@ async def count_states(conn: asyncpg.Connection) -> dict[str, int]:
 class DaemonProcess:
     """`python -m notifyq serve` as a real process, with its JSON log in a file."""
 
-    def __init__(self, dsn: str, app: str, log_path: Path, **settings: Any) -> None:
+    def __init__(
+        self, dsn: str, app: str, log_path: Path, extra_env: dict[str, str] | None = None, **settings: Any
+    ) -> None:
         self.log_path = log_path
         env = {
             **os.environ,
@@ -99,6 +101,7 @@ class DaemonProcess:
         }
         for key, value in settings.items():
             env[f"NOTIFYQ_{key.upper()}"] = str(value)
+        env.update(extra_env or {})
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "notifyq", "serve"],
