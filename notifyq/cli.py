@@ -17,14 +17,7 @@ import orjson
 
 from notifyq import logs
 from notifyq.config import Settings, load_settings
-from notifyq.errors import (
-    AppLoadError,
-    ConfigError,
-    DatabaseConfigError,
-    DatabaseUnavailable,
-    NotifyqError,
-    SchemaError,
-)
+from notifyq.errors import AppLoadError, ConfigError, NotifyqError, SchemaError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,12 +43,22 @@ def _run(fn: Callable[[], Awaitable[Any]]) -> Any:
     """Run one coroutine; map notifyq's errors to one clear line and an exit code."""
     try:
         return anyio.run(fn)
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except (SchemaError, DatabaseConfigError, DatabaseUnavailable, NotifyqError) as exc:
-        _fail(str(exc), EXIT_RUNTIME)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except BaseException as exc:
+        error = _unwrap(exc)
+        if isinstance(error, ConfigError):
+            _fail(str(error), EXIT_USAGE)
+        if isinstance(error, NotifyqError):
+            _fail(str(error), EXIT_RUNTIME)
+        if isinstance(error, KeyboardInterrupt):
+            sys.exit(130)
+        raise
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside task-group wrappers, so that it can be reported plainly."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def db_options(fn: F) -> F:

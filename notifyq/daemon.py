@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -54,7 +55,16 @@ class _Parts:
     gauges: GaugeRefresher
 
 
+# After the drain, how long outcomes may take to reach the database before they are left to rescue.
+_FLUSH_SECONDS = 5.0
+# After a second signal, how long to wait for handlers before the process leaves regardless.
+_FORCE_EXIT_SECONDS = 10.0
 _CONNECT_RETRY = Backoff(base_seconds=0.5, factor=2.0, cap_seconds=30.0, jitter=0.5)
+
+
+def _force_exit() -> None:
+    logs.get("daemon").error("forced_exit", reason="handlers still running after the second signal")
+    os._exit(1)
 
 
 def notifyq_version() -> str:
@@ -82,6 +92,16 @@ class Daemon:
         self._parts: _Parts | None = None
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = 0
+        self._starting: anyio.CancelScope | None = None  # made in run(): scopes need a running loop
+        self.worker_info = WorkerInfo(
+            id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(settings.queues),
+            tasks=registry.names,
+            concurrency=settings.concurrency,
+            lease_seconds=settings.lease_seconds,
+        )
         self._log = logs.get("daemon").bind(worker_id=str(self.worker_id))
 
     def stop(self) -> None:
@@ -90,18 +110,35 @@ class Daemon:
         if self._stop_requested == 1:
             self.systemd.stopping()
         if self._dispatcher is None:
-            return
-        if self._stop_requested == 1:
+            if self._starting is not None:
+                self._starting.cancel()  # still connecting: there is nothing to drain
+        elif self._stop_requested == 1:
             self._dispatcher.stop()
         else:
             self._dispatcher.stop_now()
 
     async def run(self, *, handle_signals: bool = True) -> None:
-        store = await self._open_store()
+        """Serve until stopped. Returns normally after a clean stop."""
+        async with anyio.create_task_group() as outer:
+            if handle_signals:
+                outer.start_soon(self._watch_signals)
+            try:
+                await self._run()
+            finally:
+                outer.cancel_scope.cancel()
+
+    async def _run(self) -> None:
+        store: Store | None = None
+        self._starting = anyio.CancelScope()
+        if self._stop_requested:
+            self._starting.cancel()
+        with self._starting:
+            store = await self._start()
+        if store is None:
+            self._log.info("daemon_stopped", before="ready")
+            return
         try:
-            async with store.connection() as conn:
-                await migrate.ensure_current(conn)
-            await self._serve(store, handle_signals)
+            await self._serve(store)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 # Best effort: a stale row is pruned later, and must not hide why we are stopping.
@@ -111,18 +148,30 @@ class Daemon:
             self.systemd.close()
             self._log.info("daemon_stopped")
 
-    async def _open_store(self) -> Store:
+    async def _start(self) -> Store:
+        """Connect, check the schema and register, retrying with backoff while the database is away.
+
+        Bad credentials, a missing database or a schema this notifyq does not match stop here with the
+        reason; an unreachable or read-only database is waited for.
+        """
         s = self.settings
         failures = 0
         while True:
+            store: Store | None = None
             try:
-                return await Store.open(
+                store = await Store.open(
                     s.dsn,
-                    max_size=4,
+                    max_size=6,
                     statement_cache_size=s.statement_cache_size,
                     command_timeout=max(5.0, min(30.0, s.lease_seconds)),
                 )
+                async with store.connection() as conn:
+                    await migrate.ensure_current(conn)
+                await store.register_worker(self.worker_info)
+                return store
             except DatabaseUnavailable as exc:
+                if store is not None:
+                    await store.close()
                 failures += 1
                 delay = _CONNECT_RETRY.delay(failures)
                 self._log.warning(
@@ -133,15 +182,19 @@ class Daemon:
                     failures=failures,
                 )
                 await anyio.sleep(delay)
+            except BaseException:
+                if store is not None:
+                    with anyio.CancelScope(shield=True):
+                        await store.close()
+                raise
 
-    async def _serve(self, store: Store, handle_signals: bool) -> None:
+    async def _serve(self, store: Store) -> None:
         parts = self._build(store)
-        await store.register_worker(parts.worker)
         self._store = store
         self._parts = parts
         self._dispatcher = parts.dispatcher
         try:
-            await self._run_parts(parts, handle_signals)
+            await self._run_parts(parts)
         finally:
             parts.completer.dispose()
 
@@ -149,15 +202,7 @@ class Daemon:
         """Wire the parts together; nothing starts here."""
         s = self.settings
         tasks = self.registry.names
-        worker = WorkerInfo(
-            id=self.worker_id,
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            queues=list(s.queues),
-            tasks=tasks,
-            concurrency=s.concurrency,
-            lease_seconds=s.lease_seconds,
-        )
+        worker = self.worker_info
         wake = Wakeup()
         leases = Leases()
         completer = Completer(store, leases, self.metrics, buffer=2 * s.concurrency)
@@ -213,7 +258,7 @@ class Daemon:
             ),
         )
 
-    async def _run_parts(self, parts: _Parts, handle_signals: bool) -> None:
+    async def _run_parts(self, parts: _Parts) -> None:
         """Start every part (each reports ready), claim until stopped, then flush outcomes."""
         flushed = anyio.Event()
 
@@ -224,8 +269,6 @@ class Daemon:
                 flushed.set()
 
         async with anyio.create_task_group() as root:
-            if handle_signals:
-                root.start_soon(self._watch_signals)
             await root.start(parts.listener.run)
             await root.start(run_completer)
             await root.start(parts.heartbeat.run)
@@ -245,15 +288,8 @@ class Daemon:
             if self._stop_requested:  # a signal came during start-up
                 parts.dispatcher.stop()
             await parts.dispatcher.run()
-            parts.completer.close()
-            with anyio.move_on_after(max(5.0, s.heartbeat_interval)):
-                await flushed.wait()
-            if not flushed.is_set():
-                self._log.error(
-                    "outcomes_unwritten",
-                    leases=len(parts.leases),
-                    note="their leases will expire and the jobs will run again",
-                )
+            parts.completer.close(flush_seconds=_FLUSH_SECONDS)
+            await flushed.wait()  # bounded: the completer gives up at the flush deadline
             root.cancel_scope.cancel()
 
     async def _start_http(self, root: anyio.abc.TaskGroup) -> None:
@@ -297,3 +333,9 @@ class Daemon:
                     graceful=self._stop_requested == 0,
                 )
                 self.stop()
+                if self._stop_requested == 2:
+                    # Sync handlers cannot be interrupted; if one holds the process, leave anyway.
+                    # Their leases expire and the jobs are rescued elsewhere.
+                    timer = threading.Timer(_FORCE_EXIT_SECONDS, _force_exit)
+                    timer.daemon = True
+                    timer.start()

@@ -32,6 +32,15 @@ from notifyq.store import connect, describe
 from notifyq.worker import wakeup
 
 CHANNEL = "notifyq"
+# Keepalives let the server notice a vanished listener within about 25 s and end its backend (and with
+# it the idle locks) even when we cannot tell it ourselves.
+_SESSION_SETTINGS = {
+    "application_name": "notifyq-listener",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "25000",
+}
 _RECONNECT = Backoff(base_seconds=0.05, factor=2.0, cap_seconds=15.0, jitter=0.5)
 
 
@@ -59,6 +68,7 @@ class Listener:
         self._probe_ack = anyio.Event()
         self._lost = False
         self._connected = False
+        self._stale_pid: int | None = None
         self._log = logs.get("listener")
 
     @property
@@ -76,6 +86,7 @@ class Listener:
         ready = False
         while True:
             conn: asyncpg.Connection | None = None
+            healthy = False
             try:
                 conn = await self._connect()
                 self._connected = True
@@ -83,15 +94,18 @@ class Listener:
                 if failures:
                     self._metrics.listener_reconnects.inc()
                     self._log.info("listener_reconnected", after_failures=failures)
-                failures = 0
+                await self._end_stale_session(conn)
                 self._wake(wakeup.RECONNECT)
                 if not ready:
                     ready = True
                     task_status.started()
-                await self._session(conn)
+                healthy = await self._session(conn)
                 self._log.warning("listener_lost", reason="connection closed or probe unanswered")
-            except DatabaseConfigError:
-                raise
+            except DatabaseConfigError as exc:
+                if not ready:
+                    raise  # wrong credentials at start-up: say so and stop
+                # Later (a rotated password, a dropped role): keep trying, the pool may still work.
+                self._log.error("listener_error", error=str(exc), failures=failures)
             except (
                 DatabaseUnavailable,
                 asyncpg.PostgresError,
@@ -106,17 +120,30 @@ class Listener:
                 self._is_idle = False
                 self._metrics.listener_connected.set(0)
                 if conn is not None:
+                    self._stale_pid = conn.get_server_pid()
                     conn.terminate()
-            failures += 1
+            # Back off from the first failure on, and keep backing off while sessions never get a probe
+            # through: a connection that opens but cannot carry notifications must not spin.
+            failures = 1 if healthy else failures + 1
             await anyio.sleep(_RECONNECT.delay(failures))
+
+    async def _end_stale_session(self, conn: asyncpg.Connection) -> None:
+        """End our previous backend if it is still there (a half-open socket): it holds idle locks that
+        make producers NOTIFY for nothing, and it pins the NOTIFY queue by listening without reading."""
+        if self._stale_pid is None:
+            return
+        pid, self._stale_pid = self._stale_pid, None
+        try:
+            with anyio.fail_after(self._probe_timeout * 2):
+                await conn.execute(queries.get("end_stale_listener"), pid)
+        except (asyncpg.PostgresError, TimeoutError) as exc:
+            self._log.info("stale_listener_not_ended", pid=pid, error=describe(exc))
 
     async def _connect(self) -> asyncpg.Connection:
         self._lost = False
         # Statement cache off: this connection runs three tiny statements, and it must work even
         # where prepared statements are not welcome.
-        conn = await connect(
-            self._dsn, statement_cache_size=0, server_settings={"application_name": "notifyq-listener"}
-        )
+        conn = await connect(self._dsn, statement_cache_size=0, server_settings=_SESSION_SETTINGS)
         try:
             conn.add_termination_listener(self._on_terminated)
             with anyio.fail_after(10.0):
@@ -127,20 +154,22 @@ class Listener:
             raise
         return conn
 
-    async def _session(self, conn: asyncpg.Connection) -> None:
-        """Serve one connection until it is lost or stops answering probes."""
+    async def _session(self, conn: asyncpg.Connection) -> bool:
+        """Serve one connection until it is lost or stops answering probes; True if a probe came back."""
         next_probe = anyio.current_time() + self._probe_interval
+        probed = False
         while True:
             # Reset first, then look at the flags: a change made after this line is never missed.
             self._changed = anyio.Event()
             if self._lost or conn.is_closed():
-                return
+                return probed
             if self._want_idle != self._is_idle:
                 await self._apply_idle(conn)
                 continue
             if anyio.current_time() >= next_probe:
                 if not await self._probe(conn):
-                    return
+                    return probed
+                probed = True
                 next_probe = anyio.current_time() + self._probe_interval
                 continue
             with anyio.move_on_after(next_probe - anyio.current_time()):

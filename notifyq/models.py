@@ -52,6 +52,7 @@ class Claim:
     job: Job
     lease_token: uuid.UUID
     waited: float = 0.0  # seconds from run_at (runnable) to the claim, on the database clock
+    decode_error: str | None = None  # set when the stored payload cannot be turned into Python
 
 
 @dataclass(frozen=True, slots=True)

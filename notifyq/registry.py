@@ -63,7 +63,7 @@ class Registry:
             self._tasks[name] = TaskSpec(
                 name=name,
                 handler=fn,
-                is_async=inspect.iscoroutinefunction(fn),
+                is_async=_is_async(fn),
                 timeout=timeout,
                 max_attempts=max_attempts,
                 backoff=backoff or self._backoff,
@@ -90,6 +90,12 @@ class Registry:
     @property
     def names(self) -> list[str]:
         return sorted(self._tasks)
+
+
+def _is_async(fn: Any) -> bool:
+    """Coroutine functions, and callable objects whose __call__ is one."""
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - we want the method, not callable()
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 def load_app(spec: str) -> Registry:

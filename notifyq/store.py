@@ -24,17 +24,20 @@ from notifyq.config import redact_dsn
 from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, QueryError
 from notifyq.models import Claim, Job, Outcome
 
+# Errors that say "not now": the statement may succeed if tried again later, so every loop backs off.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.ReadOnlySQLTransactionError,
-    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.InterfaceError,  # connection closed or in a bad state on our side
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.TransactionRollbackError,  # class 40: serialization failure, deadlock
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: disk full, out of memory, connections
+    asyncpg.exceptions.LockNotAvailableError,  # 55P03
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cancel, crash
+    asyncpg.exceptions.PostgresSystemError,  # class 58: I/O errors
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a standby or a read-only primary
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
 )
 _FATAL: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidPasswordError,
@@ -174,24 +177,7 @@ class Store:
             lease_seconds,
             worker_id,
         )
-        claims = [
-            Claim(
-                job=Job(
-                    id=r["id"],
-                    queue=r["queue"],
-                    task=r["task"],
-                    payload=decode_payload(r["payload"]),
-                    attempt=r["attempts"],
-                    max_attempts=r["max_attempts"],
-                    priority=r["priority"],
-                    run_at=r["run_at"],
-                    created_at=r["created_at"],
-                ),
-                lease_token=r["lease_token"],
-                waited=r["waited"],
-            )
-            for r in rows
-        ]
+        claims = [_claim_from_row(r) for r in rows]
         claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
         return claims
 
@@ -274,6 +260,27 @@ class Store:
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")
+
+
+def _claim_from_row(r: asyncpg.Record) -> Claim:
+    payload: Any = None
+    error: str | None = None
+    try:
+        payload = decode_payload(r["payload"])
+    except (ValueError, RecursionError) as exc:  # e.g. JSON nested deeper than Python's recursion limit
+        error = type(exc).__name__
+    job = Job(
+        id=r["id"],
+        queue=r["queue"],
+        task=r["task"],
+        payload=payload,
+        attempt=r["attempts"],
+        max_attempts=r["max_attempts"],
+        priority=r["priority"],
+        run_at=r["run_at"],
+        created_at=r["created_at"],
+    )
+    return Claim(job=job, lease_token=r["lease_token"], waited=r["waited"], decode_error=error)
 
 
 def decode_payload(text: str) -> Any:

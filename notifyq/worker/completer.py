@@ -2,25 +2,35 @@
 
 Executors hand outcomes over through a bounded stream, so a slow or unreachable database pushes back on
 the executors (and through their slots, on claiming) instead of growing memory. Each batch is every
-outcome waiting at that moment, up to `batch_max`. A write that fails because the database is away is
-retried with backoff for as long as it takes: the write is fenced by the lease token, so writing late
-is safe; if another daemon rescued the job meanwhile the statement simply matches no row.
-An outcome that matches no row means its lease was lost; it is counted, never retried.
+outcome waiting at that moment, up to `batch_max`, sorted by job id (the heartbeat sorts the same way,
+so the two never deadlock on row locks).
+
+A write that fails because the database is away is retried with backoff: the write is fenced by the lease
+token, so writing late is safe; if another daemon rescued the job meanwhile the statement simply matches
+no row, which is counted as a lost lease. A write the database refuses for another reason is split into
+single rows, and a row refused on its own is written once more as a bare `failed` (or, for a success, a
+success without its result); one bad outcome never takes the batch or the daemon down. After `close()`,
+retries stop at the flush deadline: what is still unwritten then is left to lease expiry and rescue.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import anyio
 
 from notifyq import logs
-from notifyq.errors import DatabaseUnavailable
+from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.metrics import Metrics
-from notifyq.models import Outcome, OutcomeKind
+from notifyq.models import JobState, Outcome, OutcomeKind
 from notifyq.retry import Backoff
 from notifyq.store import Store
 from notifyq.worker.leases import Leases
 
 _RETRY = Backoff(base_seconds=0.1, factor=2.0, cap_seconds=5.0, jitter=0.5)
+# Snoozes put the job back like a retry that costs no attempt; a shutdown release cancelled the handler.
+_METRIC_OUTCOME = {OutcomeKind.SNOOZED: "retried", OutcomeKind.RELEASED: "cancelled"}
 
 
 class Completer:
@@ -32,13 +42,15 @@ class Completer:
         self._metrics = metrics
         self._batch_max = batch_max
         self._send, self._recv = anyio.create_memory_object_stream[Outcome](max_buffer_size=buffer)
+        self._deadline = math.inf
         self._log = logs.get("completer")
 
     async def submit(self, outcome: Outcome) -> None:
         await self._send.send(outcome)
 
-    def close(self) -> None:
-        """No more outcomes: `run` returns once everything sent so far is written."""
+    def close(self, flush_seconds: float) -> None:
+        """No more outcomes: `run` returns once everything sent is written, or at the flush deadline."""
+        self._deadline = anyio.current_time() + flush_seconds
         self._send.close()
 
     def dispose(self) -> None:
@@ -56,15 +68,34 @@ class Completer:
                         batch.append(self._recv.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
+                batch.sort(key=lambda o: o.job_id)
                 with anyio.CancelScope(shield=True):
                     await self._write(batch)
 
     async def _write(self, batch: list[Outcome]) -> None:
+        try:
+            written = await self._record(batch)
+        except QueryError as exc:
+            if len(batch) > 1:
+                for outcome in batch:
+                    await self._write([outcome])
+                return
+            written = await self._write_bare(batch[0], str(exc))
+        if written is None:
+            self._log.error("outcomes_unwritten", jobs=len(batch), note="left to lease expiry and rescue")
+            written = set()
+        self._account(batch, written)
+
+    async def _record(self, batch: list[Outcome]) -> set[int] | None:
+        """Write with retries while the database is unavailable; None once the flush deadline passed."""
         attempt = 0
         while True:
+            remaining = self._deadline - anyio.current_time()
+            if remaining <= 0:
+                return None
             try:
-                written = await self._store.record(batch)
-                break
+                with anyio.move_on_after(remaining):
+                    return await self._store.record(batch)
             except DatabaseUnavailable as exc:
                 attempt += 1
                 delay = _RETRY.delay(attempt)
@@ -76,15 +107,38 @@ class Completer:
                         retry_in_s=round(delay, 3),
                         attempt=attempt,
                     )
-                await anyio.sleep(delay)
+                await anyio.sleep(min(delay, max(remaining, 0.0)))
+
+    async def _write_bare(self, outcome: Outcome, error: str) -> set[int] | None:
+        """The database refused this outcome itself: keep the state, drop what it objected to."""
+        self._log.error(
+            "outcome_refused", job_id=outcome.job_id, task=outcome.task, queue=outcome.queue, error=error
+        )
+        if outcome.state is JobState.SUCCEEDED:
+            bare = dataclasses.replace(outcome, result=None)
+        else:
+            bare = dataclasses.replace(
+                outcome,
+                state=JobState.FAILED,
+                kind=OutcomeKind.FAILED,
+                refund=0,
+                delay=0.0,
+                result=None,
+                error=f"notifyq could not record the outcome: {error}"[:500],
+            )
+        try:
+            return await self._record([bare])
+        except QueryError as exc:
+            self._log.error("outcome_unwritable", job_id=outcome.job_id, error=str(exc))
+            return set()
+
+    def _account(self, batch: list[Outcome], written: set[int]) -> None:
         for outcome in batch:
             self._leases.discard(outcome.job_id, outcome.lease_token)
-            labels = (
-                self._metrics.queue_label(outcome.queue),
-                self._metrics.task_label(outcome.task),
-            )
+            labels = (self._metrics.queue_label(outcome.queue), self._metrics.task_label(outcome.task))
             if outcome.job_id in written:
-                self._metrics.jobs_completed.labels(*labels, _metric_outcome(outcome)).inc()
+                kind = _METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)
+                self._metrics.jobs_completed.labels(*labels, kind).inc()
             else:
                 self._metrics.leases_lost.inc()
                 self._metrics.jobs_completed.labels(*labels, OutcomeKind.LEASE_LOST.value).inc()
@@ -95,11 +149,3 @@ class Completer:
                     queue=outcome.queue,
                     outcome=outcome.kind.value,
                 )
-
-
-# Snoozes put the job back like a retry that costs no attempt; a shutdown release cancelled the handler.
-_METRIC_OUTCOME = {OutcomeKind.SNOOZED: "retried", OutcomeKind.RELEASED: "cancelled"}
-
-
-def _metric_outcome(outcome: Outcome) -> str:
-    return _METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)

@@ -1,19 +1,22 @@
 """Extends every lease this daemon holds, three times per lease, in one statement.
 
-The statement returns the ids whose lease is still ours. A running handler whose id is missing lost
-its lease (rescued after this process froze, or retried by an admin): it is cancelled and counted, and
-writes nothing. When the database cannot be reached, leases the database has not confirmed for a whole
-lease length are treated as lost too, since another daemon may already be running those jobs.
+The statement returns the ids whose lease is still ours. A running handler whose (id, token) is missing
+lost its lease (rescued after this process froze, or retried by an admin): it is cancelled and counted,
+and writes nothing. The daemon also fences itself: a lease the database has not confirmed for a whole
+lease length is treated as lost, whether the heartbeat failed, timed out or is stuck waiting, since
+another daemon may already be running that job. Ids go to the database sorted, like the completer's, so
+the two statements lock rows in the same order and cannot deadlock.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 
 import anyio
 
 from notifyq import logs
-from notifyq.errors import DatabaseUnavailable
+from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.store import Store, WorkerInfo
 from notifyq.worker.executor import Executor, StopReason
 from notifyq.worker.leases import Leases
@@ -45,29 +48,34 @@ class Heartbeat:
             await self.beat()
 
     async def beat(self) -> None:
-        held = self._leases.snapshot()
+        held = dict(sorted(self._leases.snapshot().items()))
         started = time.monotonic()
+        alive: set[int] | None = None
         try:
-            alive = await self._store.extend(held, self._lease_seconds, self._worker)
-        except DatabaseUnavailable as exc:
-            self._failures += 1
-            if self._failures == 1 or self._failures % 10 == 0:
-                self._log.warning(
-                    "heartbeat_failed", error=str(exc), leases=len(held), failures=self._failures
-                )
-            for job_id in self._leases.expired(self._lease_seconds):
-                self._lost(job_id, "unconfirmed for a whole lease")
-            return
-        if self._failures:
-            self._log.info("heartbeat_recovered", failures=self._failures)
-            self._failures = 0
-        self._leases.confirm(alive, started, held)
-        for job_id in held.keys() - alive:
-            # Only a handler still running is cancelled here; an outcome already handed to the
-            # completer is fenced there, and may simply have been written before this statement ran.
-            if self._executor.is_running(job_id):
-                self._lost(job_id, "not held in the database")
+            # A beat that cannot finish within its interval is as good as failed.
+            with anyio.move_on_after(self._interval) as deadline:
+                alive = await self._store.extend(held, self._lease_seconds, self._worker)
+            if deadline.cancelled_caught:
+                self._failed(f"no answer within {self._interval:.1f}s", len(held))
+        except (DatabaseUnavailable, QueryError) as exc:
+            self._failed(str(exc), len(held))
+        if alive is not None:
+            if self._failures:
+                self._log.info("heartbeat_recovered", failures=self._failures)
+                self._failures = 0
+            self._leases.confirm(alive, started, held)
+            for job_id in held.keys() - alive:
+                # Only a run still going under that very token is cancelled: an outcome already handed
+                # to the completer is fenced there, and may simply have been written before this ran.
+                self._lost(job_id, held[job_id], "not held in the database")
+        for job_id, token in self._leases.expired(self._lease_seconds):
+            self._lost(job_id, token, "unconfirmed for a whole lease")
 
-    def _lost(self, job_id: int, why: str) -> None:
-        if self._executor.cancel(job_id, StopReason.LEASE_LOST):
+    def _failed(self, error: str, leases: int) -> None:
+        self._failures += 1
+        if self._failures == 1 or self._failures % 10 == 0:
+            self._log.warning("heartbeat_failed", error=error, leases=leases, failures=self._failures)
+
+    def _lost(self, job_id: int, token: uuid.UUID, why: str) -> None:
+        if self._executor.cancel(job_id, token, StopReason.LEASE_LOST):
             self._log.warning("lease_lost_cancelling", job_id=job_id, reason=why)

@@ -40,10 +40,12 @@ class Leases:
             if lease is not None and lease.token == snapshot.get(job_id):
                 lease.confirmed_at = at
 
-    def expired(self, lease_seconds: float, now: float | None = None) -> list[int]:
-        """Ids whose lease the database has not confirmed for a whole lease length."""
+    def expired(self, lease_seconds: float, now: float | None = None) -> list[tuple[int, uuid.UUID]]:
+        """(id, token) of leases the database has not confirmed for a whole lease length."""
         now = time.monotonic() if now is None else now
-        return [i for i, lease in self._held.items() if now - lease.confirmed_at > lease_seconds]
+        return [
+            (i, lease.token) for i, lease in self._held.items() if now - lease.confirmed_at > lease_seconds
+        ]
 
     def __len__(self) -> int:
         return len(self._held)
