@@ -14,7 +14,7 @@ from collections.abc import Callable
 import anyio
 
 from notifyq import logs, migrate
-from notifyq.errors import DatabaseUnavailable
+from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.metrics import Metrics
 from notifyq.stats import Overview, summarize
 from notifyq.store import Store
@@ -38,7 +38,7 @@ class GaugeRefresher:
             try:
                 await self.refresh()
                 failures = 0
-            except DatabaseUnavailable as exc:
+            except (DatabaseUnavailable, QueryError) as exc:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
                     self._log.warning("gauges_refresh_failed", error=str(exc), failures=failures)

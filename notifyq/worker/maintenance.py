@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 
 from notifyq import logs
-from notifyq.errors import DatabaseUnavailable
+from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.store import Store
 
 ORPHAN_REPORT_SECONDS = 60.0
@@ -57,7 +57,7 @@ class Maintenance:
                 if now >= due["prune"]:
                     due["prune"] = now + PRUNE_SECONDS
                     await self.prune()
-            except DatabaseUnavailable as exc:
+            except (DatabaseUnavailable, QueryError) as exc:
                 self._log.warning("maintenance_failed", error=str(exc))
             await anyio.sleep(max(0.0, min(due.values()) - anyio.current_time()))
 

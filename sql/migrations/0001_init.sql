@@ -43,6 +43,9 @@ CREATE TABLE notifyq.jobs (
 
 -- The claim path: only queued rows, in exactly the claim's ORDER BY within one queue.
 CREATE INDEX jobs_claim_idx ON notifyq.jobs (queue, priority DESC, run_at, id) WHERE state = 'queued';
+-- The earliest run_at per queue, for the daemon's timer: without it, finding the next scheduled job
+-- reads every scheduled row of the queue on each idle turn.
+CREATE INDEX jobs_schedule_idx ON notifyq.jobs (queue, run_at) WHERE state = 'queued';
 -- Rescue and heartbeat scan running rows only. leased_until is deliberately not indexed: heartbeats
 -- change it, and an index on it would make every heartbeat a non-HOT update.
 CREATE INDEX jobs_running_idx ON notifyq.jobs (worker_id) WHERE state = 'running';
@@ -223,3 +226,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- SECURITY DEFINER: not callable by everyone. The owner can; sql/roles/02_grants.sql grants it to
+-- the producer and worker roles.
+REVOKE EXECUTE ON FUNCTION notifyq.enqueue(text, jsonb, text, timestamptz, integer, text, integer, interval)
+    FROM PUBLIC;

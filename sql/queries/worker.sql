@@ -5,16 +5,25 @@
 -- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
 -- $4 how many (the free slots), $5 lease seconds, $6 worker id.
 -- Attempts are counted here, at claim, so a job that kills its worker cannot retry forever.
+-- One index scan per served queue (jobs_claim_idx matches queue + ORDER BY exactly; `queue = ANY(...)`
+-- would make Postgres 15 read and sort every runnable row instead), then the best $4 across queues.
+-- With several queues, rows beyond the best $4 stay locked only until this statement commits.
 WITH picked AS (
-    SELECT j.id
-    FROM notifyq.jobs AS j
-    WHERE j.state = 'queued'
-      AND j.queue = ANY($1::text[])
-      AND j.task = ANY($2::text[])
-      AND j.run_at <= now()
-    ORDER BY j.priority DESC, j.run_at, j.id
+    SELECT c.id
+    FROM unnest($1::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at
+        FROM notifyq.jobs AS j
+        WHERE j.state = 'queued'
+          AND j.queue = q.name
+          AND j.task = ANY($2::text[])
+          AND j.run_at <= now()
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT $4
+        FOR NO KEY UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT $4
-    FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE notifyq.jobs AS j
 SET state = 'running',
@@ -111,10 +120,17 @@ DELETE FROM notifyq.workers
 WHERE last_seen < now() - make_interval(secs => greatest(10 * lease_seconds, $1::float8));
 
 -- name: next_run_delay :one
--- Seconds until the earliest scheduled job this daemon could run; NULL when there is none.
-SELECT extract(epoch FROM min(j.run_at) - now())::float8 AS delay
-FROM notifyq.jobs AS j
-WHERE j.state = 'queued' AND j.queue = ANY($1::text[]) AND j.task = ANY($2::text[]);
+-- Seconds until the earliest queued job this daemon could run; NULL when there is none. Per queue it
+-- walks jobs_schedule_idx from the earliest run_at and stops at the first task it has a handler for.
+SELECT extract(epoch FROM min(n.run_at) - now())::float8 AS delay
+FROM unnest($1::text[]) AS q(name)
+CROSS JOIN LATERAL (
+    SELECT j.run_at
+    FROM notifyq.jobs AS j
+    WHERE j.state = 'queued' AND j.queue = q.name AND j.task = ANY($2::text[])
+    ORDER BY j.run_at
+    LIMIT 1
+) AS n;
 
 -- name: jobs_without_handler :many
 -- Queued jobs in the served queues whose task no handler in $2 knows.

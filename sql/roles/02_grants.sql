@@ -7,9 +7,7 @@ GRANT USAGE ON SCHEMA notifyq TO notifyq_producer, notifyq_worker, notifyq_obser
 -- Producers: insert the producer columns only; the guard trigger refuses anything else.
 GRANT INSERT (task, payload, queue, run_at, priority, dedup_key, max_attempts) ON notifyq.jobs
     TO notifyq_producer;
--- enqueue() is SECURITY DEFINER (it needs to read back a dedup hit), so it is not for everyone.
-REVOKE EXECUTE ON FUNCTION notifyq.enqueue(text, jsonb, text, timestamptz, integer, text, integer, interval)
-    FROM PUBLIC;
+-- enqueue() is SECURITY DEFINER (it reads back a dedup hit); migration 0001 revokes it from PUBLIC.
 GRANT EXECUTE ON FUNCTION notifyq.enqueue(text, jsonb, text, timestamptz, integer, text, integer, interval)
     TO notifyq_producer, notifyq_worker;
 

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from notifyq import Backoff, Discard, Job, Registry, Retry, Snooze, enqueue
+from notifyq.daemon import Daemon
 from tests.support import LogCapture, StallProxy, count_states, running_daemon, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -82,9 +83,8 @@ async def test_psql_insert_wakes_an_idle_daemon_well_within_the_poll(
         at["start"] = time.monotonic()
         started.set()
 
-    async with running_daemon(db_dsn, registry, poll_interval_seconds=30):
-        # Wait until the daemon is idle (holds its idle locks), as a real idle daemon would be.
-        await wait_for(lambda: _idle_locks(conn), 5, "idle locks")
+    async with running_daemon(db_dsn, registry, poll_interval_seconds=30) as daemon:
+        await settled_idle(daemon, conn)
         at["insert"] = time.monotonic()
         subprocess.run(
             ["psql", db_dsn, "-qc", "INSERT INTO notifyq.jobs (task) VALUES ('wake.me')"], check=True
@@ -143,6 +143,18 @@ async def test_gated_notify_only_while_a_daemon_is_idle(conn: asyncpg.Connection
             await wait_for(lambda: "default" in notes, 5, "a NOTIFY for the idle daemon")
     finally:
         await spy.close()
+
+
+async def settled_idle(daemon: Daemon, conn: asyncpg.Connection) -> None:
+    """Wait until the daemon is idle for good: idle locks held and its post-idle re-check done, so
+    that only a NOTIFY (or the poll) can find the next job."""
+    await wait_for(lambda: _idle_locks(conn), 5, "idle locks")
+    registry = daemon.metrics.registry
+    await wait_for(
+        lambda: (registry.get_sample_value("notifyq_wakeups_total", {"source": "timer"}) or 0) >= 1,
+        5,
+        "the post-idle re-check",
+    )
 
 
 async def _no_idle_locks(conn: asyncpg.Connection) -> bool:
@@ -260,8 +272,8 @@ async def test_scheduled_job_runs_at_its_time_without_a_poll(conn: asyncpg.Conne
         at["started"] = await conn_now(db_dsn)
         ran.set()
 
-    async with running_daemon(db_dsn, registry, poll_interval_seconds=30):
-        await wait_for(lambda: _idle_locks(conn), 5, "idle")
+    async with running_daemon(db_dsn, registry, poll_interval_seconds=30) as daemon:
+        await settled_idle(daemon, conn)
         job_id = await enqueue(conn, "later", run_at=__import__("datetime").timedelta(seconds=0.7))
         with anyio.fail_after(5):
             await ran.wait()
@@ -287,8 +299,8 @@ async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Conn
         started.set()
 
     log = LogCapture()
-    async with running_daemon(db_dsn, registry, log=log, poll_interval_seconds=30):
-        await wait_for(lambda: _idle_locks(conn), 5, "idle")
+    async with running_daemon(db_dsn, registry, log=log, poll_interval_seconds=30) as daemon:
+        await settled_idle(daemon, conn)
         killed = await conn.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE application_name = 'notifyq-listener' AND datname = current_database()"
@@ -320,15 +332,15 @@ async def test_blackholed_listener_is_noticed_by_the_probe(conn: asyncpg.Connect
             listen_dsn=proxy.dsn(database),
             poll_interval_seconds=30,
             probe_interval_seconds=0.5,
-        ):
-            await wait_for(lambda: _idle_locks(conn), 5, "idle")
+        ) as daemon:
+            await settled_idle(daemon, conn)
             proxy.stall()
             t0 = time.monotonic()
             await enqueue(conn, "after.stall")
             with anyio.fail_after(10):
                 await started.wait()
             waited = time.monotonic() - t0
-        assert log.events("listener_lost"), "the probe noticed the stalled connection"
+        assert log.events("listener_lost"), [e for e in log.events() if e.get("component") == "listener"]
     # Bound: probe interval (0.5 s) + probe timeout (0.5 s) + reconnect backoff, far below the 30 s poll.
     assert waited < 3.0
 

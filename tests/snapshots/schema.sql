@@ -193,6 +193,7 @@ CREATE INDEX jobs_claim_idx ON notifyq.jobs USING btree (queue, priority DESC, r
 CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs USING btree (dedup_key) WHERE ((dedup_key IS NOT NULL) AND (state = ANY (ARRAY['queued'::notifyq.job_state, 'running'::notifyq.job_state])));
 CREATE INDEX jobs_finished_idx ON notifyq.jobs USING btree (finished_at) WHERE (state = ANY (ARRAY['succeeded'::notifyq.job_state, 'failed'::notifyq.job_state, 'cancelled'::notifyq.job_state]));
 CREATE INDEX jobs_running_idx ON notifyq.jobs USING btree (worker_id) WHERE (state = 'running'::notifyq.job_state);
+CREATE INDEX jobs_schedule_idx ON notifyq.jobs USING btree (queue, run_at) WHERE (state = 'queued'::notifyq.job_state);
 CREATE TRIGGER jobs_guard_insert BEFORE INSERT ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard_insert();
 CREATE CONSTRAINT TRIGGER jobs_wake_insert AFTER INSERT ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_wake();
 CREATE CONSTRAINT TRIGGER jobs_wake_requeue AFTER UPDATE OF state ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((new.state = 'queued'::notifyq.job_state) AND (old.state <> 'queued'::notifyq.job_state))) EXECUTE FUNCTION notifyq.jobs_wake();
