@@ -152,7 +152,8 @@ class Executor:
         try:
             with anyio.move_on_after(spec.timeout) as deadline:
                 value = await self._call(spec, claim)
-            if deadline.cancelled_caught:
+            # A sync handler's thread cannot be cancelled: it returns normally, late. Late is timed out.
+            if deadline.cancelled_caught or deadline.cancel_called:
                 error = f"TimeoutError: timed out after {spec.timeout}s"
                 return outcomes.failed(claim, spec, OutcomeKind.TIMED_OUT, error)
             return outcomes.succeeded(claim, value)

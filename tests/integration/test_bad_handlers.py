@@ -1,0 +1,174 @@
+"""Handlers and rows that misbehave: none of them may stop the daemon or lose another job."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anyio
+import asyncpg
+import pytest
+
+from notifyq import Backoff, Job, Registry, Retry, Snooze, enqueue
+from tests.support import running_daemon, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+FAST = Backoff(base_seconds=0.05, factor=1.0, cap_seconds=0.05, jitter=0.0)
+
+
+async def row(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
+    found: asyncpg.Record = await conn.fetchrow("SELECT * FROM notifyq.jobs WHERE id = $1", job_id)
+    return found
+
+
+async def wait_done(
+    conn: asyncpg.Connection, job_id: int, states: tuple[str, ...], timeout: float = 15
+) -> asyncpg.Record:
+    async def check() -> asyncpg.Record | None:
+        r = await row(conn, job_id)
+        return r if r["state"] in states else None
+
+    found: asyncpg.Record = await wait_for(check, timeout, f"job {job_id} in {states}")
+    return found
+
+
+async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Connection, db_dsn: str) -> None:
+    registry = Registry(backoff=FAST)
+
+    @registry.task("own.cancel", max_attempts=2)
+    async def own_cancel(job: Job) -> None:
+        raise asyncio.CancelledError()
+
+    @registry.task("nul.result")
+    async def nul_result(job: Job) -> dict[str, str]:
+        return {"text": "a\x00b"}
+
+    @registry.task("nul.error", max_attempts=1)
+    async def nul_error(job: Job) -> None:
+        raise ValueError("bad\x00byte and a lone \ud800 surrogate")
+
+    @registry.task("snooze.forever")
+    async def snooze_forever(job: Job) -> None:
+        raise Snooze(float("inf"))
+
+    @registry.task("retry.far")
+    async def retry_far(job: Job) -> None:
+        raise Retry("much later", delay=1e13)
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    @registry.task("unprintable", max_attempts=1)
+    async def unprintable(job: Job) -> None:
+        raise Unprintable()
+
+    @registry.task("sys.exit", max_attempts=1)
+    def sys_exit(job: Job) -> None:
+        raise SystemExit(3)
+
+    @registry.task("fine")
+    async def fine(job: Job) -> str:
+        return "ok"
+
+    ids = {
+        name: await enqueue(conn, name)
+        for name in (
+            "own.cancel",
+            "nul.result",
+            "nul.error",
+            "snooze.forever",
+            "retry.far",
+            "unprintable",
+            "sys.exit",
+        )
+    }
+    async with running_daemon(db_dsn, registry):
+        cancelled = await wait_done(conn, ids["own.cancel"], ("failed",))
+        nul_ok = await wait_done(conn, ids["nul.result"], ("succeeded",))
+        nul_err = await wait_done(conn, ids["nul.error"], ("failed",))
+        unprintable_row = await wait_done(conn, ids["unprintable"], ("failed",))
+        exited = await wait_done(conn, ids["sys.exit"], ("failed",))
+        snoozed = await wait_for(lambda: _requeued(conn, ids["snooze.forever"]), 10, "snooze written")
+        far = await wait_for(lambda: _requeued(conn, ids["retry.far"]), 10, "retry written")
+        # The daemon is still alive and working.
+        after = await enqueue(conn, "fine")
+        await wait_done(conn, after, ("succeeded",))
+    assert cancelled["attempts"] == 2 and cancelled["last_error"].startswith("CancelledError")
+    assert nul_ok["result"] is None, "a result jsonb cannot hold is dropped, the success kept"
+    assert nul_err["last_error"].startswith("ValueError: badbyte and a lone ? surrogate")
+    assert unprintable_row["last_error"].startswith("Unprintable: <unprintable>")
+    assert exited["last_error"].startswith("SystemExit: 3")
+    assert snoozed["attempts"] == 0 and snoozed["delay_days"] > 3000
+    assert far["attempts"] == 1 and far["delay_days"] > 3000
+
+
+async def _requeued(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record | None:
+    r: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT attempts, extract(epoch FROM run_at - now()) / 86400 AS delay_days FROM notifyq.jobs"
+        " WHERE id = $1 AND state = 'queued' AND run_at > now() + interval '1 day'",
+        job_id,
+    )
+    return r
+
+
+async def test_undecodable_payload_fails_that_job_only(conn: asyncpg.Connection, db_dsn: str) -> None:
+    registry = Registry()
+    ran: list[int] = []
+
+    @registry.task("t")
+    async def handler(job: Job) -> None:
+        ran.append(job.id)
+
+    deep = "[" * 3000 + "]" * 3000  # valid jsonb, deeper than Python's recursion limit
+    bad = await conn.fetchval(
+        "INSERT INTO notifyq.jobs (task, payload) VALUES ('t', $1::jsonb) RETURNING id", deep
+    )
+    good = await enqueue(conn, "t", {"n": 1})
+    async with running_daemon(db_dsn, registry):
+        failed = await wait_done(conn, bad, ("failed",))
+        await wait_done(conn, good, ("succeeded",))
+    assert failed["attempts"] == 1
+    assert failed["last_error"] == "Discard: payload cannot be decoded: RecursionError"
+    assert ran == [good]
+
+
+async def test_sync_handler_keeps_its_slot_until_the_thread_returns(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    registry = Registry(backoff=FAST)
+    timeline: list[tuple[str, int, float]] = []
+
+    @registry.task("sync.slow", timeout=0.2, max_attempts=1)
+    def slow(job: Job) -> None:
+        timeline.append(("start", job.id, time.monotonic()))
+        time.sleep(0.8)  # cannot be interrupted
+        timeline.append(("end", job.id, time.monotonic()))
+
+    first = await enqueue(conn, "sync.slow")
+    second = await enqueue(conn, "sync.slow")
+    async with running_daemon(db_dsn, registry, concurrency=1):
+        a = await wait_done(conn, first, ("failed",))
+        await wait_done(conn, second, ("failed",))
+    assert a["last_error"] == "TimeoutError: timed out after 0.2s"
+    starts = [t for kind, _, t in timeline if kind == "start"]
+    ends = [t for kind, _, t in timeline if kind == "end"]
+    assert len(starts) == 2 and starts[1] >= ends[0], "with one slot, the second job waited for the thread"
+
+
+async def test_callable_object_with_async_call_is_awaited(conn: asyncpg.Connection, db_dsn: str) -> None:
+    registry = Registry()
+    done = anyio.Event()
+
+    class Handler:
+        async def __call__(self, job: Job) -> str:
+            done.set()
+            return "awaited"
+
+    registry.task("obj")(Handler())
+    job_id = await enqueue(conn, "obj")
+    async with running_daemon(db_dsn, registry):
+        with anyio.fail_after(5):
+            await done.wait()
+        r = await wait_done(conn, job_id, ("succeeded",))
+    assert r["result"] == '"awaited"'
