@@ -395,3 +395,48 @@ async def test_payloads_orjson_cannot_read_still_run(conn: asyncpg.Connection, d
             await wait_state(conn, job_id, "succeeded")
     assert 10**400 in seen and "x" in seen  # jsonb keeps 1e400 as an exact number, and so do we
     assert {"n": 123456789012345678901234567890} in seen, "integers beyond 64 bits arrive exact"
+
+
+async def test_an_unannounced_commit_costs_at_most_the_poll(conn: asyncpg.Connection, db_dsn: str) -> None:
+    """The one gap gated NOTIFY leaves: a producer checked while the daemon was busy and commits after
+    the daemon went idle and re-checked. Forced here with SET CONSTRAINTS ALL IMMEDIATE (the check runs
+    at INSERT); the job is not announced, and the safety poll must still start it within one interval."""
+    release = anyio.Event()
+    started = anyio.Event()
+    registry = Registry()
+
+    @registry.task("block")
+    async def block(job: Job) -> None:
+        await release.wait()
+
+    @registry.task("late")
+    async def late(job: Job) -> None:
+        started.set()
+
+    notes: list[str] = []
+    spy = await asyncpg.connect(db_dsn)
+    await spy.add_listener("notifyq", lambda *args: notes.append(args[3]))
+    try:
+        async with running_daemon(db_dsn, registry, concurrency=1, poll_interval_seconds=1.0) as daemon:
+            await enqueue(conn, "block")
+            await wait_for(lambda: _no_idle_locks(conn), 5, "busy")
+            producer = await asyncpg.connect(db_dsn)
+            try:
+                tx = producer.transaction()
+                await tx.start()
+                await producer.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                await enqueue(producer, "late")  # checked now: nobody idle, so no NOTIFY
+                release.set()
+                await settled_idle(daemon, conn)
+                await tx.commit()
+                committed = time.monotonic()
+            finally:
+                await producer.close()
+            with anyio.fail_after(5):
+                await started.wait()
+            waited = time.monotonic() - committed
+    finally:
+        await spy.close()
+    assert "default" not in notes, "the producer's check ran while the daemon was busy"
+    # Found by the poll, or by the post-idle re-check when the commit beat it: either way within bound.
+    assert waited < 1.0 + 0.5, f"found after {waited:.2f}s; the poll interval is 1 s"
