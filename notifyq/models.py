@@ -32,7 +32,10 @@ class OutcomeKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One job as its handler sees it. `attempt` counts from 1 and includes this run."""
+    """One job as its handler sees it. `attempt` counts from 1 and includes this run.
+
+    `lease_token` is unique to this attempt's claim: a handler can use it as an idempotency key for
+    side effects, since a re-run after a lost lease gets a new one."""
 
     id: int
     queue: str
@@ -43,6 +46,7 @@ class Job:
     priority: int
     run_at: datetime
     created_at: datetime
+    lease_token: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)

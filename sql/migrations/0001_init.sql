@@ -6,6 +6,14 @@ CREATE SCHEMA IF NOT EXISTS notifyq;
 
 CREATE TYPE notifyq.job_state AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
 
+-- The clock every worker statement uses. It is the database's now(), unless a session sets
+-- notifyq.now (tests do, to move time without waiting). An inlinable SQL function, so it costs one
+-- current_setting() per statement.
+CREATE FUNCTION notifyq.now() RETURNS timestamptz
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$SELECT coalesce(nullif(pg_catalog.current_setting('notifyq.now', true), '')::timestamptz,
+                         pg_catalog.now())$$;
+
 -- One place for the default so the table and notifyq.enqueue() cannot drift apart.
 CREATE FUNCTION notifyq.default_max_attempts() RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -16,8 +24,8 @@ CREATE TABLE notifyq.jobs (
     queue         text NOT NULL DEFAULT 'default',
     task          text NOT NULL,
     payload       jsonb NOT NULL DEFAULT '{}',
-    priority      smallint NOT NULL DEFAULT 0,
-    run_at        timestamptz NOT NULL DEFAULT now(),
+    priority      integer NOT NULL DEFAULT 0,
+    run_at        timestamptz NOT NULL DEFAULT notifyq.now(),
     state         notifyq.job_state NOT NULL DEFAULT 'queued',
     attempts      integer NOT NULL DEFAULT 0,
     max_attempts  integer NOT NULL DEFAULT notifyq.default_max_attempts(),
@@ -33,6 +41,7 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_queue_format CHECK (queue ~ '^[a-z0-9][a-z0-9_.:-]{0,62}$'),
     CONSTRAINT jobs_task_length CHECK (char_length(task) BETWEEN 1 AND 200),
     CONSTRAINT jobs_max_attempts_range CHECK (max_attempts BETWEEN 1 AND 1000),
+    CONSTRAINT jobs_priority_range CHECK (priority BETWEEN -1000 AND 1000),
     CONSTRAINT jobs_attempts_range CHECK (attempts >= 0),
     CONSTRAINT jobs_dedup_key_length CHECK (dedup_key IS NULL OR char_length(dedup_key) BETWEEN 1 AND 200),
     CONSTRAINT jobs_lease_only_when_running CHECK (
@@ -99,6 +108,12 @@ BEGIN
     IF NEW.queue IS NULL OR NEW.queue !~ '^[a-z0-9][a-z0-9_.:-]{0,62}$' THEN
         RAISE EXCEPTION 'notifyq.jobs.queue: must match ^[a-z0-9][a-z0-9_.:-]{0,62}$ (lowercase letters, digits, _ . : -; at most 63 characters)'
             USING ERRCODE = 'check_violation', COLUMN = 'queue', CONSTRAINT = 'jobs_queue_format',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1000 AND 1000 THEN
+        RAISE EXCEPTION 'notifyq.jobs.priority: must be between -1000 and 1000 (got %)',
+            coalesce(NEW.priority::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'priority', CONSTRAINT = 'jobs_priority_range',
                   SCHEMA = 'notifyq', TABLE = 'jobs';
     END IF;
     IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN
@@ -191,11 +206,6 @@ CREATE FUNCTION notifyq.enqueue(
 DECLARE
     new_id bigint;
 BEGIN
-    IF enqueue.priority IS NULL OR enqueue.priority NOT BETWEEN -32768 AND 32767 THEN
-        RAISE EXCEPTION 'notifyq.jobs.priority: must be between -32768 and 32767 (got %)',
-            coalesce(enqueue.priority::text, 'NULL')
-            USING ERRCODE = 'check_violation', COLUMN = 'priority', SCHEMA = 'notifyq', TABLE = 'jobs';
-    END IF;
     IF enqueue.run_at IS NOT NULL AND enqueue.run_in IS NOT NULL THEN
         RAISE EXCEPTION 'notifyq.enqueue: give run_at or run_in, not both'
             USING ERRCODE = 'invalid_parameter_value';
@@ -206,7 +216,7 @@ BEGIN
             enqueue.task,
             coalesce(enqueue.payload, '{}'),
             coalesce(enqueue.queue, 'default'),
-            coalesce(enqueue.run_at, now() + enqueue.run_in, now()),
+            coalesce(enqueue.run_at, notifyq.now() + enqueue.run_in, notifyq.now()),
             enqueue.priority,
             enqueue.dedup_key,
             coalesce(enqueue.max_attempts, notifyq.default_max_attempts())

@@ -17,7 +17,7 @@ WITH picked AS (
         WHERE j.state = 'queued'
           AND j.queue = q.name
           AND j.task = ANY($2::text[])
-          AND j.run_at <= now()
+          AND j.run_at <= notifyq.now()
         ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT $4
         FOR NO KEY UPDATE SKIP LOCKED
@@ -33,14 +33,14 @@ SET state = 'running',
          WHERE o.task = j.task),
         j.max_attempts),
     lease_token = gen_random_uuid(),
-    leased_until = now() + make_interval(secs => $5::float8),
+    leased_until = notifyq.now() + make_interval(secs => $5::float8),
     worker_id = $6::uuid,
-    started_at = now()
+    started_at = notifyq.now()
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.attempts,
           j.max_attempts, j.created_at, j.lease_token,
-          greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS waited;
+          greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
 
 -- name: record_outcomes :many
 -- One fenced statement per batch: a row is written only by the holder of its current lease.
@@ -49,10 +49,10 @@ RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_a
 UPDATE notifyq.jobs AS j
 SET state = o.state::notifyq.job_state,
     attempts = j.attempts - o.refund,
-    run_at = CASE WHEN o.state = 'queued' THEN now() + make_interval(secs => o.delay) ELSE j.run_at END,
+    run_at = CASE WHEN o.state = 'queued' THEN notifyq.now() + make_interval(secs => o.delay) ELSE j.run_at END,
     last_error = coalesce(o.error, j.last_error),
     result = o.result::jsonb,
-    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE now() END,
+    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE notifyq.now() END,
     lease_token = NULL,
     leased_until = NULL,
     worker_id = NULL
@@ -72,10 +72,10 @@ WITH seen AS (
     INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running, lease_seconds)
     VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]),
             $3::float8)
-    ON CONFLICT (id) DO UPDATE SET last_seen = now(), running = excluded.running
+    ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now(), running = excluded.running
 )
 UPDATE notifyq.jobs AS j
-SET leased_until = now() + make_interval(secs => $3::float8)
+SET leased_until = notifyq.now() + make_interval(secs => $3::float8)
 FROM unnest($1::bigint[], $2::uuid[]) AS h(id, token)
 WHERE j.id = h.id
   AND j.lease_token = h.token
@@ -85,7 +85,7 @@ RETURNING j.id;
 -- name: register_worker :exec
 INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, lease_seconds)
 VALUES ($1::uuid, $2::text, $3::int, $4::text[], $5::text[], $6::int, $7::float8)
-ON CONFLICT (id) DO UPDATE SET last_seen = now();
+ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now();
 
 -- name: unregister_worker :exec
 DELETE FROM notifyq.workers WHERE id = $1::uuid;
@@ -96,7 +96,7 @@ DELETE FROM notifyq.workers WHERE id = $1::uuid;
 WITH expired AS (
     SELECT j.id
     FROM notifyq.jobs AS j
-    WHERE j.state = 'running' AND j.leased_until < now()
+    WHERE j.state = 'running' AND j.leased_until < notifyq.now()
     ORDER BY j.id
     LIMIT $1
     FOR NO KEY UPDATE SKIP LOCKED
@@ -105,8 +105,8 @@ UPDATE notifyq.jobs AS j
 SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END::notifyq.job_state,
     last_error = 'LeaseExpired: worker ' || coalesce(j.worker_id::text, 'unknown')
         || ' stopped heartbeating during attempt ' || j.attempts,
-    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-    run_at = now(),
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN notifyq.now() END,
+    run_at = notifyq.now(),
     lease_token = NULL,
     leased_until = NULL,
     worker_id = NULL
@@ -117,12 +117,12 @@ RETURNING j.id, j.queue, j.task, j.state::text AS state, j.attempts;
 -- name: prune_workers :exec
 -- Forget daemons silent for ten of their leases, and never sooner than $1 seconds.
 DELETE FROM notifyq.workers
-WHERE last_seen < now() - make_interval(secs => greatest(10 * lease_seconds, $1::float8));
+WHERE last_seen < notifyq.now() - make_interval(secs => greatest(10 * lease_seconds, $1::float8));
 
 -- name: next_run_delay :one
 -- Seconds until the earliest queued job this daemon could run; NULL when there is none. Per queue it
 -- walks jobs_schedule_idx from the earliest run_at and stops at the first task it has a handler for.
-SELECT extract(epoch FROM min(n.run_at) - now())::float8 AS delay
+SELECT extract(epoch FROM min(n.run_at) - notifyq.now())::float8 AS delay
 FROM unnest($1::text[]) AS q(name)
 CROSS JOIN LATERAL (
     SELECT j.run_at
@@ -146,7 +146,7 @@ LIMIT $3;
 WITH doomed AS (
     SELECT j.id FROM notifyq.jobs AS j
     WHERE j.state IN ('succeeded', 'failed', 'cancelled')
-      AND j.finished_at < now() - make_interval(secs => $1::float8)
+      AND j.finished_at < notifyq.now() - make_interval(secs => $1::float8)
     ORDER BY j.finished_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -17,11 +17,6 @@ CREATE FUNCTION notifyq.enqueue(task text, payload jsonb DEFAULT '{}'::jsonb, qu
 DECLARE
     new_id bigint;
 BEGIN
-    IF enqueue.priority IS NULL OR enqueue.priority NOT BETWEEN -32768 AND 32767 THEN
-        RAISE EXCEPTION 'notifyq.jobs.priority: must be between -32768 and 32767 (got %)',
-            coalesce(enqueue.priority::text, 'NULL')
-            USING ERRCODE = 'check_violation', COLUMN = 'priority', SCHEMA = 'notifyq', TABLE = 'jobs';
-    END IF;
     IF enqueue.run_at IS NOT NULL AND enqueue.run_in IS NOT NULL THEN
         RAISE EXCEPTION 'notifyq.enqueue: give run_at or run_in, not both'
             USING ERRCODE = 'invalid_parameter_value';
@@ -32,7 +27,7 @@ BEGIN
             enqueue.task,
             coalesce(enqueue.payload, '{}'),
             coalesce(enqueue.queue, 'default'),
-            coalesce(enqueue.run_at, now() + enqueue.run_in, now()),
+            coalesce(enqueue.run_at, notifyq.now() + enqueue.run_in, notifyq.now()),
             enqueue.priority,
             enqueue.dedup_key,
             coalesce(enqueue.max_attempts, notifyq.default_max_attempts())
@@ -83,6 +78,12 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'queue', CONSTRAINT = 'jobs_queue_format',
                   SCHEMA = 'notifyq', TABLE = 'jobs';
     END IF;
+    IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1000 AND 1000 THEN
+        RAISE EXCEPTION 'notifyq.jobs.priority: must be between -1000 and 1000 (got %)',
+            coalesce(NEW.priority::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'priority', CONSTRAINT = 'jobs_priority_range',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
     IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'notifyq.jobs.max_attempts: must be between 1 and 1000 (got %)',
             coalesce(NEW.max_attempts::text, 'NULL')
@@ -130,13 +131,17 @@ BEGIN
     RETURN NULL;
 END
 $$;
+CREATE FUNCTION notifyq.now() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$SELECT coalesce(nullif(pg_catalog.current_setting('notifyq.now', true), '')::timestamptz,
+                         pg_catalog.now())$$;
 CREATE TABLE notifyq.jobs (
     id bigint NOT NULL,
     queue text DEFAULT 'default'::text NOT NULL,
     task text NOT NULL,
     payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    priority smallint DEFAULT 0 NOT NULL,
-    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT notifyq.now() NOT NULL,
     state notifyq.job_state DEFAULT 'queued'::notifyq.job_state NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
     max_attempts integer DEFAULT notifyq.default_max_attempts() NOT NULL,
@@ -153,6 +158,7 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_dedup_key_length CHECK (((dedup_key IS NULL) OR ((char_length(dedup_key) >= 1) AND (char_length(dedup_key) <= 200)))),
     CONSTRAINT jobs_lease_only_when_running CHECK (((state = 'running'::notifyq.job_state) = ((lease_token IS NOT NULL) AND (leased_until IS NOT NULL)))),
     CONSTRAINT jobs_max_attempts_range CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
+    CONSTRAINT jobs_priority_range CHECK (((priority >= '-1000'::integer) AND (priority <= 1000))),
     CONSTRAINT jobs_queue_format CHECK ((queue ~ '^[a-z0-9][a-z0-9_.:-]{0,62}$'::text)),
     CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200)))
 )
