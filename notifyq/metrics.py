@@ -94,6 +94,16 @@ class Metrics:
             "pg_notification_queue_usage(): fraction of the NOTIFY queue in use.",
             registry=r,
         )
+        self.dead_tuples = Gauge(
+            "notifyq_jobs_dead_tuples",
+            "Dead row versions in notifyq.jobs (pg_stat_user_tables.n_dead_tup).",
+            registry=r,
+        )
+        self.oldest_transaction_age = Gauge(
+            "notifyq_oldest_transaction_age_seconds",
+            "Age of the oldest open transaction in the database; a long one holds back vacuum.",
+            registry=r,
+        )
         self.stats_age = Gauge(
             "notifyq_stats_last_refresh_timestamp_seconds",
             "When the database gauges were last refreshed (Unix time).",

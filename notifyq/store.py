@@ -107,7 +107,7 @@ class Store:
         try:
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=1,
+                min_size=0,  # no background reconnect loop of its own (it logs a traceback per try)
                 max_size=max_size,
                 statement_cache_size=statement_cache_size,
                 command_timeout=command_timeout,
@@ -135,7 +135,7 @@ class Store:
             self.available = True
         except BaseException as exc:
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
-                self._pool.expire_connections()
+                await self._pool.expire_connections()
             mapped = map_error(exc)
             if mapped is exc:
                 raise
@@ -253,6 +253,11 @@ class Store:
 
     async def queue_stats(self) -> list[asyncpg.Record]:
         return await self._fetch("queue_stats")
+
+    async def health_stats(self) -> tuple[int, float]:
+        """(dead tuples in notifyq.jobs, age in seconds of the oldest open transaction)."""
+        row = (await self._fetch("health_stats"))[0]
+        return int(row["dead_tuples"]), float(row["oldest_xact_age"])
 
     async def notification_queue_usage(self) -> float:
         rows = await self._fetch("notification_queue_usage")

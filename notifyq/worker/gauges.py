@@ -48,12 +48,15 @@ class GaugeRefresher:
         rows = await self._store.queue_stats()
         workers = await self._store.live_workers()
         usage = await self._store.notification_queue_usage()
+        dead, oldest_xact = await self._store.health_stats()
         async with self._store.connection() as conn:
             self.schema_problem = (await migrate.status(conn)).problem()
         overview = summarize(rows, workers)
         self._metrics.set_queue_stats(overview.counts(), overview.oldest(), overview.orphans_by_queue())
         self._metrics.workers_alive.set(len(workers))
         self._metrics.notification_queue_usage.set(usage)
+        self._metrics.dead_tuples.set(dead)
+        self._metrics.oldest_transaction_age.set(oldest_xact)
         self._metrics.stats_age.set(time.time())
         self._on_reading(overview)
         return overview

@@ -8,11 +8,12 @@ ran what.
 from __future__ import annotations
 
 import os
+import signal
 
 import anyio
 import asyncpg
 
-from notifyq import Job, Registry
+from notifyq import Backoff, Job, Registry
 
 registry = Registry()
 _pool: asyncpg.Pool | None = None
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS test_runs (
     job_id bigint NOT NULL,
     attempt int NOT NULL,
     pid int NOT NULL,
+    lease_token uuid,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz
 )
@@ -40,7 +42,11 @@ async def pool() -> asyncpg.Pool:
 async def _start(job: Job) -> None:
     p = await pool()
     await p.execute(
-        "INSERT INTO test_runs (job_id, attempt, pid) VALUES ($1, $2, $3)", job.id, job.attempt, os.getpid()
+        "INSERT INTO test_runs (job_id, attempt, pid, lease_token) VALUES ($1, $2, $3, $4)",
+        job.id,
+        job.attempt,
+        os.getpid(),
+        job.lease_token,
     )
 
 
@@ -53,6 +59,22 @@ async def _finish(job: Job) -> None:
         job.attempt,
         os.getpid(),
     )
+
+
+@registry.task("rec.poison", max_attempts=3)
+async def poison(job: Job) -> None:
+    """Kills its own process, every time."""
+    await _start(job)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@registry.task(
+    "rec.fail", max_attempts=3, backoff=Backoff(base_seconds=1.0, factor=2.0, cap_seconds=60, jitter=0.5)
+)
+async def fail(job: Job) -> None:
+    """Records its run, then fails: for retry-storm timing."""
+    await _start(job)
+    raise RuntimeError("planned failure")
 
 
 @registry.task("rec.work")
