@@ -204,3 +204,28 @@ class StallProxy:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def idle_locks(conn: asyncpg.Connection) -> int:
+    """How many idle locks (DESIGN section 4) daemons hold in this database's cluster."""
+    n: int = await conn.fetchval(
+        "SELECT count(*) FROM pg_locks"
+        " WHERE locktype = 'advisory' AND classid = 7243 AND mode = 'ShareLock' AND granted"
+    )
+    return n
+
+
+async def no_idle_locks(conn: asyncpg.Connection) -> bool:
+    return await idle_locks(conn) == 0
+
+
+async def settled_idle(daemon: Daemon, conn: asyncpg.Connection) -> None:
+    """Wait until the daemon is idle for good: idle locks held and its post-idle re-check done, so
+    that only a NOTIFY (or the poll) can find the next job."""
+    await wait_for(lambda: idle_locks(conn), 5, "idle locks")
+    registry = daemon.metrics.registry
+    await wait_for(
+        lambda: (registry.get_sample_value("notifyq_wakeups_total", {"source": "timer"}) or 0) >= 1,
+        5,
+        "the post-idle re-check",
+    )

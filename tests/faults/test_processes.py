@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import asyncpg
 import pytest
 
+from notifyq.devserver import free_port
 from tests.apps.recorder import SCHEMA
+from tests.faults import checker
 from tests.support import DaemonProcess, wait_for
 
 APP = "tests.apps.recorder:registry"
@@ -115,7 +120,11 @@ async def test_sigkill_mid_handler_job_is_rescued_and_finishes_elsewhere(
 async def test_sigstop_past_the_lease_is_fenced(
     runs: asyncpg.Connection, db_dsn: str, daemons: list, tmp_path: Path
 ) -> None:
-    stale = spawn(daemons, tmp_path, db_dsn, lease_seconds=2, poll_interval_seconds=1)
+    await checker.install(runs)
+    port = free_port()
+    stale = spawn(
+        daemons, tmp_path, db_dsn, lease_seconds=2, poll_interval_seconds=1, http_address=f"127.0.0.1:{port}"
+    )
     await stale.wait_event("daemon_ready")
     [job_id] = await insert_jobs(runs, 1, '{"first_seconds": 3}')
     await wait_for(
@@ -148,6 +157,15 @@ async def test_sigstop_past_the_lease_is_fenced(
         "SELECT finished_at FROM test_runs WHERE job_id = $1 AND pid = $2", job_id, stale.pid
     )
     assert stale_run["finished_at"] is None, "the stale handler was cancelled, not run to the end"
+    metrics = await anyio.to_thread.run_sync(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    )
+    lost = float(re.search(r"^notifyq_leases_lost_total (\S+)$", metrics, re.M).group(1))  # type: ignore[union-attr]
+    report = await checker.check(runs, {job_id}, checker.Report("sigstop_fencing", faults_injected=1))
+    report.figures = {"notifyq_leases_lost_total": lost}
+    report.save()
+    assert lost >= 1, "notifyq_leases_lost_total counts the lost lease"
+    assert report.violations == []
 
 
 @pytest.mark.timeout(60)

@@ -12,8 +12,15 @@ import asyncpg
 import pytest
 
 from notifyq import Backoff, Discard, Job, Registry, Retry, Snooze, enqueue
-from notifyq.daemon import Daemon
-from tests.support import LogCapture, StallProxy, count_states, running_daemon, wait_for
+from tests.support import (
+    LogCapture,
+    count_states,
+    idle_locks,
+    no_idle_locks,
+    running_daemon,
+    settled_idle,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,14 +101,6 @@ async def test_psql_insert_wakes_an_idle_daemon_well_within_the_poll(
     assert at["start"] - at["insert"] < 1.0
 
 
-async def _idle_locks(conn: asyncpg.Connection) -> int:
-    n: int = await conn.fetchval(
-        "SELECT count(*) FROM pg_locks"
-        " WHERE locktype = 'advisory' AND classid = 7243 AND mode = 'ShareLock' AND granted"
-    )
-    return n
-
-
 async def test_gated_notify_only_while_a_daemon_is_idle(conn: asyncpg.Connection, db_dsn: str) -> None:
     release = anyio.Event()
     running = 0
@@ -125,7 +124,7 @@ async def test_gated_notify_only_while_a_daemon_is_idle(conn: asyncpg.Connection
             await enqueue(conn, "block")
             await enqueue(conn, "block")
             await wait_for(lambda: running == 2, 5, "both slots busy")
-            await wait_for(lambda: _no_idle_locks(conn), 5, "idle locks released")
+            await wait_for(lambda: no_idle_locks(conn), 5, "idle locks released")
             notes.clear()
             # A burst against a busy daemon: nobody waits, so no producer pays for NOTIFY.
             for _ in range(50):
@@ -137,28 +136,12 @@ async def test_gated_notify_only_while_a_daemon_is_idle(conn: asyncpg.Connection
 
             release.set()
             await wait_for(lambda: _succeeded_is(conn, 52), 10, "all jobs done")
-            await wait_for(lambda: _idle_locks(conn), 5, "idle again")
+            await wait_for(lambda: idle_locks(conn), 5, "idle again")
             notes.clear()
             await enqueue(conn, "quick")
             await wait_for(lambda: "default" in notes, 5, "a NOTIFY for the idle daemon")
     finally:
         await spy.close()
-
-
-async def settled_idle(daemon: Daemon, conn: asyncpg.Connection) -> None:
-    """Wait until the daemon is idle for good: idle locks held and its post-idle re-check done, so
-    that only a NOTIFY (or the poll) can find the next job."""
-    await wait_for(lambda: _idle_locks(conn), 5, "idle locks")
-    registry = daemon.metrics.registry
-    await wait_for(
-        lambda: (registry.get_sample_value("notifyq_wakeups_total", {"source": "timer"}) or 0) >= 1,
-        5,
-        "the post-idle re-check",
-    )
-
-
-async def _no_idle_locks(conn: asyncpg.Connection) -> bool:
-    return await _idle_locks(conn) == 0
 
 
 async def test_failures_retry_with_backoff_then_fail_keeping_the_error(
@@ -290,61 +273,6 @@ async def conn_now(dsn: str) -> Any:
         await c.close()
 
 
-async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Connection, db_dsn: str) -> None:
-    started = anyio.Event()
-    registry = Registry()
-
-    @registry.task("after.kill")
-    async def after_kill(job: Job) -> None:
-        started.set()
-
-    log = LogCapture()
-    async with running_daemon(db_dsn, registry, log=log, poll_interval_seconds=30) as daemon:
-        await settled_idle(daemon, conn)
-        killed = await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'notifyq-listener' AND datname = current_database()"
-        )
-        assert killed == 1
-        t0 = time.monotonic()
-        await enqueue(conn, "after.kill")
-        with anyio.fail_after(5):
-            await started.wait()
-        assert time.monotonic() - t0 < 2.0
-        await wait_for(lambda: log.events("listener_reconnected"), 5, "reconnect logged")
-
-
-async def test_blackholed_listener_is_noticed_by_the_probe(conn: asyncpg.Connection, db_dsn: str) -> None:
-    started = anyio.Event()
-    registry = Registry()
-
-    @registry.task("after.stall")
-    async def after_stall(job: Job) -> None:
-        started.set()
-
-    database = db_dsn.rsplit("/", 1)[1]
-    log = LogCapture()
-    async with StallProxy() as proxy:
-        async with running_daemon(
-            db_dsn,
-            registry,
-            log=log,
-            listen_dsn=proxy.dsn(database),
-            poll_interval_seconds=30,
-            probe_interval_seconds=0.5,
-        ) as daemon:
-            await settled_idle(daemon, conn)
-            proxy.stall()
-            t0 = time.monotonic()
-            await enqueue(conn, "after.stall")
-            with anyio.fail_after(10):
-                await started.wait()
-            waited = time.monotonic() - t0
-        assert log.events("listener_lost"), [e for e in log.events() if e.get("component") == "listener"]
-    # Bound: probe interval (0.5 s) + probe timeout (0.5 s) + reconnect backoff, far below the 30 s poll.
-    assert waited < 3.0
-
-
 async def test_job_log_lines_carry_context_and_never_the_payload(
     conn: asyncpg.Connection, db_dsn: str
 ) -> None:
@@ -419,7 +347,7 @@ async def test_an_unannounced_commit_costs_at_most_the_poll(conn: asyncpg.Connec
     try:
         async with running_daemon(db_dsn, registry, concurrency=1, poll_interval_seconds=1.0) as daemon:
             await enqueue(conn, "block")
-            await wait_for(lambda: _no_idle_locks(conn), 5, "busy")
+            await wait_for(lambda: no_idle_locks(conn), 5, "busy")
             producer = await asyncpg.connect(db_dsn)
             try:
                 tx = producer.transaction()

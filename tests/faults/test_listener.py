@@ -1,0 +1,71 @@
+"""The LISTEN connection under real faults: killed with pg_terminate_backend, and blackholed by a
+proxy that keeps the socket open but passes nothing. Either way a new job must start within about the
+probe interval plus a claim, far below the safety poll."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import asyncpg
+import pytest
+
+from notifyq import Job, Registry, enqueue
+from tests.support import LogCapture, StallProxy, running_daemon, settled_idle, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Connection, db_dsn: str) -> None:
+    started = anyio.Event()
+    registry = Registry()
+
+    @registry.task("after.kill")
+    async def after_kill(job: Job) -> None:
+        started.set()
+
+    log = LogCapture()
+    async with running_daemon(db_dsn, registry, log=log, poll_interval_seconds=30) as daemon:
+        await settled_idle(daemon, conn)
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'notifyq-listener' AND datname = current_database()"
+        )
+        assert killed == 1
+        t0 = time.monotonic()
+        await enqueue(conn, "after.kill")
+        with anyio.fail_after(5):
+            await started.wait()
+        assert time.monotonic() - t0 < 2.0
+        await wait_for(lambda: log.events("listener_reconnected"), 5, "reconnect logged")
+
+
+async def test_blackholed_listener_is_noticed_by_the_probe(conn: asyncpg.Connection, db_dsn: str) -> None:
+    started = anyio.Event()
+    registry = Registry()
+
+    @registry.task("after.stall")
+    async def after_stall(job: Job) -> None:
+        started.set()
+
+    database = db_dsn.rsplit("/", 1)[1]
+    log = LogCapture()
+    async with StallProxy() as proxy:
+        async with running_daemon(
+            db_dsn,
+            registry,
+            log=log,
+            listen_dsn=proxy.dsn(database),
+            poll_interval_seconds=30,
+            probe_interval_seconds=0.5,
+        ) as daemon:
+            await settled_idle(daemon, conn)
+            proxy.stall()
+            t0 = time.monotonic()
+            await enqueue(conn, "after.stall")
+            with anyio.fail_after(10):
+                await started.wait()
+            waited = time.monotonic() - t0
+        assert log.events("listener_lost"), [e for e in log.events() if e.get("component") == "listener"]
+    # Bound: probe interval (0.5 s) + probe timeout (0.5 s) + reconnect backoff, far below the 30 s poll.
+    assert waited < 3.0
