@@ -77,6 +77,11 @@ async def fail(job: Job) -> None:
     raise RuntimeError("planned failure")
 
 
+@registry.task("rec.noop")
+async def noop(job: Job) -> None:
+    """Does nothing: for load scenarios that measure notifyq, not the handler."""
+
+
 @registry.task("rec.work")
 async def work(job: Job) -> int:
     """Records its run; sleeps `seconds` (or `first_seconds` on attempt 1) in between."""
