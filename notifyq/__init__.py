@@ -1,6 +1,6 @@
 """notifyq: Postgres as your job queue."""
 
-from notifyq.client import enqueue
+from notifyq.client import cancel, enqueue
 from notifyq.errors import Discard, NotifyqError, Retry, Snooze
 from notifyq.models import Job, JobState
 from notifyq.registry import Registry
@@ -15,5 +15,6 @@ __all__ = [
     "Registry",
     "Retry",
     "Snooze",
+    "cancel",
     "enqueue",
 ]

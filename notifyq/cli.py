@@ -236,6 +236,86 @@ def enqueue(
     click.echo(_run(go))
 
 
+@main.group()
+def jobs() -> None:
+    """Inspect and steer single jobs: list, show, retry, cancel."""
+
+
+@jobs.command("list")
+@db_options
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--queue")
+@click.option("--task")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def jobs_list(
+    config: str | None,
+    state: str | None,
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """The newest jobs, optionally filtered."""
+    from notifyq.status import job_rows
+
+    settings = _settings(config, **flags)
+    click.echo(_run(lambda: job_rows(settings, state, queue, task, limit, as_json)))
+
+
+@jobs.command("show")
+@db_options
+@click.argument("job_id", type=int)
+def jobs_show(config: str | None, job_id: int, **flags: Any) -> None:
+    """Every field of one job, as JSON (payload included: it is your data)."""
+    from notifyq.status import job_detail
+
+    settings = _settings(config, **flags)
+    shown = _run(lambda: job_detail(settings, job_id))
+    if shown is None:
+        _fail(f"no job {job_id}", EXIT_RUNTIME)
+    click.echo(shown)
+
+
+@jobs.command("retry")
+@db_options
+@click.argument("job_id", type=int)
+def jobs_retry(config: str | None, job_id: int, **flags: Any) -> None:
+    """Put a failed or cancelled job back in the queue with fresh attempts."""
+    _steer(config, job_id, "retry", "queued", flags)
+
+
+@jobs.command("cancel")
+@db_options
+@click.argument("job_id", type=int)
+def jobs_cancel(config: str | None, job_id: int, **flags: Any) -> None:
+    """Cancel a job that has not started yet."""
+    _steer(config, job_id, "cancel", "cancelled", flags)
+
+
+def _steer(config: str | None, job_id: int, action: str, wanted: str, flags: dict[str, Any]) -> None:
+    from notifyq import client
+    from notifyq.store import connect
+
+    settings = _settings(config, **flags)
+
+    async def go() -> str | None:
+        conn = await connect(settings.dsn)
+        try:
+            step = client.retry if action == "retry" else client.cancel
+            return await step(conn, job_id)
+        finally:
+            await conn.close()
+
+    state = _run(go)
+    if state is None:
+        _fail(f"no job {job_id}", EXIT_RUNTIME)
+    if state != wanted:
+        _fail(f"job {job_id} is {state}; cannot {action} it", EXIT_RUNTIME)
+    click.echo(f"job {job_id} {state}")
+
+
 def _parse_when(text: str | None) -> datetime | timedelta | None:
     if text is None:
         return None

@@ -40,3 +40,17 @@ async def enqueue(
         queries.get("enqueue"), task, body, queue, at, priority, dedup_key, max_attempts, delay
     )
     return job_id
+
+
+async def cancel(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, job_id: int) -> str | None:
+    """Cancel a job that has not started yet. Returns its state afterwards ('cancelled' on success; a
+    running or finished job keeps its state), or None when no such job exists."""
+    state: str | None = await conn.fetchval(queries.get("cancel_job"), job_id)
+    return state
+
+
+async def retry(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, job_id: int) -> str | None:
+    """Put a failed or cancelled job back in the queue with fresh attempts. Returns its state
+    afterwards ('queued' on success), or None when no such job exists."""
+    state: str | None = await conn.fetchval(queries.get("retry_job"), job_id)
+    return state

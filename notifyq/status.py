@@ -9,7 +9,7 @@ import orjson
 from notifyq import migrate
 from notifyq.config import Settings
 from notifyq.stats import Overview, summarize
-from notifyq.store import Store
+from notifyq.store import Store, decode_payload
 
 
 async def gather(settings: Settings) -> Overview:
@@ -109,3 +109,47 @@ def to_json(overview: Overview) -> str:
         ],
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+
+
+async def job_rows(
+    settings: Settings, state: str | None, queue: str | None, task: str | None, limit: int, as_json: bool
+) -> str:
+    store = await Store.open(settings.dsn, max_size=1, statement_cache_size=settings.statement_cache_size)
+    try:
+        rows = await store.list_jobs(state, queue, task, limit)
+    finally:
+        await store.close()
+    if as_json:
+        return "\n".join(orjson.dumps(dict(r), default=str).decode() for r in rows)
+    table = [
+        [
+            str(r["id"]),
+            r["queue"],
+            r["task"],
+            r["state"],
+            f"{r['attempts']}/{r['max_attempts']}",
+            r["run_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            r["error"] or "",
+        ]
+        for r in rows
+    ]
+    return (
+        _table(["ID", "QUEUE", "TASK", "STATE", "ATTEMPTS", "RUN_AT", "ERROR"], table)
+        if table
+        else "(no jobs)"
+    )
+
+
+async def job_detail(settings: Settings, job_id: int) -> str | None:
+    store = await Store.open(settings.dsn, max_size=1, statement_cache_size=settings.statement_cache_size)
+    try:
+        row = await store.show_job(job_id)
+    finally:
+        await store.close()
+    if row is None:
+        return None
+    doc = dict(row)
+    for key in ("payload", "result"):
+        if doc[key] is not None:
+            doc[key] = decode_payload(doc[key])
+    return orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2).decode()

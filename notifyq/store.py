@@ -251,6 +251,15 @@ class Store:
     async def live_workers(self) -> list[asyncpg.Record]:
         return await self._fetch("live_workers")
 
+    async def show_job(self, job_id: int) -> asyncpg.Record | None:
+        rows = await self._fetch("show_job", job_id)
+        return rows[0] if rows else None
+
+    async def list_jobs(
+        self, state: str | None, queue: str | None, task: str | None, limit: int
+    ) -> list[asyncpg.Record]:
+        return await self._fetch("list_jobs", state, queue, task, limit)
+
     async def queue_stats(self) -> list[asyncpg.Record]:
         return await self._fetch("queue_stats")
 

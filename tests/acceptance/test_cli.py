@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -148,3 +149,31 @@ def test_libpq_environment_is_used_when_dsn_is_unset(db_dsn: str) -> None:
     done = cli("check", env={k: v for k, v in env.items()})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "connected to (from PG* environment variables)" in done.stdout
+
+
+async def test_jobs_list_show_retry_cancel(conn: asyncpg.Connection, db_dsn: str) -> None:
+    failed = await conn.fetchval(
+        "INSERT INTO notifyq.jobs (task, payload) VALUES ('a', '{\"k\": 1}') RETURNING id"
+    )
+    await conn.execute(
+        "UPDATE notifyq.jobs SET state = 'failed', attempts = 3, last_error = 'Boom: it broke',"
+        " finished_at = now() WHERE id = $1",
+        failed,
+    )
+    queued = await conn.fetchval("INSERT INTO notifyq.jobs (task) VALUES ('b') RETURNING id")
+    listed = cli("jobs", "list", "--dsn", db_dsn, "--state", "failed")
+    assert (
+        listed.returncode == 0 and "Boom: it broke" in listed.stdout and f"\n{queued} " not in listed.stdout
+    )
+    shown = cli("jobs", "show", str(failed), "--dsn", db_dsn)
+    assert json.loads(shown.stdout)["payload"] == {"k": 1}
+    assert cli("jobs", "retry", str(failed), "--dsn", db_dsn).stdout.strip() == f"job {failed} queued"
+    row = await conn.fetchrow("SELECT state::text, attempts FROM notifyq.jobs WHERE id = $1", failed)
+    assert (row["state"], row["attempts"]) == ("queued", 0)
+    assert cli("jobs", "cancel", str(queued), "--dsn", db_dsn).stdout.strip() == f"job {queued} cancelled"
+    assert cli("jobs", "cancel", str(queued), "--dsn", db_dsn).returncode == 0, "cancelling twice is fine"
+    done = await conn.fetchval("INSERT INTO notifyq.jobs (task) VALUES ('c') RETURNING id")
+    await conn.execute("UPDATE notifyq.jobs SET state = 'succeeded', finished_at = now() WHERE id = $1", done)
+    refused = cli("jobs", "cancel", str(done), "--dsn", db_dsn)
+    assert refused.returncode == 1 and f"job {done} is succeeded; cannot cancel it" in refused.stderr
+    assert cli("jobs", "show", "999999", "--dsn", db_dsn).stderr.strip() == "notifyq: no job 999999"

@@ -19,7 +19,18 @@ pytestmark = pytest.mark.timeout(10)
 
 def test_public_surface() -> None:
     assert sorted(notifyq.__all__) == sorted(
-        ["Backoff", "Discard", "Job", "JobState", "NotifyqError", "Registry", "Retry", "Snooze", "enqueue"]
+        [
+            "Backoff",
+            "Discard",
+            "Job",
+            "JobState",
+            "NotifyqError",
+            "Registry",
+            "Retry",
+            "Snooze",
+            "cancel",
+            "enqueue",
+        ]
     )
     for name in notifyq.__all__:
         assert getattr(notifyq, name) is not None
