@@ -18,16 +18,16 @@ from notifyq.store import Store, connect, safe_dsn
 
 async def run_checks(settings: Settings, echo: Callable[[str], Any]) -> bool:
     """Print one line per check; True when nothing is wrong (warnings do not fail)."""
-    try:
-        store = await Store.open(settings.dsn, max_size=2, statement_cache_size=settings.statement_cache_size)
-    except (DatabaseUnavailable, DatabaseConfigError) as exc:
-        echo(f"FAIL  database: cannot connect to {safe_dsn(settings.dsn)}: {exc}")
-        return False
+    store = await Store.open(settings.dsn, max_size=2, statement_cache_size=settings.statement_cache_size)
     ok = True
     try:
+        try:
+            async with store.connection() as conn:
+                problem = (await migrate.status(conn)).problem()
+        except (DatabaseUnavailable, DatabaseConfigError) as exc:
+            echo(f"FAIL  database: cannot connect to {safe_dsn(settings.dsn)}: {exc}")
+            return False
         echo(f"ok    database: connected to {safe_dsn(settings.dsn)}")
-        async with store.connection() as conn:
-            problem = (await migrate.status(conn)).problem()
         if problem:
             echo(f"FAIL  schema: {problem}")
             return False
