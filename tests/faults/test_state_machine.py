@@ -216,7 +216,8 @@ class JobLifecycle(RuleBasedStateMachine):
     def table_matches_model(self) -> None:
         rows = self.run(
             self.conn.fetch(
-                "SELECT id, state::text, attempts, max_attempts, run_at, lease_token, leased_until FROM notifyq.jobs"
+                "SELECT id, state::text, attempts, max_attempts, run_at, lease_token, leased_until"
+                " FROM notifyq.jobs"
             )
         )
         assert {r["id"] for r in rows} == set(self.jobs)
