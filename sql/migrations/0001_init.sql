@@ -42,6 +42,7 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_task_length CHECK (char_length(task) BETWEEN 1 AND 200),
     CONSTRAINT jobs_max_attempts_range CHECK (max_attempts BETWEEN 1 AND 1000),
     CONSTRAINT jobs_priority_range CHECK (priority BETWEEN -1000 AND 1000),
+    CONSTRAINT jobs_run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT jobs_attempts_range CHECK (attempts >= 0),
     CONSTRAINT jobs_dedup_key_length CHECK (dedup_key IS NULL OR char_length(dedup_key) BETWEEN 1 AND 200),
     CONSTRAINT jobs_lease_only_when_running CHECK (
@@ -114,6 +115,12 @@ BEGIN
         RAISE EXCEPTION 'notifyq.jobs.priority: must be between -1000 and 1000 (got %)',
             coalesce(NEW.priority::text, 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'priority', CONSTRAINT = 'jobs_priority_range',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    -- 'infinity' is a valid timestamptz, but no job can be scheduled for it and no wait measured from it.
+    IF NEW.run_at IS NULL OR NOT isfinite(NEW.run_at) THEN
+        RAISE EXCEPTION 'notifyq.jobs.run_at: must be a finite time (got %)', coalesce(NEW.run_at::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'run_at', CONSTRAINT = 'jobs_run_at_finite',
                   SCHEMA = 'notifyq', TABLE = 'jobs';
     END IF;
     IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN

@@ -84,6 +84,12 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'priority', CONSTRAINT = 'jobs_priority_range',
                   SCHEMA = 'notifyq', TABLE = 'jobs';
     END IF;
+    -- 'infinity' is a valid timestamptz, but no job can be scheduled for it and no wait measured from it.
+    IF NEW.run_at IS NULL OR NOT isfinite(NEW.run_at) THEN
+        RAISE EXCEPTION 'notifyq.jobs.run_at: must be a finite time (got %)', coalesce(NEW.run_at::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'run_at', CONSTRAINT = 'jobs_run_at_finite',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
     IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN
         RAISE EXCEPTION 'notifyq.jobs.max_attempts: must be between 1 and 1000 (got %)',
             coalesce(NEW.max_attempts::text, 'NULL')
@@ -160,6 +166,7 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_max_attempts_range CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
     CONSTRAINT jobs_priority_range CHECK (((priority >= '-1000'::integer) AND (priority <= 1000))),
     CONSTRAINT jobs_queue_format CHECK ((queue ~ '^[a-z0-9][a-z0-9_.:-]{0,62}$'::text)),
+    CONSTRAINT jobs_run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200)))
 )
 WITH (fillfactor='80');
