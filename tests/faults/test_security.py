@@ -1,0 +1,161 @@
+"""Security: least-privilege roles logged in for real, and passwords that never leak."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from notifyq.devserver import free_port
+from tests.apps.recorder import SCHEMA
+from tests.support import ROOT, DaemonProcess, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+LOGINS = {
+    "owner": "notifyq_owner",
+    "producer": "notifyq_producer",
+    "worker": "notifyq_worker",
+    "observer": "notifyq_observer",
+}
+
+
+def as_login(dsn: str, who: str) -> str:
+    return dsn.replace("postgres@", f"nq_test_{who}@", 1)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "notifyq", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tmp_path: Path) -> None:
+    admin = await asyncpg.connect(empty_dsn)
+    try:
+        await admin.execute((ROOT / "sql/roles/01_create_roles.sql").read_text())
+        for who, role in LOGINS.items():
+            exists = await admin.fetchval(
+                "SELECT count(*) FROM pg_roles WHERE rolname = $1", f"nq_test_{who}"
+            )
+            if not exists:
+                await admin.execute(f"CREATE ROLE nq_test_{who} LOGIN")
+            await admin.execute(f"GRANT {role} TO nq_test_{who}")
+            await admin.execute(f"ALTER ROLE nq_test_{who} SET role = {role}")
+        # The recorder test app's own table (PG15 lets only owners create in public).
+        await admin.execute(SCHEMA)
+        await admin.execute("GRANT SELECT, INSERT, UPDATE ON public.test_runs TO notifyq_worker")
+    finally:
+        await admin.close()
+
+    # The owner migrates without superuser, then applies the GRANT set.
+    migrated = cli("migrate", "--dsn", as_login(empty_dsn, "owner"))
+    assert migrated.returncode == 0, migrated.stderr
+    owner = await asyncpg.connect(as_login(empty_dsn, "owner"))
+    try:
+        assert not await owner.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        await owner.execute((ROOT / "sql/roles/02_grants.sql").read_text())
+    finally:
+        await owner.close()
+
+    producer = await asyncpg.connect(as_login(empty_dsn, "producer"))
+    try:
+        await producer.execute("INSERT INTO notifyq.jobs (task) VALUES ('rec.work')")
+        assert await producer.fetchval("SELECT notifyq.enqueue('rec.work', dedup_key => 'once')") > 0
+        for sql in (
+            "UPDATE notifyq.jobs SET priority = 1",
+            "DELETE FROM notifyq.jobs",
+            "SELECT count(*) FROM notifyq.jobs",
+            "INSERT INTO notifyq.jobs (task, state) VALUES ('t', 'running')",
+            "ALTER TABLE notifyq.jobs DISABLE TRIGGER jobs_guard_insert",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await producer.execute(sql)
+    finally:
+        await producer.close()
+
+    # The daemon runs as the worker role: its GRANTs are enough for the whole job path.
+    d = DaemonProcess(as_login(empty_dsn, "worker"), "tests.apps.recorder:registry", tmp_path / "d.log")
+    try:
+        await d.wait_event("daemon_ready")
+        worker = await asyncpg.connect(as_login(empty_dsn, "worker"))
+        try:
+            try:
+                await wait_for(
+                    lambda: worker.fetchval("SELECT count(*) = 2 FROM notifyq.jobs WHERE state = 'succeeded'"),
+                    15,
+                    "the worker role's daemon to run both jobs",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; daemon log: {d.log_path.read_text()[-2500:]}") from None if False else None
+            for sql in (
+                "ALTER TABLE notifyq.jobs DISABLE TRIGGER jobs_guard_insert",
+                "INSERT INTO notifyq.jobs (task, state) VALUES ('t', 'running')",
+                "DROP TABLE notifyq.jobs",
+            ):
+                with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.CheckViolationError)):
+                    await worker.execute(sql)
+        finally:
+            await worker.close()
+    finally:
+        d.close()
+
+    status = cli("status", "--json", "--dsn", as_login(empty_dsn, "observer"))
+    assert status.returncode == 0, status.stderr
+    observer = await asyncpg.connect(as_login(empty_dsn, "observer"))
+    try:
+        assert await observer.fetchval("SELECT count(*) FROM notifyq.jobs") == 2
+        for sql in ("DELETE FROM notifyq.jobs", "INSERT INTO notifyq.jobs (task) VALUES ('t')"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await observer.execute(sql)
+    finally:
+        await observer.close()
+
+
+async def test_passwords_never_reach_logs_metrics_or_errors(db_dsn: str, tmp_path: Path) -> None:
+    # Trust auth ignores the passwords, so the daemon runs; they must still never be shown.
+    database = db_dsn.rsplit("/", 1)[1]
+    dsn = f"postgresql://postgres:hunter2@127.0.0.1:5432/{database}"
+    listen = f"postgresql://postgres@127.0.0.1:5432/{database}?password=hunter3"
+    port = free_port()
+    d = DaemonProcess(
+        dsn,
+        "tests.apps.recorder:registry",
+        tmp_path / "d.log",
+        listen_dsn=listen,
+        http_address=f"127.0.0.1:{port}",
+        log_level="debug",
+    )
+    try:
+        await d.wait_event("daemon_ready")
+        metrics = await anyio.to_thread.run_sync(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        )
+    finally:
+        d.close()
+    logs = d.log_path.read_text()
+    assert "postgres:***@127.0.0.1" in logs
+    for secret in ("hunter2", "hunter3"):
+        assert secret not in logs and secret not in metrics
+    # And when the connection fails, the error names the place without the secret.
+    bad = DaemonProcess(
+        "postgresql://postgres:hunter2@127.0.0.1:1/x?password=hunter3",
+        "tests.apps.recorder:registry",
+        tmp_path / "bad.log",
+    )
+    try:
+        await bad.wait_event("database_unavailable")
+    finally:
+        bad.close()
+    text = bad.log_path.read_text()
+    assert "127.0.0.1:1" in text and "hunter2" not in text and "hunter3" not in text
