@@ -35,7 +35,7 @@ async def pool() -> asyncpg.Pool:
     global _pool
     async with _pool_lock:  # many handlers start at once; they must share one pool
         if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["NOTIFYQ_DSN"], min_size=1, max_size=4)
+            _pool = await asyncpg.create_pool(os.environ["NOTIFYQ_DSN"], min_size=0, max_size=4)
     return _pool
 
 
