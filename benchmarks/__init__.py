@@ -1,0 +1,1 @@
+"""notifyq benchmarks: `python -m benchmarks.<name>`; each prints one JSON document."""

@@ -1,0 +1,48 @@
+"""idle cost: transactions per second an idle daemon causes (each of its statements is one), over 60 s,
+read from pg_stat_database for its own database.
+
+    python -m benchmarks.idle_cost [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import asyncpg
+
+from benchmarks.common import daemon, drop_database, emit, fresh_database, run
+
+COMMITS = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=60)
+    args = parser.parse_args()
+    dsn = await fresh_database()
+    try:
+        with tempfile.TemporaryDirectory() as tmp, daemon(dsn, Path(tmp) / "idle.log"):
+            await anyio.sleep(5)  # past start-up and the first maintenance round
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("SELECT pg_stat_force_next_flush()")
+                await anyio.sleep(1.5)
+                before, t0 = await conn.fetchval(COMMITS), time.monotonic()
+                await anyio.sleep(args.seconds)
+                await anyio.sleep(1.5)  # let the daemon's backends flush their counters
+                after, t1 = await conn.fetchval(COMMITS), time.monotonic()
+            finally:
+                await conn.close()
+    finally:
+        await drop_database(dsn)
+    # Our own two reads are in the count; take them out.
+    per_s = (after - before - 2) / (t1 - t0 - 1.5)
+    emit("idle_cost", {"seconds": args.seconds, "statements_per_s": round(per_s, 3)})
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,96 @@
+"""producer cost: 8 concurrent producers inserting single rows (pgbench, 10 s each), with
+(a) no wake-up trigger, (b) an always-NOTIFY trigger, (c) notifyq's gated trigger beside a busy daemon,
+and (d) the gated trigger beside an idle daemon (every insert notifies).
+
+    python -m benchmarks.producer_cost [--seconds 10] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from benchmarks.common import daemon, drop_database, emit, fresh_database, run
+from notifyq.devserver import pg_bindir
+
+ALWAYS_NOTIFY = """
+CREATE OR REPLACE FUNCTION notifyq.jobs_wake() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_notify('notifyq', NEW.queue);
+    RETURN NULL;
+END $$
+"""
+
+
+def pgbench(dsn: str, script: Path, seconds: int, clients: int) -> float:
+    done = subprocess.run(
+        [
+            str(pg_bindir() / "pgbench"),
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            "2",
+            "-T",
+            str(seconds),
+            "-f",
+            str(script),
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout).group(1))  # type: ignore[union-attr]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        script = folder / "insert.sql"
+        # A task no handler serves: rows stay queued and never change what the daemon is doing.
+        script.write_text("INSERT INTO notifyq.jobs (task) VALUES ('bench.unserved');\n")
+        dsn = await fresh_database()
+        try:
+            conn = await asyncpg.connect(dsn)
+            await conn.execute("ALTER TABLE notifyq.jobs DISABLE TRIGGER jobs_wake_insert")
+            results["a_no_wake_trigger"] = pgbench(dsn, script, args.seconds, args.clients)
+            await conn.execute("ALTER TABLE notifyq.jobs ENABLE TRIGGER jobs_wake_insert")
+            # The idle daemon first: with its idle locks held, the gated trigger notifies on every commit.
+            with daemon(dsn, folder / "idle.log", concurrency=2):
+                results["d_gated_daemon_idle"] = pgbench(dsn, script, args.seconds, args.clients)
+                # Now make it busy: both slots blocked, so it holds no idle locks.
+                await conn.execute("INSERT INTO notifyq.jobs (task) VALUES ('bench.block'), ('bench.block')")
+                while await conn.fetchval("SELECT count(*) FROM notifyq.jobs WHERE state = 'running'") < 2:
+                    await __import__("anyio").sleep(0.05)
+                results["c_gated_daemon_busy"] = pgbench(dsn, script, args.seconds, args.clients)
+            await conn.execute(ALWAYS_NOTIFY)
+            results["b_always_notify"] = pgbench(dsn, script, args.seconds, args.clients)
+            await conn.close()
+        finally:
+            await drop_database(dsn)
+    base = results["a_no_wake_trigger"]
+    emit(
+        "producer_cost",
+        {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "rows_per_s": {k: round(v) for k, v in sorted(results.items())},
+            "share_of_no_trigger": {k: round(v / base, 3) for k, v in sorted(results.items())},
+        },
+    )
+
+
+if __name__ == "__main__":
+    run(main)
