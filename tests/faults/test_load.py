@@ -17,7 +17,7 @@ from notifyq.devserver import free_port
 from tests.faults import checker
 from tests.support import DaemonProcess, wait_for
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(1200)  # --soak drains for up to 10 minutes
 WORKER = "00000000-0000-0000-0000-000000000000"
 
 

@@ -19,7 +19,7 @@ from tests.faults import checker
 from tests.faults.fleet import Fleet
 from tests.support import DaemonProcess, wait_for
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)  # --soak runs minutes per scenario
 
 
 @pytest.fixture
