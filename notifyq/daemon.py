@@ -93,6 +93,7 @@ class Daemon:
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = 0
         self._starting: anyio.CancelScope | None = None  # made in run(): scopes need a running loop
+        self._force_exit_timer: threading.Timer | None = None
         self.worker_info = WorkerInfo(
             id=self.worker_id,
             hostname=socket.gethostname(),
@@ -109,9 +110,11 @@ class Daemon:
         self._stop_requested += 1
         if self._stop_requested == 1:
             self.systemd.stopping()
-        if self._dispatcher is None:
+        if not self.ready.is_set():
             if self._starting is not None:
-                self._starting.cancel()  # still connecting: there is nothing to drain
+                self._starting.cancel()  # still starting: nothing claimed yet, nothing to drain
+        elif self._dispatcher is None:
+            return
         elif self._stop_requested == 1:
             self._dispatcher.stop()
         else:
@@ -123,9 +126,13 @@ class Daemon:
             if handle_signals:
                 outer.start_soon(self._watch_signals)
             try:
+                # HTTP first: /healthz answers (and /readyz says "starting") while we wait for the database.
+                await self._start_http(outer)
                 await self._run()
             finally:
                 outer.cancel_scope.cancel()
+                if self._force_exit_timer is not None:
+                    self._force_exit_timer.cancel()
 
     async def _run(self) -> None:
         store: Store | None = None
@@ -163,7 +170,9 @@ class Daemon:
                     s.dsn,
                     max_size=6,
                     statement_cache_size=s.statement_cache_size,
-                    command_timeout=max(5.0, min(30.0, s.lease_seconds)),
+                    # Every statement is small; a 10 s bound keeps one hung connection from stalling a
+                    # claim turn past the systemd watchdog (60 s in deploy/notifyq.service).
+                    command_timeout=min(10.0, s.lease_seconds / 3),
                 )
                 async with store.connection() as conn:
                     await migrate.ensure_current(conn)
@@ -269,12 +278,19 @@ class Daemon:
                 flushed.set()
 
         async with anyio.create_task_group() as root:
-            await root.start(parts.listener.run)
-            await root.start(run_completer)
-            await root.start(parts.heartbeat.run)
-            await root.start(parts.maintenance.run)
-            await root.start(parts.gauges.run)
-            await self._start_http(root)
+            self._starting = anyio.CancelScope()  # a scope is entered once: a fresh one for this phase
+            if self._stop_requested:
+                self._starting.cancel()
+            with self._starting:  # a stop before ready cancels the start-up (a listener still connecting)
+                await root.start(parts.listener.run)
+                await root.start(run_completer)
+                await root.start(parts.heartbeat.run)
+                await root.start(parts.maintenance.run)
+                await root.start(parts.gauges.run)
+            if self._starting.cancelled_caught:
+                parts.completer.close(flush_seconds=0)
+                root.cancel_scope.cancel()
+                return
             s = self.settings
             self._log.info(
                 "daemon_ready",
@@ -306,6 +322,8 @@ class Daemon:
         problems = []
         if not self._store.available:
             problems.append("database unreachable")
+        elif not self._store.writable:
+            problems.append("database is read-only")
         if not self._parts.listener.connected:
             problems.append("listener disconnected")
         if self._parts.gauges.schema_problem:
@@ -336,6 +354,6 @@ class Daemon:
                 if self._stop_requested == 2:
                     # Sync handlers cannot be interrupted; if one holds the process, leave anyway.
                     # Their leases expire and the jobs are rescued elsewhere.
-                    timer = threading.Timer(_FORCE_EXIT_SECONDS, _force_exit)
-                    timer.daemon = True
-                    timer.start()
+                    self._force_exit_timer = threading.Timer(_FORCE_EXIT_SECONDS, _force_exit)
+                    self._force_exit_timer.daemon = True
+                    self._force_exit_timer.start()

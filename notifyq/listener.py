@@ -35,7 +35,6 @@ CHANNEL = "notifyq"
 # Keepalives let the server notice a vanished listener within about 25 s and end its backend (and with
 # it the idle locks) even when we cannot tell it ourselves.
 _SESSION_SETTINGS = {
-    "application_name": "notifyq-listener",
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
@@ -62,6 +61,8 @@ class Listener:
         self._probe_interval = probe_interval
         self._probe_timeout = max(0.5, min(2.0, probe_interval))
         self._probe_channel = f"notifyq.probe.{worker_id.hex}"
+        # Names this daemon's LISTEN session, so that ending a stale one can never hit a peer's.
+        self._application_name = f"notifyq-listener:{worker_id.hex}"
         self._want_idle = False
         self._is_idle = False
         self._changed = anyio.Event()
@@ -135,7 +136,7 @@ class Listener:
         pid, self._stale_pid = self._stale_pid, None
         try:
             with anyio.fail_after(self._probe_timeout * 2):
-                await conn.execute(queries.get("end_stale_listener"), pid)
+                await conn.execute(queries.get("end_stale_listener"), pid, self._application_name)
         except (asyncpg.PostgresError, TimeoutError) as exc:
             self._log.info("stale_listener_not_ended", pid=pid, error=describe(exc))
 
@@ -143,7 +144,10 @@ class Listener:
         self._lost = False
         # Statement cache off: this connection runs three tiny statements, and it must work even
         # where prepared statements are not welcome.
-        conn = await connect(self._dsn, statement_cache_size=0, server_settings=_SESSION_SETTINGS)
+        conn = await connect(
+            self._dsn, statement_cache_size=0,
+            server_settings={**_SESSION_SETTINGS, "application_name": self._application_name},
+        )
         try:
             conn.add_termination_listener(self._on_terminated)
             with anyio.fail_after(10.0):

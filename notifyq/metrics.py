@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 OTHER = "other"
 MAX_QUEUE_LABELS = 50
-QUEUE_STATES = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+QUEUE_STATES = ("queued", "scheduled", "running", "failed")
 OUTCOMES = ("succeeded", "retried", "failed", "discarded", "cancelled", "timed_out", "lease_lost")
 WAKE_SOURCES = ("notify", "poll", "timer", "slot", "reconnect", "idle", "rescue", "stop")
 

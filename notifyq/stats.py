@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-STATES = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+STATES = ("queued", "scheduled", "running", "failed")  # what queue_stats reads
 
 
 @dataclass(slots=True)

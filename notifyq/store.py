@@ -91,8 +91,11 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._q = queries.load()
-        # False from the first "unavailable" error until the next statement succeeds; for /readyz.
+        # For /readyz. available: False from the first "unavailable" error until a statement succeeds.
+        # writable: False from a read-only error until a write (claim, heartbeat, outcome) succeeds, so
+        # that reads going through on a read-only node do not make it look healthy.
         self.available = True
+        self.writable = True
 
     @classmethod
     async def open(
@@ -135,11 +138,13 @@ class Store:
             self.available = True
         except BaseException as exc:
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+                self.writable = False
                 await self._pool.expire_connections()
             mapped = map_error(exc)
             if mapped is exc:
                 raise
-            self.available = False
+            if isinstance(mapped, DatabaseUnavailable):
+                self.available = False
             raise mapped from None
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
@@ -177,6 +182,7 @@ class Store:
             lease_seconds,
             worker_id,
         )
+        self.writable = True
         claims = [_claim_from_row(r) for r in rows]
         claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
         return claims

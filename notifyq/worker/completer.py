@@ -43,6 +43,7 @@ class Completer:
         self._batch_max = batch_max
         self._send, self._recv = anyio.create_memory_object_stream[Outcome](max_buffer_size=buffer)
         self._deadline = math.inf
+        self._pending: anyio.CancelScope | None = None
         self._log = logs.get("completer")
 
     async def submit(self, outcome: Outcome) -> None:
@@ -51,6 +52,8 @@ class Completer:
     def close(self, flush_seconds: float) -> None:
         """No more outcomes: `run` returns once everything sent is written, or at the flush deadline."""
         self._deadline = anyio.current_time() + flush_seconds
+        if self._pending is not None:
+            self._pending.deadline = self._deadline
         self._send.close()
 
     def dispose(self) -> None:
@@ -87,27 +90,32 @@ class Completer:
         self._account(batch, written)
 
     async def _record(self, batch: list[Outcome]) -> set[int] | None:
-        """Write with retries while the database is unavailable; None once the flush deadline passed."""
+        """Write with retries while the database is unavailable; None once the flush deadline passed.
+
+        The write and the waits between tries run in one cancel scope whose deadline `close()` sets, so
+        a statement already stuck on a hung connection is cut at the flush deadline too."""
         attempt = 0
-        while True:
-            remaining = self._deadline - anyio.current_time()
-            if remaining <= 0:
-                return None
+        with anyio.CancelScope(deadline=self._deadline) as scope:
+            self._pending = scope
             try:
-                with anyio.move_on_after(remaining):
-                    return await self._store.record(batch)
-            except DatabaseUnavailable as exc:
-                attempt += 1
-                delay = _RETRY.delay(attempt)
-                if attempt == 1 or attempt % 10 == 0:
-                    self._log.warning(
-                        "outcomes_write_failed",
-                        error=str(exc),
-                        jobs=len(batch),
-                        retry_in_s=round(delay, 3),
-                        attempt=attempt,
-                    )
-                await anyio.sleep(min(delay, max(remaining, 0.0)))
+                while True:
+                    try:
+                        return await self._store.record(batch)
+                    except DatabaseUnavailable as exc:
+                        attempt += 1
+                        delay = _RETRY.delay(attempt)
+                        if attempt == 1 or attempt % 10 == 0:
+                            self._log.warning(
+                                "outcomes_write_failed",
+                                error=str(exc),
+                                jobs=len(batch),
+                                retry_in_s=round(delay, 3),
+                                attempt=attempt,
+                            )
+                        await anyio.sleep(delay)
+            finally:
+                self._pending = None
+        return None  # the flush deadline passed
 
     async def _write_bare(self, outcome: Outcome, error: str) -> set[int] | None:
         """The database refused this outcome itself: keep the state, drop what it objected to."""

@@ -16,6 +16,7 @@ without spending the attempt.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -115,8 +116,9 @@ class Dispatcher:
             if free > 0:
                 try:
                     claimed = await self._claim(work, free)
+                    # A full batch means more may be waiting: busy, so producers skip NOTIFY.
+                    self._listener.set_idle(claimed < free)
                     if claimed < free:
-                        self._listener.set_idle(True)
                         delay = await self._store.next_run_delay(self._queues, self._tasks)
                         if delay is not None and delay < timeout:
                             timeout, reason = max(delay, _CONTENDED_RETRY_SECONDS), wakeup.TIMER
@@ -150,6 +152,7 @@ class Dispatcher:
             self._on_turn()
 
     async def _claim(self, work: anyio.abc.TaskGroup, free: int) -> int:
+        claimed_at = time.monotonic()
         claims = await self._store.claim(
             self._queues,
             self._tasks,
@@ -161,7 +164,7 @@ class Dispatcher:
         self._metrics.claims.inc()
         self._metrics.claim_batch.observe(len(claims))
         for claim in claims:
-            self._executor.start(work, claim)
+            self._executor.start(work, claim, claimed_at)
         return len(claims)
 
 

@@ -85,12 +85,12 @@ class Executor:
     def is_running(self, job_id: int, token: uuid.UUID) -> bool:
         return (job_id, token) in self._running
 
-    def start(self, tg: TaskGroup, claim: Claim) -> None:
+    def start(self, tg: TaskGroup, claim: Claim, claimed_at: float) -> None:
         """Take a slot and the lease now (so `free` is exact at once), then run in `tg`."""
         job = claim.job
         running = Running(claim)
         self._running[(job.id, claim.lease_token)] = running
-        self._leases.add(job.id, claim.lease_token)
+        self._leases.add(job.id, claim.lease_token, claimed_at)
         if self._empty.is_set():
             self._empty = anyio.Event()
         self._metrics.jobs_running.labels(self._metrics.queue_label(job.queue)).inc()

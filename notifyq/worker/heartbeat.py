@@ -68,8 +68,9 @@ class Heartbeat:
                 # Only a run still going under that very token is cancelled: an outcome already handed
                 # to the completer is fenced there, and may simply have been written before this ran.
                 self._lost(job_id, held[job_id], "not held in the database")
-        for job_id, token in self._leases.expired(self._lease_seconds):
-            self._lost(job_id, token, "unconfirmed for a whole lease")
+        # Fence one beat early: a lease that this beat could not confirm may be gone before the next.
+        for job_id, token in self._leases.expired(self._lease_seconds - self._interval):
+            self._lost(job_id, token, "unconfirmed for most of a lease")
 
     def _failed(self, error: str, leases: int) -> None:
         self._failures += 1

@@ -22,8 +22,10 @@ class Leases:
     def __init__(self) -> None:
         self._held: dict[int, Lease] = {}
 
-    def add(self, job_id: int, token: uuid.UUID) -> None:
-        self._held[job_id] = Lease(token, time.monotonic())
+    def add(self, job_id: int, token: uuid.UUID, since: float) -> None:
+        """`since`: monotonic time taken before the claim statement, so the lease is never younger here
+        than in the database."""
+        self._held[job_id] = Lease(token, since)
 
     def discard(self, job_id: int, token: uuid.UUID) -> None:
         lease = self._held.get(job_id)

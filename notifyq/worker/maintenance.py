@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import anyio
-import anyio.lowlevel
 
 from notifyq import logs
 from notifyq.errors import DatabaseUnavailable, QueryError
@@ -20,6 +19,7 @@ from notifyq.store import Store
 ORPHAN_REPORT_SECONDS = 60.0
 PRUNE_SECONDS = 300.0
 PRUNE_BATCH = 1000
+PRUNE_BATCHES_PER_TICK = 10
 
 
 class Maintenance:
@@ -81,13 +81,13 @@ class Maintenance:
             self._log.warning("jobs_without_handler", queue=row["queue"], task=row["task"], jobs=row["jobs"])
 
     async def prune(self) -> None:
+        # At most PRUNE_BATCHES_PER_TICK batches, so a large first prune never holds up rescue.
         total = 0
-        while True:
+        for _ in range(PRUNE_BATCHES_PER_TICK):
             deleted = await self._store.prune_finished(self._retention, PRUNE_BATCH)
             total += deleted
             if deleted < PRUNE_BATCH:
                 break
-            await anyio.lowlevel.checkpoint()
         await self._store.prune_workers(300.0)
         if total:
             self._log.info("jobs_pruned", jobs=total)

@@ -59,6 +59,9 @@ CREATE INDEX jobs_schedule_idx ON notifyq.jobs (queue, run_at) WHERE state = 'qu
 -- Rescue and heartbeat scan running rows only. leased_until is deliberately not indexed: heartbeats
 -- change it, and an index on it would make every heartbeat a non-HOT update.
 CREATE INDEX jobs_running_idx ON notifyq.jobs (worker_id) WHERE state = 'running';
+-- Failed jobs stay until retention and are what operators look at; counting them must not read the
+-- succeeded ones.
+CREATE INDEX jobs_failed_idx ON notifyq.jobs (queue) WHERE state = 'failed';
 CREATE INDEX jobs_finished_idx ON notifyq.jobs (finished_at)
     WHERE state IN ('succeeded', 'failed', 'cancelled');
 CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs (dedup_key)

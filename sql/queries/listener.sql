@@ -15,10 +15,11 @@ SELECT pg_notify($1::text, '');
 
 -- name: end_stale_listener :exec
 -- After a reconnect: end this daemon's previous LISTEN backend if a half-open socket left it behind.
--- Matched on pid and on being a notifyq listener of the same user, so a reused pid is never hit.
+-- Matched on pid and on this daemon's own application_name (it carries the worker id), so a pid
+-- reused by any other session, a peer daemon's included, is never hit.
 SELECT pg_terminate_backend(a.pid)
 FROM pg_stat_activity AS a
 WHERE a.pid = $1::int
-  AND a.application_name = 'notifyq-listener'
+  AND a.application_name = $2::text
   AND a.usename = current_user
   AND a.pid <> pg_backend_pid();

@@ -23,6 +23,9 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'notifyq_observer') THEN
         CREATE ROLE notifyq_observer NOLOGIN;
     END IF;
+    -- The daemon's gauges read pg_stat_activity to report the oldest open transaction of any role;
+    -- without this, other roles' transactions are invisible to it.
+    GRANT pg_read_all_stats TO notifyq_worker;
     -- The owner creates the notifyq schema in this database.
     EXECUTE format('GRANT CONNECT, CREATE ON DATABASE %I TO notifyq_owner', current_database());
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO notifyq_producer, notifyq_worker, notifyq_observer',

@@ -36,7 +36,8 @@ PUBLIC_METRICS = [
     "notifyq_claim_batch_size_bucket", "notifyq_wakeups_total", "notifyq_listener_connected",
     "notifyq_listener_reconnects_total", "notifyq_leases_lost_total", "notifyq_build_info",
     "notifyq_queue_jobs", "notifyq_queue_oldest_job_age_seconds", "notifyq_jobs_without_handler",
-    "notifyq_workers_alive", "notifyq_notification_queue_usage_ratio",
+    "notifyq_workers_alive", "notifyq_notification_queue_usage_ratio", "notifyq_jobs_dead_tuples",
+    "notifyq_oldest_transaction_age_seconds", "notifyq_stats_last_refresh_timestamp_seconds",
 ]  # fmt: skip
 SECURITY_THRESHOLD = 2.0  # `systemd-analyze security` exposure score; documented in the README
 

@@ -5,14 +5,18 @@ the scenario's own database), and every handler run records itself in `test_runs
 From those the checker proves, or reports as violations:
 - no job lost: every offered job reached a final state;
 - none invented: no job, and no handler run, for an id that was not offered;
-- each outcome written once: exactly one transition into a final state per job;
-- leases never overlapped: per job, claims and releases alternate, each release by the token of the
-  claim before it, so no two leases were live at once;
+- each outcome written once: exactly one transition into a final state per job, and no write at all
+  to a row once it is final (a stale or late writer would show there);
+- success recorded by its runner: the lease under which a job succeeded is the lease of a handler run
+  that completed (for tasks that record their runs);
+- leases never overlapped: per job, claims and releases alternate, so no two leases were live at once,
+  and no two completed handler runs of one job overlapped in time;
 - nothing is left `running`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -38,12 +42,16 @@ BEGIN
     ELSIF OLD.state = 'running' AND NEW.state <> 'running' THEN
         INSERT INTO test_audit (job_id, event, token, state)
         VALUES (NEW.id, 'release', OLD.lease_token, NEW.state::text);
+    ELSIF OLD.state IN ('succeeded', 'failed', 'cancelled') THEN
+        -- Nothing in these scenarios may touch a finished row: a late or stale write would show here.
+        INSERT INTO test_audit (job_id, event, token, state)
+        VALUES (NEW.id, 'final_touched', OLD.lease_token, NEW.state::text);
     END IF;
     RETURN NULL;
 END
 $$;
 DROP TRIGGER IF EXISTS test_audit ON notifyq.jobs;
-CREATE TRIGGER test_audit AFTER UPDATE OF state ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION test_audit_fn();
+CREATE TRIGGER test_audit AFTER UPDATE ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION test_audit_fn();
 """
 
 RESULTS = Path(os.environ.get("NOTIFYQ_FAULT_RESULTS", Path(__file__).parent / "results"))
@@ -98,8 +106,25 @@ async def check(conn: asyncpg.Connection, offered: set[int], report: Report) -> 
     by_job: dict[int, list[asyncpg.Record]] = {}
     for a in audit:
         by_job.setdefault(a["job_id"], []).append(a)
+    runs = await conn.fetch(
+        "SELECT job_id, lease_token, started_at, finished_at FROM test_runs ORDER BY job_id, started_at"
+    )
+    runs_by_job: dict[int, list[asyncpg.Record]] = {}
+    for r in runs:
+        runs_by_job.setdefault(r["job_id"], []).append(r)
     for job_id in sorted(offered):
         events = by_job.get(job_id, [])
+        touched = [e for e in events if e["event"] == "final_touched"]
+        if touched:
+            v.append(f"job {job_id}: written after it was final ({touched[0]['state']})")
+        job_runs = runs_by_job.get(job_id, [])
+        done = [r for r in job_runs if r["finished_at"] is not None]
+        for a, b in itertools.pairwise(done):
+            if b["started_at"] < a["finished_at"]:
+                v.append(f"job {job_id}: completed runs overlapped")
+        success = [e for e in events if e["event"] == "release" and e["state"] == "succeeded"]
+        if job_runs and success and success[-1]["token"] not in {r["lease_token"] for r in done}:
+            v.append(f"job {job_id}: succeeded under a lease whose handler run never completed")
         finals = [e for e in events if e["event"] == "release" and e["state"] in ("succeeded", "failed")]
         if job_id in final and states[job_id] != "cancelled" and len(finals) != 1:
             v.append(f"job {job_id}: outcome written {len(finals)} times")

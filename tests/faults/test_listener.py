@@ -29,7 +29,7 @@ async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Conn
         await settled_idle(daemon, conn)
         killed = await conn.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'notifyq-listener' AND datname = current_database()"
+            "WHERE application_name LIKE 'notifyq-listener:%' AND datname = current_database()"
         )
         assert killed == 1
         t0 = time.monotonic()

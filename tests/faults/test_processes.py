@@ -126,7 +126,8 @@ async def test_sigstop_past_the_lease_is_fenced(
         daemons, tmp_path, db_dsn, lease_seconds=2, poll_interval_seconds=1, http_address=f"127.0.0.1:{port}"
     )
     await stale.wait_event("daemon_ready")
-    [job_id] = await insert_jobs(runs, 1, '{"first_seconds": 3}')
+    # Long enough that the stale handler is still running when it wakes up, whatever the timing.
+    [job_id] = await insert_jobs(runs, 1, '{"first_seconds": 60}')
     await wait_for(
         lambda: runs.fetchval("SELECT count(*) FROM test_runs WHERE job_id = $1", job_id),
         10,

@@ -92,7 +92,9 @@ async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tm
         try:
             try:
                 await wait_for(
-                    lambda: worker.fetchval("SELECT count(*) = 2 FROM notifyq.jobs WHERE state = 'succeeded'"),
+                    lambda: worker.fetchval(
+                        "SELECT count(*) = 2 FROM notifyq.jobs WHERE state = 'succeeded'"
+                    ),
                     15,
                     "the worker role's daemon to run both jobs",
                 )

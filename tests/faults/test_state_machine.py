@@ -36,6 +36,7 @@ class Model:
     attempts: int
     max_attempts: int
     run_at: datetime
+    priority: int = 0
     token: uuid.UUID | None = None
     leased_until: datetime | None = None
 
@@ -68,8 +69,8 @@ class JobLifecycle(RuleBasedStateMachine):
 
     # -- rules --------------------------------------------------------------------------------
 
-    @rule(run_in=st.sampled_from([0, 10, 100]), max_attempts=st.integers(1, 3))
-    def enqueue(self, run_in: int, max_attempts: int) -> None:
+    @rule(run_in=st.sampled_from([0, 10, 100]), max_attempts=st.integers(1, 3), priority=st.integers(0, 2))
+    def enqueue(self, run_in: int, max_attempts: int, priority: int) -> None:
         job_id = self.run(
             self.conn.fetchval(
                 queries.get("enqueue"),
@@ -77,19 +78,19 @@ class JobLifecycle(RuleBasedStateMachine):
                 "{}",
                 "default",
                 None,
-                0,
+                priority,
                 None,
                 max_attempts,
                 timedelta(seconds=run_in),
             )
         )
-        self.jobs[job_id] = Model("queued", 0, max_attempts, self.clock + timedelta(seconds=run_in))
+        self.jobs[job_id] = Model("queued", 0, max_attempts, self.clock + timedelta(seconds=run_in), priority)
 
     @rule(worker=st.sampled_from(WORKERS), n=st.integers(1, 3))
     def claim(self, worker: uuid.UUID, n: int) -> None:
         runnable = sorted(
             (j for j in self.jobs.items() if j[1].state == "queued" and j[1].run_at <= self.clock),
-            key=lambda item: (item[1].run_at, item[0]),
+            key=lambda item: (-item[1].priority, item[1].run_at, item[0]),
         )[:n]
         rows = self.run(
             self.conn.fetch(queries.get("claim_jobs"), ["default"], ["t"], [None], n, LEASE, worker)
@@ -107,8 +108,12 @@ class JobLifecycle(RuleBasedStateMachine):
         held = {i: m.token for i, m in self.running()}
         extra = data.draw(st.sampled_from(self.stale)) if self.stale else None
         ask = dict(held)
-        if extra and extra[0] not in ask:
+        if extra:
+            # A stale token: for a finished job, or in place of the current token of a job that is
+            # running again under a new lease. Either way it must not extend anything.
             ask[extra[0]] = extra[1]
+            if held.get(extra[0]) != extra[1]:
+                held.pop(extra[0], None)
         rows = self.run(
             self.conn.fetch(
                 queries.get("extend_leases"),

@@ -204,6 +204,7 @@ ALTER TABLE ONLY notifyq.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
 CREATE INDEX jobs_claim_idx ON notifyq.jobs USING btree (queue, priority DESC, run_at, id) WHERE (state = 'queued'::notifyq.job_state);
 CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs USING btree (dedup_key) WHERE ((dedup_key IS NOT NULL) AND (state = ANY (ARRAY['queued'::notifyq.job_state, 'running'::notifyq.job_state])));
+CREATE INDEX jobs_failed_idx ON notifyq.jobs USING btree (queue) WHERE (state = 'failed'::notifyq.job_state);
 CREATE INDEX jobs_finished_idx ON notifyq.jobs USING btree (finished_at) WHERE (state = ANY (ARRAY['succeeded'::notifyq.job_state, 'failed'::notifyq.job_state, 'cancelled'::notifyq.job_state]));
 CREATE INDEX jobs_running_idx ON notifyq.jobs USING btree (worker_id) WHERE (state = 'running'::notifyq.job_state);
 CREATE INDEX jobs_schedule_idx ON notifyq.jobs USING btree (queue, run_at) WHERE (state = 'queued'::notifyq.job_state);
