@@ -5,6 +5,7 @@ alert rules against a live daemon, systemd (verify, security, sd_notify), a real
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -217,6 +218,7 @@ async def test_sd_notify_ready_watchdog_status_stopping(db_dsn: str, tmp_path: P
     sock.bind(str(path))
     sock.settimeout(0.2)
     messages: list[str] = []
+    arrived: list[float] = []
 
     def collect_until(done: Callable[[], bool], seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -224,6 +226,7 @@ async def test_sd_notify_ready_watchdog_status_stopping(db_dsn: str, tmp_path: P
             assert time.monotonic() < deadline, f"sd_notify messages so far: {messages}"
             with contextlib.suppress(TimeoutError):
                 messages.append(sock.recv(4096).decode())
+                arrived.append(time.monotonic())
 
     def status_after_watchdog() -> bool:
         watchdog = _first(messages, "WATCHDOG=1")
@@ -238,6 +241,9 @@ async def test_sd_notify_ready_watchdog_status_stopping(db_dsn: str, tmp_path: P
     )
     try:
         collect_until(status_after_watchdog, 20)
+        # Stay idle a while: the claim loop must keep pinging from its wait, not only when it claims.
+        idle_until = time.monotonic() + 3
+        collect_until(lambda: time.monotonic() > idle_until, 10)
         d.signal(signal.SIGTERM)
         collect_until(lambda: _first(messages, "STOPPING=1") >= 0, 15)
         assert d.wait(15) == 0
@@ -247,6 +253,9 @@ async def test_sd_notify_ready_watchdog_status_stopping(db_dsn: str, tmp_path: P
     ready, watchdog, stopping = (_first(messages, k) for k in ("READY=1", "WATCHDOG=1", "STOPPING=1"))
     status = next(i for i, m in enumerate(messages) if "STATUS=" in m and i > watchdog)
     assert 0 <= ready < watchdog < status < stopping, messages
+    pings = [t for t, m in zip(arrived, messages, strict=True) if "WATCHDOG=1" in m]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert len(pings) >= 4 and max(gaps) < 1.0, f"WATCHDOG_USEC is 1 s; gaps between pings: {gaps}"
     assert re.search(r"STATUS=\d+/10 running, \d+ queued, \d+ scheduled", messages[status]), messages[status]
 
 
