@@ -37,8 +37,10 @@ class Fleet:
     def alive(self) -> list[DaemonProcess]:
         return [d for d in self.daemons if d.proc.poll() is None]
 
-    def kill_one(self, rng: random.Random) -> DaemonProcess:
-        victim = rng.choice(self.alive())
+    def kill_one(self, rng: random.Random, among: set[int] | None = None) -> DaemonProcess:
+        """SIGKILL one live daemon (one whose pid is in `among`, when given) and start a replacement."""
+        candidates = [d for d in self.alive() if among is None or d.pid in among] or self.alive()
+        victim = rng.choice(candidates)
         victim.signal(signal.SIGKILL)
         victim.wait(10)
         self.kills += 1

@@ -77,8 +77,15 @@ async def test_repeated_sigkill_during_a_run(
     started = time.monotonic()
     while fleet.kills < kills:
         await anyio.sleep(0.3)
-        if await db.fetchval("SELECT count(*) FROM notifyq.jobs WHERE state = 'running'"):
-            fleet.kill_one(rng)  # mid-batch: that daemon holds running jobs at this moment
+        busy = {
+            r["pid"]
+            for r in await db.fetch(
+                "SELECT DISTINCT w.pid FROM notifyq.workers AS w"
+                " JOIN notifyq.jobs AS j ON j.worker_id = w.id WHERE j.state = 'running'"
+            )
+        }
+        if busy:
+            fleet.kill_one(rng, among=busy)  # mid-batch: the victim holds running jobs right now
     await all_final(db, ids, 240 if soak else 120)
     report = await checker.check(db, ids, checker.Report("sigkill", faults_injected=fleet.kills))
     report.figures = {
