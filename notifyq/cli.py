@@ -358,7 +358,7 @@ def dev(data_dir: str | None, port: int, app: str, demo_jobs: int, log_format: s
     """
     from notifyq.devserver import run_dev
 
-    logs.configure(log_format)
+    logs.configure(log_format, "debug")  # a newcomer wants to see every job start and finish
     try:
         run_dev(data_dir=data_dir, port=port, app=app, demo_jobs=demo_jobs, echo=click.echo)
     except NotifyqError as exc:

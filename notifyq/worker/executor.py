@@ -192,7 +192,7 @@ def _log_outcome(log: Any, outcome: Outcome, elapsed: float) -> None:
     fields = {"outcome": outcome.kind.value, "duration_s": round(elapsed, 6)}
     first_line = (outcome.error or "").splitlines()[0] if outcome.error else ""
     if outcome.kind in (OutcomeKind.SUCCEEDED, OutcomeKind.SNOOZED, OutcomeKind.RELEASED):
-        log.info("job_finished", **fields)
+        log.debug("job_finished", **fields)  # one line per job costs more than a no-op job itself
     elif outcome.state is JobState.QUEUED:
         log.warning("job_failed_will_retry", retry_in_s=round(outcome.delay, 3), error=first_line, **fields)
     elif outcome.kind is OutcomeKind.LEASE_LOST:

@@ -134,7 +134,7 @@ def test_dashboard_has_the_promised_panels_and_variables() -> None:
         "wake-ups by source",
     ):
         assert needed in titles, needed
-    assert len(alert_exprs()) == 7
+    assert len(alert_exprs()) == 8
 
 
 def test_every_panel_and_alert_expression_parses(tmp_path: Path) -> None:
