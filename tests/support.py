@@ -229,3 +229,15 @@ async def settled_idle(daemon: Daemon, conn: asyncpg.Connection) -> None:
         5,
         "the post-idle re-check",
     )
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m notifyq ...` from the repository root, as a newcomer would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "notifyq", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,20 +13,9 @@ import asyncpg
 import pytest
 
 from notifyq.devserver import PrivateCluster
-from tests.support import ROOT
+from tests.support import ROOT, cli
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "notifyq", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 async def test_enqueue_from_the_cli(conn: asyncpg.Connection, db_dsn: str) -> None:

@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from notifyq import migrate
-from notifyq.devserver import PrivateCluster, free_port
-from tests.apps.recorder import SCHEMA
+from notifyq.devserver import PrivateCluster
 from tests.support import DaemonProcess, wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def cluster(pg_tmp: Path) -> AsyncIterator[PrivateCluster]:
-    c = PrivateCluster(pg_tmp / "pg", free_port())
-    c.init()
-    c.start()
-    conn = await asyncpg.connect(c.dsn)
-    try:
-        await migrate.apply(conn)
-        await conn.execute(SCHEMA)
-    finally:
-        await conn.close()
-    yield c
-    c.stop("immediate")
 
 
 async def test_sigterm_with_the_database_gone_still_exits_in_time(

@@ -6,14 +6,13 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
 
-from notifyq import migrate
 from notifyq.devserver import PrivateCluster, free_port
 from tests.faults import checker
 from tests.faults.fleet import Fleet
@@ -180,21 +179,6 @@ async def test_retry_storm_spreads_and_never_comes_early(
     assert early == [], early[:5]
     assert spread > 0.4, "jitter (up to 50 % of the 1 s backoff) spread the retries out"
     assert_clean(report)
-
-
-@pytest.fixture
-async def cluster(pg_tmp: Path) -> AsyncIterator[PrivateCluster]:
-    c = PrivateCluster(pg_tmp / "pg", free_port())
-    c.init()
-    c.start()
-    conn = await asyncpg.connect(c.dsn)
-    try:
-        await migrate.apply(conn)
-        await checker.install(conn)
-    finally:
-        await conn.close()
-    yield c
-    c.stop("immediate")
 
 
 async def test_postgres_stopped_under_load_and_restarted(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 
 from notifyq.devserver import free_port
 from tests.apps.recorder import SCHEMA
-from tests.support import ROOT, DaemonProcess, wait_for
+from tests.support import ROOT, DaemonProcess, cli, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 LOGINS = {
@@ -27,17 +24,6 @@ LOGINS = {
 
 def as_login(dsn: str, who: str) -> str:
     return dsn.replace("postgres@", f"nq_test_{who}@", 1)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "notifyq", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tmp_path: Path) -> None:
