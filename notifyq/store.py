@@ -46,6 +46,15 @@ _FATAL: tuple[type[BaseException], ...] = (
 )
 
 
+async def _light_reset(conn: asyncpg.Connection) -> None:
+    """What a connection needs before it goes back to our pool. asyncpg's default reset sends
+    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every release: a second round
+    trip for each of our statements, for session state our pool never creates (it only runs the named
+    statements, in autocommit)."""
+    if conn.is_in_transaction():
+        await conn.execute(queries.get("rollback"))
+
+
 def describe(exc: BaseException) -> str:
     """A one-line, secret-free description of a driver error."""
     text = str(exc).splitlines()[0] if str(exc) else ""
@@ -116,6 +125,7 @@ class Store:
                 command_timeout=command_timeout,
                 timeout=10.0,
                 server_settings={"application_name": application_name},
+                reset=_light_reset,
             )
         except BaseException as exc:
             mapped = map_error(exc)

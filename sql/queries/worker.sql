@@ -154,3 +154,7 @@ WITH doomed AS (
     DELETE FROM notifyq.jobs AS j USING doomed WHERE j.id = doomed.id RETURNING 1
 )
 SELECT count(*)::bigint AS deleted FROM gone;
+
+-- name: rollback :exec
+-- Returning a pooled connection that was left inside a transaction (a cancelled statement).
+ROLLBACK;
