@@ -163,9 +163,10 @@ def run_dev(*, data_dir: str | None, port: int, app: str, demo_jobs: int, echo: 
             shutdown_timeout_seconds=5,
             http_address="127.0.0.1:0",
         )
+        example = next((n for n in registry.names if "greet" in n), registry.names[0])
         echo(
             f'notifyq dev: try  psql {cluster.dsn} -c "INSERT INTO notifyq.jobs (task, payload) '
-            f"VALUES ('{registry.names[0]}', '{{}}')\""
+            f"VALUES ('{example}', '{{}}')\""
         )
         echo("notifyq dev: Ctrl-C to stop")
         anyio.run(_dev_main, settings, Daemon(settings, registry), module, demo_jobs)
