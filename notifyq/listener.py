@@ -145,7 +145,8 @@ class Listener:
         # Statement cache off: this connection runs three tiny statements, and it must work even
         # where prepared statements are not welcome.
         conn = await connect(
-            self._dsn, statement_cache_size=0,
+            self._dsn,
+            statement_cache_size=0,
             server_settings={**_SESSION_SETTINGS, "application_name": self._application_name},
         )
         try:

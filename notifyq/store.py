@@ -279,14 +279,11 @@ class Store:
     async def queue_stats(self) -> list[asyncpg.Record]:
         return await self._fetch("queue_stats")
 
-    async def health_stats(self) -> tuple[int, float]:
-        """(dead tuples in notifyq.jobs, age in seconds of the oldest open transaction)."""
+    async def health_stats(self) -> tuple[int, float, float]:
+        """(dead tuples in notifyq.jobs, age in seconds of the oldest open transaction, NOTIFY queue
+        usage as a fraction)."""
         row = (await self._fetch("health_stats"))[0]
-        return int(row["dead_tuples"]), float(row["oldest_xact_age"])
-
-    async def notification_queue_usage(self) -> float:
-        rows = await self._fetch("notification_queue_usage")
-        return float(rows[0]["usage"])
+        return int(row["dead_tuples"]), float(row["oldest_xact_age"]), float(row["usage"])
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")

@@ -19,6 +19,8 @@ from notifyq.metrics import Metrics
 from notifyq.stats import Overview, summarize
 from notifyq.store import Store
 
+_SCHEMA_EVERY = 4
+
 
 class GaugeRefresher:
     def __init__(
@@ -29,6 +31,7 @@ class GaugeRefresher:
         self._interval = interval
         self._on_reading = on_reading
         self.schema_problem: str | None = None
+        self._readings = 0
         self._log = logs.get("gauges")
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -47,10 +50,11 @@ class GaugeRefresher:
     async def refresh(self) -> Overview:
         rows = await self._store.queue_stats()
         workers = await self._store.live_workers()
-        usage = await self._store.notification_queue_usage()
-        dead, oldest_xact = await self._store.health_stats()
-        async with self._store.connection() as conn:
-            self.schema_problem = (await migrate.status(conn)).problem()
+        dead, oldest_xact, usage = await self._store.health_stats()
+        self._readings += 1
+        if self._readings % _SCHEMA_EVERY == 1:  # a migration is rare: look about once a minute
+            async with self._store.connection() as conn:
+                self.schema_problem = (await migrate.status(conn)).problem()
         overview = summarize(rows, workers)
         self._metrics.set_queue_stats(overview.counts(), overview.oldest(), overview.orphans_by_queue())
         self._metrics.workers_alive.set(len(workers))

@@ -16,13 +16,13 @@ GROUP BY 1, 2, 3
 ORDER BY jobs DESC
 LIMIT 10000;
 
--- name: notification_queue_usage :one
-SELECT pg_notification_queue_usage()::float8 AS usage;
 
 -- name: health_stats :one
 -- What vacuum is up against: dead rows in the jobs table, and the oldest open transaction in this
--- database (a long one holds back cleanup, so dead rows pile up and claims slow down).
-SELECT coalesce((SELECT s.n_dead_tup FROM pg_stat_user_tables AS s
+-- database (a long one holds back cleanup, so dead rows pile up and claims slow down); and how full
+-- the NOTIFY queue is. One statement, to keep an idle daemon quiet.
+SELECT pg_notification_queue_usage()::float8 AS usage,
+       coalesce((SELECT s.n_dead_tup FROM pg_stat_user_tables AS s
                  WHERE s.schemaname = 'notifyq' AND s.relname = 'jobs'), 0)::bigint AS dead_tuples,
        coalesce((SELECT extract(epoch FROM now() - min(a.xact_start)) FROM pg_stat_activity AS a
                  WHERE a.datname = current_database() AND a.xact_start IS NOT NULL
