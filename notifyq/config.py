@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # NoDecode: NOTIFYQ_QUEUES=a,b is a comma list, not JSON.
     queues: Annotated[tuple[str, ...], NoDecode] = Field(default=("default",), description="Queues to serve.")
     concurrency: int = Field(default=10, ge=1, le=1000, description="Jobs run at once.")
+    prefetch: int = Field(
+        default=10, ge=0, le=1000, description="Jobs claimed ahead of free slots, so the next starts at once."
+    )
     lease_seconds: float = Field(default=30.0, ge=1.0, le=86400.0, description="Lease length.")
     poll_interval_seconds: float = Field(
         default=5.0, ge=0.05, le=3600.0, description="Safety poll when no NOTIFY arrives."

@@ -222,6 +222,7 @@ class Daemon:
             self.metrics,
             s.concurrency,
             on_slot_free=lambda: wake.hint(wakeup.SLOT),
+            prefetch=s.prefetch,
         )
         listener = Listener(
             s.effective_listen_dsn,
@@ -244,6 +245,8 @@ class Daemon:
             lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval_seconds,
             shutdown_timeout=s.shutdown_timeout_seconds,
+            # With a prefetch buffer, wait for half of it to empty: fewer, fuller claims.
+            batch_min=max(1, s.prefetch // 2),
             on_turn=self.systemd.watchdog,
             # Turn at least twice per watchdog interval, so a stuck loop is what systemd restarts.
             tick=None if self.systemd.watchdog_interval is None else self.systemd.watchdog_interval / 2,

@@ -21,12 +21,16 @@ _LEVELS = {
 }
 
 
+_current = [logging.INFO]  # the configured level
+
+
 def _dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
 def configure(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog once, at start-up."""
+    _current[0] = _LEVELS[level]
     out = stream if stream is not None else sys.stderr
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: Any = (
@@ -64,6 +68,11 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(_LEVELS[level], logging.WARNING))
+
+
+def enabled(level: str) -> bool:
+    """Whether lines at `level` are written: lets the job path skip building lines nobody sees."""
+    return _current[0] <= _LEVELS[level]
 
 
 def get(name: str) -> Any:

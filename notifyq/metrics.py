@@ -10,6 +10,8 @@ is capped at MAX_QUEUE_LABELS (served queues first, then the busiest), the rest 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -25,6 +27,18 @@ _WAIT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class JobMetrics:
+    """The per-job series of one (queue, task) label pair, looked up once: `labels()` on every job
+    cost more than a no-op job's own work."""
+
+    started: Any
+    running: Any
+    waited: Any
+    duration: Any
+    completed: dict[str, Any]
 
 
 class Metrics:
@@ -109,6 +123,7 @@ class Metrics:
             "When the database gauges were last refreshed (Unix time).",
             registry=r,
         )
+        self._per_job: dict[tuple[str, str], JobMetrics] = {}
         self._prefill()
 
     def _prefill(self) -> None:
@@ -121,6 +136,20 @@ class Metrics:
                 self.jobs_started.labels(queue, task)
         for source in WAKE_SOURCES:
             self.wakeups.labels(source)
+
+    def for_job(self, queue: str, task: str) -> JobMetrics:
+        """The series for a job of this queue and task; keyed by label, so the cache stays bounded."""
+        key = (self.queue_label(queue), self.task_label(task))
+        found = self._per_job.get(key)
+        if found is None:
+            found = self._per_job[key] = JobMetrics(
+                started=self.jobs_started.labels(*key),
+                running=self.jobs_running.labels(key[0]),
+                waited=self.job_wait.labels(*key),
+                duration=self.job_duration.labels(*key),
+                completed={o: self.jobs_completed.labels(*key, o) for o in OUTCOMES},
+            )
+        return found
 
     def queue_label(self, queue: str) -> str:
         return queue if queue in self._served else OTHER

@@ -22,7 +22,7 @@ import orjson
 from notifyq import queries
 from notifyq.config import redact_dsn
 from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, QueryError
-from notifyq.models import Claim, Job, Outcome
+from notifyq.models import Claim, Job, JobState, Outcome
 
 # Errors that say "not now": the statement may succeed if tried again later, so every loop backs off.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -198,18 +198,29 @@ class Store:
         return claims
 
     async def record(self, outcomes: Sequence[Outcome]) -> set[int]:
-        """Write outcomes in one fenced statement; returns the ids actually written."""
-        rows = await self._fetch(
-            "record_outcomes",
-            [o.job_id for o in outcomes],
-            [o.lease_token for o in outcomes],
-            [o.state.value for o in outcomes],
-            [o.delay for o in outcomes],
-            [o.refund for o in outcomes],
-            [o.error for o in outcomes],
-            [o.result for o in outcomes],
-        )
-        return {r["id"] for r in rows}
+        """Write outcomes in fenced statements (plain successes in one, the rest in another); returns
+        the ids actually written."""
+        plain = [o for o in outcomes if o.state is JobState.SUCCEEDED and o.result is None]
+        rest = [o for o in outcomes if not (o.state is JobState.SUCCEEDED and o.result is None)]
+        written: set[int] = set()
+        if plain:
+            rows = await self._fetch(
+                "complete_succeeded", [o.job_id for o in plain], [o.lease_token for o in plain]
+            )
+            written.update(r[0] for r in rows)
+        if rest:
+            rows = await self._fetch(
+                "record_outcomes",
+                [o.job_id for o in rest],
+                [o.lease_token for o in rest],
+                [o.state.value for o in rest],
+                [o.delay for o in rest],
+                [o.refund for o in rest],
+                [o.error for o in rest],
+                [o.result for o in rest],
+            )
+            written.update(r[0] for r in rows)
+        return written
 
     async def extend(self, held: dict[int, uuid.UUID], lease_seconds: float, worker: WorkerInfo) -> set[int]:
         """Extend every lease in `held` and refresh this worker's row; returns the ids still held."""

@@ -1,7 +1,8 @@
 """Writes outcomes in batches: one fenced statement per batch.
 
-Executors hand outcomes over through a bounded stream, so a slow or unreachable database pushes back on
-the executors (and through their slots, on claiming) instead of growing memory. Each batch is every
+Runners hand outcomes over with `put()`, which never waits; before taking the next job a runner waits
+for room, so a slow or unreachable database pushes back on the runners (and through them, on claiming)
+instead of growing memory. Each batch is every
 outcome waiting at that moment, up to `batch_max`, sorted by job id (the heartbeat sorts the same way,
 so the two never deadlock on row locks).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 
 import anyio
 
@@ -40,40 +42,64 @@ class Completer:
         self._store = store
         self._leases = leases
         self._metrics = metrics
+        self._buffer = buffer
         self._batch_max = batch_max
-        self._send, self._recv = anyio.create_memory_object_stream[Outcome](max_buffer_size=buffer)
+        self._queue: deque[Outcome] = deque()
+        self._ready = anyio.Event()
+        self._room = anyio.Event()
+        self._room.set()
+        self._closed = False
+        self._disposed = False
         self._deadline = math.inf
         self._pending: anyio.CancelScope | None = None
         self._log = logs.get("completer")
 
-    async def submit(self, outcome: Outcome) -> None:
-        await self._send.send(outcome)
+    def put(self, outcome: Outcome) -> None:
+        """Queue an outcome for writing. Never waits, so a cancelled job still gets its outcome queued;
+        callers wait for `wait_room()` before taking on more work."""
+        if self._disposed:
+            return  # left to lease expiry and rescue
+        self._queue.append(outcome)
+        if len(self._queue) >= self._buffer and self._room.is_set():
+            self._room = anyio.Event()
+        self._ready.set()
+
+    async def wait_room(self) -> None:
+        """Return once fewer than `buffer` outcomes wait: a slow database pushes back on the runners."""
+        if not self._room.is_set():
+            await self._room.wait()
 
     def close(self, flush_seconds: float) -> None:
-        """No more outcomes: `run` returns once everything sent is written, or at the flush deadline."""
+        """No more outcomes: `run` returns once everything queued is written, or at the flush deadline."""
         self._deadline = anyio.current_time() + flush_seconds
         if self._pending is not None:
             self._pending.deadline = self._deadline
-        self._send.close()
+        self._closed = True
+        self._ready.set()
 
     def dispose(self) -> None:
-        """Close both ends; outcomes not yet written are dropped (their leases will expire)."""
-        self._send.close()
-        self._recv.close()
+        """Outcomes not yet written are dropped (their leases will expire)."""
+        self._closed = self._disposed = True
+        self._queue.clear()
+        self._room.set()
+        self._ready.set()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with self._recv:
-            async for first in self._recv:
-                batch = [first]
-                while len(batch) < self._batch_max:
-                    try:
-                        batch.append(self._recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                batch.sort(key=lambda o: o.job_id)
-                with anyio.CancelScope(shield=True):
-                    await self._write(batch)
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                await self._ready.wait()
+                self._ready = anyio.Event()
+                continue
+            take = min(len(self._queue), self._batch_max)
+            batch = [self._queue.popleft() for _ in range(take)]
+            if len(self._queue) < self._buffer:
+                self._room.set()
+            batch.sort(key=lambda o: o.job_id)
+            with anyio.CancelScope(shield=True):
+                await self._write(batch)
 
     async def _write(self, batch: list[Outcome]) -> None:
         try:
@@ -143,13 +169,12 @@ class Completer:
     def _account(self, batch: list[Outcome], written: set[int]) -> None:
         for outcome in batch:
             self._leases.discard(outcome.job_id, outcome.lease_token)
-            labels = (self._metrics.queue_label(outcome.queue), self._metrics.task_label(outcome.task))
+            completed = self._metrics.for_job(outcome.queue, outcome.task).completed
             if outcome.job_id in written:
-                kind = _METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)
-                self._metrics.jobs_completed.labels(*labels, kind).inc()
+                completed[_METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)].inc()
             else:
                 self._metrics.leases_lost.inc()
-                self._metrics.jobs_completed.labels(*labels, OutcomeKind.LEASE_LOST.value).inc()
+                completed[OutcomeKind.LEASE_LOST.value].inc()
                 self._log.warning(
                     "outcome_dropped_lease_lost",
                     job_id=outcome.job_id,

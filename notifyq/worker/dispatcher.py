@@ -1,21 +1,24 @@
-"""The claim loop: wait for a reason to look for work, claim at most the free slots, start them.
+"""The claim loop: wait for a reason to look for work, claim what the runners and the prefetch buffer
+have room for, hand it to the executor.
 
-Each turn: if slots are free, claim up to that many jobs in one statement (served queues, tasks with a
-handler, runnable now, by priority then run_at then id). A full batch means there may be more, so the
-daemon stays busy (no idle locks, so producers skip NOTIFY). A short batch means the queue is drained:
-the dispatcher asks the listener to take the idle locks, and the listener wakes it once they are held
-for one more claim, which closes the gap between the last claim and the locks. Then it waits for a
-wake hint (notify, a freed slot, a listener reconnect), the next `run_at` among its jobs, or the safety
-poll, whichever comes first. Hints that arrive while it is busy fold into one turn, so a burst of
-finished jobs costs one claim.
+Each turn: if at least `batch_min` jobs are wanted (free runners plus room in the prefetch buffer), claim
+up to that many in one statement (served queues, tasks with a handler, runnable now, by priority then
+run_at then id). Waiting for half the buffer to empty makes claims fewer and fuller. A short batch while
+some runner has nothing to do means the queue is drained: the dispatcher asks the listener to take the
+idle locks, and the listener wakes it once they are held for one more claim, which closes the gap between
+the last claim and the locks. While every runner is busy the daemon never counts as idle, so producers
+skip NOTIFY; the buffer is refilled as slots free. Then it waits for a wake hint (notify, a freed slot,
+a listener reconnect), the next `run_at` among its jobs, or the safety poll, whichever comes first.
+Hints that arrive while it is busy fold into one turn, so a burst of finished jobs costs one claim.
 
-Stopping is two-phase (`stop()`, then after the drain deadline or `stop_now()`): claiming ends at once;
-running jobs get `shutdown_timeout` to finish; then they are cancelled and their leases released
-without spending the attempt.
+Stopping is two-phase (`stop()`, then after the drain deadline or `stop_now()`): claiming ends at once and
+buffered jobs go back to the queue; running jobs get `shutdown_timeout` to finish; then they are
+cancelled and their leases released without spending the attempt.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +59,7 @@ class Dispatcher:
         lease_seconds: float,
         poll_interval: float,
         shutdown_timeout: float,
+        batch_min: int = 1,
         on_turn: Callable[[], None] = lambda: None,
         tick: float | None = None,
     ) -> None:
@@ -71,6 +75,7 @@ class Dispatcher:
         self._lease_seconds = lease_seconds
         self._poll = poll_interval
         self._shutdown_timeout = shutdown_timeout
+        self._batch_min = batch_min
         self._on_turn = on_turn
         self._tick = tick
         self._stopping = anyio.Event()
@@ -89,9 +94,12 @@ class Dispatcher:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as work:
+            await work.start(self._executor.run)
             task_status.started()
-            await self._claim_loop(work)
+            await self._claim_loop()
             self._listener.set_idle(False)
+            self._executor.release_buffered()
+            self._executor.close()
             await self._drain()
 
     async def _drain(self) -> None:
@@ -106,21 +114,29 @@ class Dispatcher:
             self._log.warning("cancelling_jobs", running=self._executor.running_count)
             self._executor.cancel_all(StopReason.SHUTDOWN)
 
-    async def _claim_loop(self, work: anyio.abc.TaskGroup) -> None:
+    async def _claim_loop(self) -> None:
         failures = 0
         sources: set[str] = set()
+        due: float | None = None  # when the earliest scheduled job becomes runnable (anyio clock)
         while not self._stopping.is_set():
             self._on_turn()
             timeout, reason = self._poll, wakeup.POLL
-            free = self._executor.free
-            if free > 0:
+            wanted = self._executor.wanted
+            if wanted >= self._batch_min:
                 try:
-                    claimed = await self._claim(work, free)
-                    # A full batch means more may be waiting: busy, so producers skip NOTIFY.
-                    self._listener.set_idle(claimed < free)
-                    if claimed < free:
-                        delay = await self._store.next_run_delay(self._queues, self._tasks)
-                        if delay is not None and delay < timeout:
+                    claimed = await self._claim(wanted)
+                    # Idle means runners are left without work. Only then are producers asked to
+                    # NOTIFY: while every runner is busy, the prefetch buffer is refilled as slots free.
+                    idle = claimed < wanted and self._executor.hungry
+                    self._listener.set_idle(idle)
+                    if idle:
+                        if claimed or sources != {wakeup.POLL} or due is None:
+                            # A safety poll that found nothing changes no schedule: anything inserted
+                            # since the last look came with a notification. Skip a statement per poll.
+                            delay = await self._store.next_run_delay(self._queues, self._tasks)
+                            due = math.inf if delay is None else anyio.current_time() + delay
+                        delay = due - anyio.current_time()
+                        if delay < timeout:
                             timeout, reason = max(delay, _CONTENDED_RETRY_SECONDS), wakeup.TIMER
                         if wakeup.IDLE in sources:
                             # Just went idle: a producer whose commit was checked a moment before the
@@ -151,20 +167,19 @@ class Dispatcher:
                 return sources
             self._on_turn()
 
-    async def _claim(self, work: anyio.abc.TaskGroup, free: int) -> int:
+    async def _claim(self, wanted: int) -> int:
         claimed_at = time.monotonic()
         claims = await self._store.claim(
             self._queues,
             self._tasks,
             self._max_attempts,
-            free,
+            wanted,
             self._lease_seconds,
             self._worker_id,
         )
         self._metrics.claims.inc()
         self._metrics.claim_batch.observe(len(claims))
-        for claim in claims:
-            self._executor.start(work, claim, claimed_at)
+        self._executor.submit(claims, claimed_at)
         return len(claims)
 
 

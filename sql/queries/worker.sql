@@ -63,6 +63,22 @@ WHERE j.id = o.id
   AND j.state = 'running'
 RETURNING j.id;
 
+-- name: complete_succeeded :many
+-- The common case of record_outcomes in fewer parameters: successes with no result to store.
+-- $1 ids, $2 lease tokens.
+UPDATE notifyq.jobs AS j
+SET state = 'succeeded',
+    result = NULL,
+    finished_at = notifyq.now(),
+    lease_token = NULL,
+    leased_until = NULL,
+    worker_id = NULL
+FROM unnest($1::bigint[], $2::uuid[]) AS o(id, token)
+WHERE j.id = o.id
+  AND j.lease_token = o.token
+  AND j.state = 'running'
+RETURNING j.id;
+
 -- name: extend_leases :many
 -- The heartbeat: one statement extends every lease this daemon holds and refreshes its workers row
 -- (re-creating it if maintenance pruned it while this process was stopped). Returns the ids still held.
