@@ -1,6 +1,6 @@
 """notifyq: Postgres as your job queue."""
 
-from notifyq.client import cancel, enqueue
+from notifyq.client import NewJob, cancel, enqueue, enqueue_many
 from notifyq.errors import Discard, NotifyqError, Retry, Snooze
 from notifyq.models import Job, JobState
 from notifyq.registry import Registry
@@ -11,10 +11,12 @@ __all__ = [
     "Discard",
     "Job",
     "JobState",
+    "NewJob",
     "NotifyqError",
     "Registry",
     "Retry",
     "Snooze",
     "cancel",
     "enqueue",
+    "enqueue_many",
 ]

@@ -7,6 +7,8 @@ producers in other languages call, so validation and dedup behave the same every
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,15 +33,61 @@ async def enqueue(
 
     `run_at` is an aware datetime, or a timedelta counted from the database's clock.
     """
-    if isinstance(run_at, datetime) and run_at.tzinfo is None:
-        raise ValueError("run_at must be timezone-aware (a naive datetime is ambiguous)")
-    at = run_at if isinstance(run_at, datetime) else None
-    delay = run_at if isinstance(run_at, timedelta) else None
+    at, delay = _when(run_at, "run_at")
     body = orjson.dumps({} if payload is None else payload).decode()
     job_id: int = await conn.fetchval(
         queries.get("enqueue"), task, body, queue, at, priority, dedup_key, max_attempts, delay
     )
     return job_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job for `enqueue_many`; the fields mean what `enqueue`'s arguments mean."""
+
+    task: str
+    payload: Any = None
+    queue: str = "default"
+    run_at: datetime | timedelta | None = None
+    priority: int = 0
+    dedup_key: str | None = None
+    max_attempts: int | None = None
+
+
+async def enqueue_many(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, jobs: Iterable[NewJob]
+) -> list[int]:
+    """Enqueue many jobs in one statement, in the caller's transaction; returns their ids in input order
+    (for a held dedup_key, the holder's id). A bad job fails the whole call and names its position."""
+    batch = list(jobs)
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+    tasks, payloads, queues, run_ats, priorities, keys, attempts, run_ins = columns
+    for pos, job in enumerate(batch):
+        at, delay = _when(job.run_at, f"jobs[{pos}].run_at")
+        try:
+            payloads.append(orjson.dumps({} if job.payload is None else job.payload).decode())
+        except TypeError as exc:
+            raise ValueError(f"jobs[{pos}].payload: not JSON-serializable: {exc}") from None
+        tasks.append(job.task)
+        queues.append(job.queue)
+        run_ats.append(at)
+        priorities.append(job.priority)
+        keys.append(job.dedup_key)
+        attempts.append(job.max_attempts)
+        run_ins.append(delay)
+    if not batch:
+        return []
+    rows = await conn.fetch(queries.get("enqueue_many"), *columns)
+    return [r["id"] for r in rows]
+
+
+def _when(run_at: datetime | timedelta | None, field: str) -> tuple[datetime | None, timedelta | None]:
+    if isinstance(run_at, datetime) and run_at.tzinfo is None:
+        raise ValueError(f"{field}: must be timezone-aware (a naive datetime is ambiguous)")
+    return (
+        run_at if isinstance(run_at, datetime) else None,
+        run_at if isinstance(run_at, timedelta) else None,
+    )
 
 
 async def cancel(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, job_id: int) -> str | None:

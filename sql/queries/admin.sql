@@ -54,3 +54,9 @@ WHERE ($1::text IS NULL OR j.state::text = $1::text)
   AND ($3::text IS NULL OR j.task = $3::text)
 ORDER BY j.id DESC
 LIMIT $4::int;
+
+-- name: enqueue_many :many
+-- Payloads travel as text and are cast here, like enqueue's.
+SELECT e.pos, e.id
+FROM notifyq.enqueue_many($1::text[], $2::text[]::jsonb[], $3::text[], $4::timestamptz[], $5::int[],
+                          $6::text[], $7::int[], $8::interval[]) AS e;

@@ -10,6 +10,9 @@ GRANT INSERT (task, payload, queue, run_at, priority, dedup_key, max_attempts) O
 -- enqueue() is SECURITY DEFINER (it reads back a dedup hit); migration 0001 revokes it from PUBLIC.
 GRANT EXECUTE ON FUNCTION notifyq.enqueue(text, jsonb, text, timestamptz, integer, text, integer, interval)
     TO notifyq_producer, notifyq_worker;
+GRANT EXECUTE ON FUNCTION notifyq.enqueue_many(text[], jsonb[], text[], timestamptz[], integer[], text[],
+                                               integer[], interval[])
+    TO notifyq_producer, notifyq_worker;
 
 -- Workers: claim, complete, heartbeat, rescue and prune jobs; keep their own workers row.
 GRANT SELECT, UPDATE, DELETE ON notifyq.jobs TO notifyq_worker;

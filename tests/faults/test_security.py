@@ -9,6 +9,7 @@ import anyio
 import asyncpg
 import pytest
 
+from notifyq import NewJob, enqueue_many
 from notifyq.devserver import free_port
 from tests.apps.recorder import SCHEMA
 from tests.support import ROOT, DaemonProcess, cli, wait_for
@@ -58,6 +59,9 @@ async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tm
     try:
         await producer.execute("INSERT INTO notifyq.jobs (task) VALUES ('rec.work')")
         assert await producer.fetchval("SELECT notifyq.enqueue('rec.work', dedup_key => 'once')") > 0
+        assert (
+            len(await enqueue_many(producer, [NewJob("rec.work"), NewJob("rec.work", dedup_key="once")])) == 2
+        )
         for sql in (
             "UPDATE notifyq.jobs SET priority = 1",
             "DELETE FROM notifyq.jobs",
@@ -79,10 +83,10 @@ async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tm
             try:
                 await wait_for(
                     lambda: worker.fetchval(
-                        "SELECT count(*) = 2 FROM notifyq.jobs WHERE state = 'succeeded'"
+                        "SELECT count(*) = 3 FROM notifyq.jobs WHERE state = 'succeeded'"
                     ),
                     15,
-                    "the worker role's daemon to run both jobs",
+                    "the worker role's daemon to run all three jobs",
                 )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; daemon log: {d.log_path.read_text()[-2500:]}") from None
@@ -102,7 +106,7 @@ async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tm
     assert status.returncode == 0, status.stderr
     observer = await asyncpg.connect(as_login(empty_dsn, "observer"))
     try:
-        assert await observer.fetchval("SELECT count(*) FROM notifyq.jobs") == 2
+        assert await observer.fetchval("SELECT count(*) FROM notifyq.jobs") == 3
         for sql in ("DELETE FROM notifyq.jobs", "INSERT INTO notifyq.jobs (task) VALUES ('t')"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await observer.execute(sql)

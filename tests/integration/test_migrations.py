@@ -42,10 +42,10 @@ async def test_two_concurrent_migrates_apply_once(empty_dsn: str) -> None:
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     said = sorted(o[0].strip() for o in outs)
-    assert said == ["applied 0001_init", "schema is current; nothing to apply"]
+    assert said == ["applied 0001_init\napplied 0002_enqueue_many", "schema is current; nothing to apply"]
     conn = await asyncpg.connect(empty_dsn)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 2
     finally:
         await conn.close()
     again = cli("migrate", "--dsn", empty_dsn)
@@ -77,18 +77,18 @@ async def test_migrate_sql_prints_a_complete_script_and_changes_nothing(empty_ds
 async def test_check_and_serve_refuse_a_missing_or_unknown_migration(empty_dsn: str) -> None:
     missing = cli("check", "--dsn", empty_dsn)
     assert missing.returncode == 3
-    assert "missing migration(s) 0001_init" in missing.stdout
+    assert "missing migration(s) 0001_init, 0002_enqueue_many" in missing.stdout
     assert cli("migrate", "--dsn", empty_dsn).returncode == 0
     conn = await asyncpg.connect(empty_dsn)
     try:
         await conn.execute(
             "INSERT INTO notifyq.schema_migrations (version, name, checksum)"
-            " VALUES (2, 'from_the_future', 'x')"
+            " VALUES (999, 'from_the_future', 'x')"
         )
     finally:
         await conn.close()
     unknown = cli("check", "--dsn", empty_dsn)
-    assert unknown.returncode == 3 and "unknown migration(s) 0002_from_the_future" in unknown.stdout
+    assert unknown.returncode == 3 and "unknown migration(s) 0999_from_the_future" in unknown.stdout
     serve = subprocess.run(
         [
             sys.executable,
@@ -110,7 +110,7 @@ async def test_check_and_serve_refuse_a_missing_or_unknown_migration(empty_dsn: 
     assert serve.returncode == 1
     assert serve.stderr.strip().splitlines()[-1] == (
         "notifyq: schema is newer than this notifyq:"
-        " unknown migration(s) 0002_from_the_future; upgrade notifyq"
+        " unknown migration(s) 0999_from_the_future; upgrade notifyq"
     )
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from notifyq import enqueue
+from notifyq import NewJob, enqueue, enqueue_many
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -124,3 +124,70 @@ async def test_python_enqueue_run_at_forms(conn: asyncpg.Connection) -> None:
 async def test_python_enqueue_surfaces_the_constraint_error(conn: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.CheckViolationError, match=r"notifyq\.jobs\.queue"):
         await enqueue(conn, "t", queue="NOPE")
+
+
+async def test_enqueue_many_returns_ids_in_input_order(conn: asyncpg.Connection) -> None:
+    jobs = [NewJob("t", {"i": i}, priority=i % 3) for i in range(500)]
+    jobs[7] = NewJob("later", run_at=timedelta(minutes=5), queue="slow")
+    ids = await enqueue_many(conn, jobs)
+    assert len(ids) == 500 and len(set(ids)) == 500
+    rows = {
+        r["id"]: r
+        for r in await conn.fetch(
+            "SELECT id, task, payload, priority, queue, run_at > now() AS later FROM notifyq.jobs"
+        )
+    }
+    for pos, job_id in enumerate(ids):
+        if pos == 7:
+            assert (rows[job_id]["task"], rows[job_id]["queue"], rows[job_id]["later"]) == (
+                "later",
+                "slow",
+                True,
+            )
+        else:
+            assert rows[job_id]["payload"] == f'{{"i": {pos}}}'
+            assert rows[job_id]["priority"] == pos % 3
+    assert await enqueue_many(conn, []) == []
+
+
+async def test_enqueue_many_dedup_gives_the_holder_id(conn: asyncpg.Connection) -> None:
+    held = await enqueue(conn, "t", dedup_key="a")
+    ids = await enqueue_many(
+        conn,
+        [
+            NewJob("t"),
+            NewJob("t", dedup_key="a"),
+            NewJob("t", dedup_key="b"),
+            NewJob("t"),
+            NewJob("t", dedup_key="b"),
+        ],
+    )
+    assert ids[1] == held
+    assert ids[2] == ids[4] != held
+    assert len({ids[0], ids[2], ids[3], held}) == 4
+    assert await conn.fetchval("SELECT count(*) FROM notifyq.jobs") == 4
+
+
+async def test_enqueue_many_refuses_the_whole_batch_naming_the_field(conn: asyncpg.Connection) -> None:
+    with pytest.raises(
+        asyncpg.CheckViolationError, match=r"notifyq\.jobs\.priority: must be between -1000 and 1000"
+    ):
+        await enqueue_many(conn, [NewJob("ok"), NewJob("t", priority=5000)])
+    with pytest.raises(ValueError, match=r"jobs\[1\]\.run_at: must be timezone-aware"):
+        await enqueue_many(conn, [NewJob("ok"), NewJob("t", run_at=datetime(2030, 1, 1))])
+    with pytest.raises(ValueError, match=r"jobs\[0\]\.payload: not JSON-serializable"):
+        await enqueue_many(conn, [NewJob("t", {"x": object()})])
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="as many elements as tasks"):
+        await conn.fetch("SELECT * FROM notifyq.enqueue_many(ARRAY['a', 'b'], priorities => ARRAY[1])")
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="element 1 gives run_ats and run_ins"):
+        await conn.fetch(
+            "SELECT * FROM notifyq.enqueue_many(ARRAY['a'], run_ats => ARRAY[now()], run_ins => ARRAY['1 min'::interval])"
+        )
+    assert await conn.fetchval("SELECT count(*) FROM notifyq.jobs") == 0
+
+
+async def test_enqueue_many_from_plain_sql_uses_the_defaults(conn: asyncpg.Connection) -> None:
+    rows = await conn.fetch("SELECT pos, id FROM notifyq.enqueue_many(ARRAY['a', 'b'])")
+    assert [r["pos"] for r in rows] == [1, 2]
+    job = await conn.fetchrow("SELECT * FROM notifyq.jobs WHERE id = $1", rows[1]["id"])
+    assert (job["task"], job["queue"], job["priority"], job["max_attempts"]) == ("b", "default", 0, 20)

@@ -24,12 +24,14 @@ def test_public_surface() -> None:
             "Discard",
             "Job",
             "JobState",
+            "NewJob",
             "NotifyqError",
             "Registry",
             "Retry",
             "Snooze",
             "cancel",
             "enqueue",
+            "enqueue_many",
         ]
     )
     for name in notifyq.__all__:
