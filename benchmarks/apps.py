@@ -30,3 +30,10 @@ async def wake(job: Job) -> None:
     """First line: take the time (CLOCK_MONOTONIC is one clock for every process on the machine)."""
     now = time.monotonic()
     _sock.sendto(f"{job.id} {now!r}".encode(), ("127.0.0.1", int(os.environ["BENCH_UDP_PORT"])))
+
+
+@registry.task("bench.stamp")
+async def stamp(job: Job) -> None:
+    """First line: send how long ago the producer took its time before the INSERT."""
+    waited = time.monotonic() - job.payload["t"]
+    _sock.sendto(repr(waited).encode(), ("127.0.0.1", int(os.environ["BENCH_UDP_PORT"])))

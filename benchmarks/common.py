@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -102,6 +103,24 @@ def _idle_locks(dsn: str) -> bool:
         text=True,
     )
     return out.stdout.strip() not in ("", "0")
+
+
+def pgbench(dsn: str, script: Path, seconds: int, clients: int, *extra: str) -> float:
+    """Run one pgbench script; returns transactions per second (without connection time)."""
+    from notifyq.devserver import pg_bindir
+
+    command = [str(pg_bindir() / "pgbench"), "-n", "-c", str(clients), "-j", str(min(clients, 2))]
+    command += ["-T", str(seconds), *extra, "-f", str(script), dsn]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
+    if found is None:
+        raise RuntimeError(f"pgbench printed no tps: {done.stdout[-500:]} {done.stderr[-500:]}")
+    return float(found.group(1))
 
 
 def machine() -> dict[str, Any]:

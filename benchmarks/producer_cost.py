@@ -8,15 +8,12 @@ and (d) the gated trigger beside an idle daemon (every insert notifies).
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import tempfile
 from pathlib import Path
 
 import asyncpg
 
-from benchmarks.common import daemon, drop_database, emit, fresh_database, run
-from notifyq.devserver import pg_bindir
+from benchmarks.common import daemon, drop_database, emit, fresh_database, pgbench, run
 
 ALWAYS_NOTIFY = """
 CREATE OR REPLACE FUNCTION notifyq.jobs_wake() RETURNS trigger LANGUAGE plpgsql
@@ -26,28 +23,6 @@ BEGIN
     RETURN NULL;
 END $$
 """
-
-
-def pgbench(dsn: str, script: Path, seconds: int, clients: int) -> float:
-    done = subprocess.run(
-        [
-            str(pg_bindir() / "pgbench"),
-            "-n",
-            "-c",
-            str(clients),
-            "-j",
-            "2",
-            "-T",
-            str(seconds),
-            "-f",
-            str(script),
-            dsn,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return float(re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout).group(1))  # type: ignore[union-attr]
 
 
 async def main() -> None:
