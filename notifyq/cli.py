@@ -39,10 +39,10 @@ def _settings(config: str | None, **flags: Any) -> Settings:
         raise  # unreachable; keeps type checkers honest
 
 
-def _run(fn: Callable[[], Awaitable[Any]]) -> Any:
+def _run(fn: Callable[[], Awaitable[Any]], backend_options: dict[str, bool] | None = None) -> Any:
     """Run one coroutine; map notifyq's errors to one clear line and an exit code."""
     try:
-        return anyio.run(fn)
+        return anyio.run(fn, backend_options=backend_options)
     except BaseException as exc:
         error = _unwrap(exc)
         if isinstance(error, ConfigError):
@@ -107,7 +107,7 @@ def main() -> None:
 )
 def serve(config: str | None, **flags: Any) -> None:
     """Run the daemon: claim jobs and run their handlers until SIGTERM."""
-    from notifyq.daemon import Daemon
+    from notifyq.daemon import Daemon, loop_options
     from notifyq.registry import load_app
 
     settings = _settings(config, **flags)
@@ -119,7 +119,7 @@ def serve(config: str | None, **flags: Any) -> None:
     except AppLoadError as exc:
         _fail(str(exc), EXIT_USAGE)
         return
-    _run(Daemon(settings, registry).run)
+    _run(Daemon(settings, registry).run, loop_options())
 
 
 @main.command()

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     stats_interval_seconds: float = Field(
         default=15.0, ge=1.0, le=3600.0, description="Refresh period of the database gauges."
     )
+    synchronous_commit: bool = Field(
+        default=False,
+        description=(
+            "Wait for the WAL flush on the daemon's own writes (claim, outcome, heartbeat). Off: a database"
+            " crash can re-run a job, never lose one; producers' inserts are not affected."
+        ),
+    )
     statement_cache_size: int = Field(default=100, ge=0, description="0 for PgBouncer in transaction mode.")
 
     @field_validator("queues", mode="before")

@@ -144,7 +144,7 @@ class PrivateCluster:
 def run_dev(*, data_dir: str | None, port: int, app: str, demo_jobs: int, echo: Callable[[str], Any]) -> None:
     """Start a private cluster, migrate it, serve `app` and feed it demo jobs until Ctrl-C."""
     from notifyq.config import load_settings
-    from notifyq.daemon import Daemon
+    from notifyq.daemon import Daemon, loop_options
     from notifyq.registry import load_app
 
     folder = Path(data_dir) if data_dir else Path(tempfile.gettempdir()) / f"notifyq-dev-{os.getuid()}"
@@ -169,7 +169,9 @@ def run_dev(*, data_dir: str | None, port: int, app: str, demo_jobs: int, echo: 
             f"VALUES ('{example}', '{{}}')\""
         )
         echo("notifyq dev: Ctrl-C to stop")
-        anyio.run(_dev_main, settings, Daemon(settings, registry), module, demo_jobs)
+        anyio.run(
+            _dev_main, settings, Daemon(settings, registry), module, demo_jobs, backend_options=loop_options()
+        )
     finally:
         echo("notifyq dev: stopping the private Postgres")
         cluster.stop()

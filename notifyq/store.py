@@ -115,6 +115,7 @@ class Store:
         statement_cache_size: int = 100,
         command_timeout: float = 30.0,
         application_name: str = "notifyq",
+        synchronous_commit: bool = True,
     ) -> Store:
         try:
             pool = await asyncpg.create_pool(
@@ -124,7 +125,11 @@ class Store:
                 statement_cache_size=statement_cache_size,
                 command_timeout=command_timeout,
                 timeout=10.0,
-                server_settings={"application_name": application_name},
+                server_settings={
+                    "application_name": application_name,
+                    # Session-level, so only this pool's statements are affected.
+                    **({} if synchronous_commit else {"synchronous_commit": "off"}),
+                },
                 reset=_light_reset,
             )
         except BaseException as exc:
