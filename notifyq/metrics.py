@@ -9,11 +9,12 @@ is capped at MAX_QUEUE_LABELS (served queues first, then the busiest), the rest 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 OTHER = "other"
 MAX_QUEUE_LABELS = 50
@@ -27,18 +28,85 @@ _WAIT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+_NAME_CACHE = 1000  # raw (queue, task) names remembered; beyond that each lookup folds labels again
 
 
-@dataclass(frozen=True, slots=True)
-class JobMetrics:
-    """The per-job series of one (queue, task) label pair, looked up once: `labels()` on every job
-    cost more than a no-op job's own work."""
+class Buckets:
+    """A histogram's counts as plain numbers: one bisect and two additions per observation."""
 
-    started: Any
-    running: Any
-    waited: Any
-    duration: Any
-    completed: dict[str, Any]
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class JobSeries:
+    """The per-job series of one (queue, task) label pair. Plain numbers, exported at scrape time by
+    `_JobCollector`: prometheus-client's locked counters and `labels()` cost more per job than a no-op
+    job's own work (a CPU profile of the drain benchmark put them at a fifth of the daemon's time).
+    Only the event loop's thread writes them."""
+
+    __slots__ = ("completed", "duration", "running", "started", "waited")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.running = 0
+        self.completed = dict.fromkeys(OUTCOMES, 0)
+        self.waited = Buckets(_WAIT_BUCKETS)
+        self.duration = Buckets(_DURATION_BUCKETS)
+
+
+class _JobCollector:
+    """Renders every JobSeries as the public job metrics."""
+
+    def __init__(self, series: dict[tuple[str, str], JobSeries]) -> None:
+        self._series = series
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families(self._series))
+
+    @staticmethod
+    def _families(series: Mapping[tuple[str, str], JobSeries] | None = None) -> list[Metric]:
+        qt = ["queue", "task"]
+        started = CounterMetricFamily("notifyq_jobs_started", "Jobs whose handler started.", labels=qt)
+        completed = CounterMetricFamily(
+            "notifyq_jobs_completed", "Attempts finished, by outcome.", labels=[*qt, "outcome"]
+        )
+        duration = HistogramMetricFamily("notifyq_job_duration_seconds", "Handler run time.", labels=qt)
+        waited = HistogramMetricFamily(
+            "notifyq_job_wait_seconds",
+            "From the moment a job became runnable (its run_at) to its start.",
+            labels=qt,
+        )
+        running = GaugeMetricFamily("notifyq_jobs_running", "Handlers running now.", labels=["queue"])
+        per_queue: dict[str, int] = {}
+        for (queue, task), s in (series or {}).items():
+            started.add_metric([queue, task], s.started)
+            for outcome, n in s.completed.items():
+                completed.add_metric([queue, task, outcome], n)
+            duration.add_metric([queue, task], s.duration.cumulative(), s.duration.total)
+            waited.add_metric([queue, task], s.waited.cumulative(), s.waited.total)
+            per_queue[queue] = per_queue.get(queue, 0) + s.running
+        for queue, n in per_queue.items():
+            running.add_metric([queue], n)
+        return [started, completed, duration, waited, running]
 
 
 class Metrics:
@@ -50,22 +118,9 @@ class Metrics:
         self._served = frozenset(self._queues)
         self._tasks = frozenset(tasks)
         r = self.registry
-        qt = ["queue", "task"]
-        self.jobs_started = Counter("notifyq_jobs_started", "Jobs whose handler started.", qt, registry=r)
-        self.jobs_completed = Counter(
-            "notifyq_jobs_completed", "Attempts finished, by outcome.", [*qt, "outcome"], registry=r
-        )
-        self.job_duration = Histogram(
-            "notifyq_job_duration_seconds", "Handler run time.", qt, buckets=_DURATION_BUCKETS, registry=r
-        )
-        self.job_wait = Histogram(
-            "notifyq_job_wait_seconds",
-            "From the moment a job became runnable (its run_at) to its start.",
-            qt,
-            buckets=_WAIT_BUCKETS,
-            registry=r,
-        )
-        self.jobs_running = Gauge("notifyq_jobs_running", "Handlers running now.", ["queue"], registry=r)
+        self._series: dict[tuple[str, str], JobSeries] = {}
+        self._by_name: dict[tuple[str, str], JobSeries] = {}
+        r.register(_JobCollector(self._series))
         self.worker_slots = Gauge("notifyq_worker_slots", "Jobs this daemon runs at once.", registry=r)
         self.claims = Counter("notifyq_claims", "Claim statements run.", registry=r)
         self.claim_batch = Histogram(
@@ -123,32 +178,27 @@ class Metrics:
             "When the database gauges were last refreshed (Unix time).",
             registry=r,
         )
-        self._per_job: dict[tuple[str, str], JobMetrics] = {}
         self._prefill()
 
     def _prefill(self) -> None:
         """Create the label sets known up front, so dashboards see zeros rather than gaps."""
         for queue in self._queues:
-            self.jobs_running.labels(queue)
             for task in self._tasks:
-                for outcome in OUTCOMES:
-                    self.jobs_completed.labels(queue, task, outcome)
-                self.jobs_started.labels(queue, task)
+                self.for_job(queue, task)
         for source in WAKE_SOURCES:
             self.wakeups.labels(source)
 
-    def for_job(self, queue: str, task: str) -> JobMetrics:
-        """The series for a job of this queue and task; keyed by label, so the cache stays bounded."""
-        key = (self.queue_label(queue), self.task_label(task))
-        found = self._per_job.get(key)
+    def for_job(self, queue: str, task: str) -> JobSeries:
+        """The series for a job of this queue and task. Keyed by label, so their number stays bounded;
+        the lookup by raw names is a cache, bounded too."""
+        found = self._by_name.get((queue, task))
         if found is None:
-            found = self._per_job[key] = JobMetrics(
-                started=self.jobs_started.labels(*key),
-                running=self.jobs_running.labels(key[0]),
-                waited=self.job_wait.labels(*key),
-                duration=self.job_duration.labels(*key),
-                completed={o: self.jobs_completed.labels(*key, o) for o in OUTCOMES},
-            )
+            key = (self.queue_label(queue), self.task_label(task))
+            found = self._series.get(key)
+            if found is None:
+                found = self._series[key] = JobSeries()
+            if len(self._by_name) < _NAME_CACHE:
+                self._by_name[(queue, task)] = found
         return found
 
     def queue_label(self, queue: str) -> str:

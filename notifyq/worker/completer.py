@@ -171,10 +171,10 @@ class Completer:
             self._leases.discard(outcome.job_id, outcome.lease_token)
             completed = self._metrics.for_job(outcome.queue, outcome.task).completed
             if outcome.job_id in written:
-                completed[_METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)].inc()
+                completed[_METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)] += 1
             else:
                 self._metrics.leases_lost.inc()
-                completed[OutcomeKind.LEASE_LOST.value].inc()
+                completed[OutcomeKind.LEASE_LOST.value] += 1
                 self._log.warning(
                     "outcome_dropped_lease_lost",
                     job_id=outcome.job_id,

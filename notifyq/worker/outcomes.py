@@ -83,6 +83,16 @@ def make(
 
 
 def succeeded(claim: Claim, value: Any) -> Outcome:
+    job = claim.job
+    if value is None:  # the common case, without make()'s cleaning of fields it leaves at defaults
+        return Outcome(
+            job.id,
+            claim.lease_token,
+            OutcomeKind.SUCCEEDED,
+            JobState.SUCCEEDED,
+            queue=job.queue,
+            task=job.task,
+        )
     return make(claim, OutcomeKind.SUCCEEDED, JobState.SUCCEEDED, result=encode_result(value))
 
 
