@@ -144,6 +144,7 @@ CROSS JOIN LATERAL (
     SELECT j.run_at
     FROM notifyq.jobs AS j
     WHERE j.state = 'queued' AND j.queue = q.name AND j.task = ANY($2::text[])
+      AND j.run_at > '-infinity'::timestamptz  -- always true; names jobs_schedule_idx's predicate
     ORDER BY j.run_at
     LIMIT 1
 ) AS n;

@@ -301,7 +301,7 @@ CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs USING btree (dedup_key) W
 CREATE INDEX jobs_failed_idx ON notifyq.jobs USING btree (queue) WHERE (state = 'failed'::notifyq.job_state);
 CREATE INDEX jobs_finished_idx ON notifyq.jobs USING btree (finished_at) WHERE (state = ANY (ARRAY['succeeded'::notifyq.job_state, 'failed'::notifyq.job_state, 'cancelled'::notifyq.job_state]));
 CREATE INDEX jobs_running_idx ON notifyq.jobs USING btree (worker_id) WHERE (state = 'running'::notifyq.job_state);
-CREATE INDEX jobs_schedule_idx ON notifyq.jobs USING btree (queue, run_at) WHERE (state = 'queued'::notifyq.job_state);
+CREATE INDEX jobs_schedule_idx ON notifyq.jobs USING btree (queue, run_at) WHERE ((state = 'queued'::notifyq.job_state) AND (run_at > '-infinity'::timestamp with time zone));
 CREATE TRIGGER jobs_guard_insert BEFORE INSERT ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard_insert();
 CREATE CONSTRAINT TRIGGER jobs_wake_insert AFTER INSERT ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_wake();
 CREATE CONSTRAINT TRIGGER jobs_wake_requeue AFTER UPDATE OF state ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((new.state = 'queued'::notifyq.job_state) AND (old.state <> 'queued'::notifyq.job_state))) EXECUTE FUNCTION notifyq.jobs_wake();
