@@ -31,6 +31,9 @@ def script(batch: int) -> str:
         "$4": str(batch),
         "$5": "30",
         "$6": f"'{WORKER}'",
+        "$7": "'{NULL}'",
+        "$8": "'{NULL}'",
+        "$9": "'{NULL}'",
     }.items():
         claim = claim.replace(number, value)
     complete = queries.get("complete_succeeded").strip().rstrip(";")
@@ -42,6 +45,27 @@ def script(batch: int) -> str:
     )
 
 
+async def floor_rate(batch: int, clients: int, seconds: int, rows: int, folder: Path) -> float:
+    """Jobs/s pgbench moves through claim + complete, on a fresh table of `rows` queued jobs."""
+    path = folder / "claim_complete.sql"
+    path.write_text(script(batch))
+    dsn = await fresh_database()
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(
+                "INSERT INTO notifyq.jobs (task) SELECT 'bench.noop' FROM generate_series(1, $1)",
+                rows,
+                timeout=600,
+            )
+            await conn.execute("VACUUM ANALYZE notifyq.jobs")
+        finally:
+            await conn.close()
+        return pgbench(dsn, path, seconds, clients, "-M", "prepared") * batch
+    finally:
+        await drop_database(dsn)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=50)
@@ -51,25 +75,9 @@ async def main() -> None:
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "claim_complete.sql"
-        path.write_text(script(args.batch))
         for clients in (int(c) for c in args.clients.split(",")):
-            dsn = await fresh_database()
-            try:
-                conn = await asyncpg.connect(dsn)
-                try:
-                    await conn.execute(
-                        "INSERT INTO notifyq.jobs (task) SELECT 'bench.noop' FROM generate_series(1, $1)",
-                        args.rows,
-                        timeout=600,
-                    )
-                    await conn.execute("VACUUM ANALYZE notifyq.jobs")
-                finally:
-                    await conn.close()
-                tps = pgbench(dsn, path, args.seconds, clients, "-M", "prepared")
-                results[f"clients_{clients}"] = round(tps * args.batch)
-            finally:
-                await drop_database(dsn)
+            rate = await floor_rate(args.batch, clients, args.seconds, args.rows, Path(tmp))
+            results[f"clients_{clients}"] = round(rate)
     emit("floor", {"batch": args.batch, "seconds": args.seconds, "jobs_per_s": results})
 
 

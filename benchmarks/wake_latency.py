@@ -40,7 +40,7 @@ def summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-async def notifyq_latency(samples: int, folder: Path) -> list[float]:
+async def notifyq_latency(samples: int, folder: Path, **settings: Any) -> list[float]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(5)
@@ -48,7 +48,7 @@ async def notifyq_latency(samples: int, folder: Path) -> list[float]:
     dsn = await fresh_database()
     out: list[float] = []
     try:
-        with daemon(dsn, folder / "wake.log", concurrency=10, poll_interval_seconds=30):
+        with daemon(dsn, folder / "wake.log", concurrency=10, poll_interval_seconds=30, **settings):
             conn = await asyncpg.connect(dsn)
             try:
                 for i in range(samples + 10):
@@ -91,7 +91,9 @@ async def floor_latency(samples: int) -> list[float]:
             t0 = time.monotonic()
             await producer.execute("INSERT INTO notifyq.jobs (task) VALUES ('bench.wake'); NOTIFY bench")
             await claimed.wait()
-            await claimer.fetch(claim, ["default"], ["bench.wake"], [None], 10, 30.0, worker)
+            await claimer.fetch(
+                claim, ["default"], ["bench.wake"], [None], 10, 30.0, worker, [None], [None], [None]
+            )
             if i >= 10:
                 out.append((time.monotonic() - t0) * 1000)
             await anyio.sleep(0.02)

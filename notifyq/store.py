@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -44,6 +45,10 @@ _FATAL: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InvalidAuthorizationSpecificationError,
     asyncpg.exceptions.InvalidCatalogNameError,
 )
+
+
+# A row's place in a queue's claim order: (priority, run_at, id).
+Position = tuple[int, datetime, int] | tuple[None, None, None]
 
 
 async def _light_reset(conn: asyncpg.Connection) -> None:
@@ -187,7 +192,11 @@ class Store:
         limit: int,
         lease_seconds: float,
         worker_id: uuid.UUID,
+        after: Mapping[str, Position] | None = None,
     ) -> list[Claim]:
+        """Claim up to `limit` jobs; per queue, start after `after[queue]` (the last row of an earlier
+        claim) instead of at the head of the queue."""
+        starts = [(after or {}).get(q, (None, None, None)) for q in queues]
         rows = await self._fetch(
             "claim_jobs",
             list(queues),
@@ -196,6 +205,9 @@ class Store:
             limit,
             lease_seconds,
             worker_id,
+            [p for p, _, _ in starts],
+            [r for _, r, _ in starts],
+            [i for _, _, i in starts],
         )
         self.writable = True
         claims = [_claim_from_row(r) for r in rows]

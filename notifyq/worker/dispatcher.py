@@ -29,8 +29,9 @@ from notifyq import logs
 from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.listener import Listener
 from notifyq.metrics import Metrics
+from notifyq.models import Claim
 from notifyq.retry import Backoff
-from notifyq.store import Store
+from notifyq.store import Position, Store
 from notifyq.worker import wakeup
 from notifyq.worker.executor import Executor, StopReason
 from notifyq.worker.wakeup import Wakeup
@@ -41,6 +42,9 @@ _DB_RETRY = Backoff(base_seconds=0.2, factor=2.0, cap_seconds=15.0, jitter=0.5)
 _CONTENDED_RETRY_SECONDS = 0.05
 _TICK = "tick"
 _IDLE_RECHECK_SECONDS = 0.1
+# While a backlog drains, claims continue after the previous claim's last row; this often at least they
+# start from the head again, which bounds how long a job that sorts ahead of that row can wait.
+_FULL_SCAN_SECONDS = 1.0
 
 
 class Dispatcher:
@@ -76,6 +80,8 @@ class Dispatcher:
         self._poll = poll_interval
         self._shutdown_timeout = shutdown_timeout
         self._batch_min = batch_min
+        self._after: dict[str, Position] = {}  # per queue, the last row claimed while draining
+        self._full_scan_at = -math.inf
         self._on_turn = on_turn
         self._tick = tick
         self._stopping = anyio.Event()
@@ -168,7 +174,21 @@ class Dispatcher:
             self._on_turn()
 
     async def _claim(self, wanted: int) -> int:
+        """Claim up to `wanted` jobs, continuing after the previous claim's last row while a backlog
+        drains; from the head of the queues at least once a second, and before going idle."""
         claimed_at = time.monotonic()
+        if claimed_at - self._full_scan_at >= _FULL_SCAN_SECONDS:
+            self._after.clear()
+        claims = await self._claim_once(wanted, claimed_at)
+        if len(claims) < wanted and self._after:
+            # Short after a position: rows may wait ahead of it (a higher priority, a backdated run_at).
+            self._after.clear()
+            claims += await self._claim_once(wanted - len(claims), time.monotonic())
+        return len(claims)
+
+    async def _claim_once(self, wanted: int, claimed_at: float) -> list[Claim]:
+        if not self._after:
+            self._full_scan_at = claimed_at
         claims = await self._store.claim(
             self._queues,
             self._tasks,
@@ -176,11 +196,18 @@ class Dispatcher:
             wanted,
             self._lease_seconds,
             self._worker_id,
+            self._after,
         )
         self._metrics.claims.inc()
         self._metrics.claim_batch.observe(len(claims))
         self._executor.submit(claims, claimed_at)
-        return len(claims)
+        if len(claims) < wanted:
+            self._after.clear()  # this queue is drained: the next claim starts from the head
+        else:
+            for claim in claims:  # sorted in claim order: the last one per queue is its position
+                job = claim.job
+                self._after[job.queue] = (job.priority, job.run_at, job.id)
+        return claims
 
 
 async def _return_when(wait: Callable[[], Awaitable[object]], tg: anyio.abc.TaskGroup) -> None:

@@ -3,24 +3,50 @@
 
 -- name: claim_jobs :many
 -- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
--- $4 how many (the free slots), $5 lease seconds, $6 worker id.
+-- $4 how many (the free slots), $5 lease seconds, $6 worker id, and per queue of $1 where the previous
+-- claim stopped: $7 priority, $8 run_at, $9 id (NULLs: scan from the start).
 -- Attempts are counted here, at claim, so a job that kills its worker cannot retry forever.
 -- One index scan per served queue (jobs_claim_idx matches queue + ORDER BY exactly; `queue = ANY(...)`
 -- would make Postgres 15 read and sort every runnable row instead), then the best $4 across queues.
 -- With several queues, rows beyond the best $4 stay locked only until this statement commits.
+-- Starting after the previous claim's last row skips the index entries of the rows claimed since the
+-- last vacuum, which every scan from the start walks again: a 1,000,000-job backlog drained at 43% of
+-- the 20,000-job rate that way. The first branch continues the same priority after that row; the second,
+-- read only when the first falls short, takes the lower priorities. Rows that sort before the position
+-- (a higher priority, a backdated run_at) are found by the dispatcher's scan from the start, done after
+-- a short claim and at least once a second.
 WITH picked AS (
     SELECT c.id
-    FROM unnest($1::text[]) AS q(name)
+    FROM unnest($1::text[], $7::int[], $8::timestamptz[], $9::bigint[])
+        AS q(name, after_priority, after_run_at, after_id)
     CROSS JOIN LATERAL (
-        SELECT j.id, j.priority, j.run_at
-        FROM notifyq.jobs AS j
-        WHERE j.state = 'queued'
-          AND j.queue = q.name
-          AND j.task = ANY($2::text[])
-          AND j.run_at <= notifyq.now()
-        ORDER BY j.priority DESC, j.run_at, j.id
+        SELECT * FROM (
+            SELECT j.id, j.priority, j.run_at
+            FROM notifyq.jobs AS j
+            WHERE j.state = 'queued'
+              AND j.queue = q.name
+              AND j.task = ANY($2::text[])
+              AND j.run_at <= notifyq.now()
+              AND j.priority = q.after_priority
+              AND (j.run_at, j.id) > (q.after_run_at, q.after_id)
+            ORDER BY j.priority DESC, j.run_at, j.id
+            LIMIT $4
+            FOR NO KEY UPDATE SKIP LOCKED
+        ) AS same_priority
+        UNION ALL
+        SELECT * FROM (
+            SELECT j.id, j.priority, j.run_at
+            FROM notifyq.jobs AS j
+            WHERE j.state = 'queued'
+              AND j.queue = q.name
+              AND j.task = ANY($2::text[])
+              AND j.run_at <= notifyq.now()
+              AND (q.after_priority IS NULL OR j.priority < q.after_priority)
+            ORDER BY j.priority DESC, j.run_at, j.id
+            LIMIT $4
+            FOR NO KEY UPDATE SKIP LOCKED
+        ) AS from_start_or_lower
         LIMIT $4
-        FOR NO KEY UPDATE SKIP LOCKED
     ) AS c
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT $4

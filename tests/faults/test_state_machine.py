@@ -93,7 +93,18 @@ class JobLifecycle(RuleBasedStateMachine):
             key=lambda item: (-item[1].priority, item[1].run_at, item[0]),
         )[:n]
         rows = self.run(
-            self.conn.fetch(queries.get("claim_jobs"), ["default"], ["t"], [None], n, LEASE, worker)
+            self.conn.fetch(
+                queries.get("claim_jobs"),
+                ["default"],
+                ["t"],
+                [None],
+                n,
+                LEASE,
+                worker,
+                [None],
+                [None],
+                [None],
+            )
         )
         assert sorted(r["id"] for r in rows) == sorted(i for i, _ in runnable)
         for r in rows:

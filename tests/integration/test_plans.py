@@ -10,6 +10,17 @@ from notifyq import queries
 pytestmark = pytest.mark.timeout(60)
 
 WORKER = "00000000-0000-0000-0000-000000000001"
+CLAIM_ARGS = (
+    "'{default}'",
+    "'{t}'",
+    "'{NULL}'",
+    "50",
+    "30",
+    f"'{WORKER}'",
+    "'{NULL}'",
+    "'{NULL}'",
+    "'{NULL}'",
+)
 
 
 async def plan_of(conn: asyncpg.Connection, name: str, *args: str) -> str:
@@ -28,7 +39,49 @@ async def test_claim_reads_only_the_claim_index(conn: asyncpg.Connection, analyz
     await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 't' FROM generate_series(1, 50000)")
     if analyzed:
         await conn.execute("ANALYZE notifyq.jobs")
-    claim = await plan_of(conn, "claim_jobs", "'{default}'", "'{t}'", "'{NULL}'", "50", "30", f"'{WORKER}'")
-    assert "jobs_claim_idx" in claim and "jobs_schedule_idx" not in claim and "Seq Scan" not in claim, claim
+    claim_plan = await plan_of(conn, "claim_jobs", *CLAIM_ARGS)
+    assert "jobs_claim_idx" in claim_plan and "jobs_schedule_idx" not in claim_plan, claim_plan
+    assert "Seq Scan" not in claim_plan, claim_plan
     timer = await plan_of(conn, "next_run_delay", "'{default}'", "'{t}'")
     assert "jobs_schedule_idx" in timer, timer
+
+    await conn.execute(f"PREPARE q AS {queries.get('claim_jobs')}")
+    try:
+        rows = await conn.fetch(f"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE q({', '.join(CLAIM_ARGS)})")
+    finally:
+        await conn.execute("DEALLOCATE q")
+    # From the head, the same-priority branch has no position and the scan from the start is the one read.
+    assert any("jobs_claim_idx" in r[0] and "actual" in r[0] for r in rows)
+
+
+async def claim(
+    conn: asyncpg.Connection, n: int, after: tuple[object, object, object]
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        queries.get("claim_jobs"), ["a", "b"], ["t"], [None], n, 30.0, WORKER, *([v, None] for v in after)
+    )
+
+
+async def test_claim_continues_after_a_position_and_takes_lower_priorities_after_it(
+    conn: asyncpg.Connection,
+) -> None:
+    await conn.execute(
+        "INSERT INTO notifyq.jobs (task, queue, priority, run_at)"
+        " SELECT 't', q, p, now() - make_interval(secs => 100 - i)"
+        " FROM unnest(ARRAY['a', 'b']) AS q, unnest(ARRAY[5, 0]) AS p, generate_series(1, 3) AS i"
+    )
+    jobs = await conn.fetch(
+        "SELECT id, queue, priority, run_at FROM notifyq.jobs ORDER BY queue, priority DESC, run_at, id"
+    )
+    in_a = [j for j in jobs if j["queue"] == "a"]
+    # Queue a continues after its second row (priority 5); queue b has no position and starts at its head.
+    position = (in_a[1]["priority"], in_a[1]["run_at"], in_a[1]["id"])
+    got = await claim(conn, 20, position)
+    ids = {r["id"] for r in got}
+    assert in_a[0]["id"] not in ids and in_a[1]["id"] not in ids  # before the position: left for later
+    assert {j["id"] for j in in_a[2:]} <= ids  # the rest of priority 5, then priority 0
+    assert {j["id"] for j in jobs if j["queue"] == "b"} <= ids
+    assert len(got) == 10
+    # From the head, the two rows before the position are found.
+    again = await claim(conn, 20, (None, None, None))
+    assert {r["id"] for r in again} == {in_a[0]["id"], in_a[1]["id"]}
