@@ -44,6 +44,13 @@ async def fresh_database() -> str:
     return dsn_for(name)
 
 
+async def insert_noops(conn: asyncpg.Connection, n: int) -> None:
+    """N no-op jobs in one statement (one transaction)."""
+    await conn.execute(
+        "INSERT INTO notifyq.jobs (task) SELECT 'bench.noop' FROM generate_series(1, $1)", n, timeout=600
+    )
+
+
 async def drop_database(dsn: str) -> None:
     admin = await asyncpg.connect(ADMIN_DSN)
     try:

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from benchmarks.common import daemon, drop_database, emit, fresh_database, run
+from benchmarks.common import daemon, drop_database, emit, fresh_database, insert_noops, run
 
 # Both read a small partial index (jobs_claim_idx, jobs_running_idx), never the whole table.
 UNFINISHED = (
@@ -45,11 +45,7 @@ async def one_run(
         ) as proc:
             conn = await asyncpg.connect(dsn)
             try:
-                await conn.execute(
-                    "INSERT INTO notifyq.jobs (task) SELECT 'bench.noop' FROM generate_series(1, $1)",
-                    jobs,
-                    timeout=600,
-                )
+                await insert_noops(conn, jobs)
                 committed = await conn.fetchval("SELECT clock_timestamp()")
                 # Waiting only; the figure comes from database timestamps, not from this loop. A count(*)
                 # here read the whole table every turn and took a fifth of a core from the drain.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.common import drop_database, emit, fresh_database, pgbench, run
+from benchmarks.common import drop_database, emit, fresh_database, insert_noops, pgbench, run
 from notifyq import queries
 
 WORKER = "00000000-0000-0000-0000-000000000001"
@@ -53,11 +53,7 @@ async def floor_rate(batch: int, clients: int, seconds: int, rows: int, folder: 
     try:
         conn = await asyncpg.connect(dsn)
         try:
-            await conn.execute(
-                "INSERT INTO notifyq.jobs (task) SELECT 'bench.noop' FROM generate_series(1, $1)",
-                rows,
-                timeout=600,
-            )
+            await insert_noops(conn, rows)
             await conn.execute("VACUUM ANALYZE notifyq.jobs")
         finally:
             await conn.close()
