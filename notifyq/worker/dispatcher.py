@@ -7,7 +7,9 @@ run_at then id). Waiting for half the buffer to empty makes claims fewer and ful
 some runner has nothing to do means the queue is drained: the dispatcher asks the listener to take the
 idle locks, and the listener wakes it once they are held for one more claim, which closes the gap between
 the last claim and the locks. While every runner is busy the daemon never counts as idle, so producers
-skip NOTIFY; the buffer is refilled as slots free. Then it waits for a wake hint (notify, a freed slot,
+skip NOTIFY; the buffer is refilled as slots free. A short claim that still found two or more jobs means
+a stream is arriving: the daemon looks again after 5 ms instead of asking for NOTIFY, until a look finds
+nothing. Then it waits for a wake hint (notify, a freed slot,
 a listener reconnect), the next `run_at` among its jobs, or the safety poll, whichever comes first.
 Hints that arrive while it is busy fold into one turn, so a burst of finished jobs costs one claim.
 
@@ -45,6 +47,10 @@ _IDLE_RECHECK_SECONDS = 0.1
 # While a backlog drains, claims continue after the previous claim's last row; this often at least they
 # start from the head again, which bounds how long a job that sorts ahead of that row can wait.
 _FULL_SCAN_SECONDS = 1.0
+# A short claim that still found this many jobs means a stream of them: look again after this long
+# rather than going idle (see the claim loop).
+_STREAM_MIN = 2
+_STREAM_POLL_SECONDS = 0.005
 
 
 class Dispatcher:
@@ -124,6 +130,7 @@ class Dispatcher:
         failures = 0
         sources: set[str] = set()
         due: float | None = None  # when the earliest scheduled job becomes runnable (anyio clock)
+        streaming = False
         while not self._stopping.is_set():
             self._on_turn()
             timeout, reason = self._poll, wakeup.POLL
@@ -134,8 +141,15 @@ class Dispatcher:
                     # Idle means runners are left without work. Only then are producers asked to
                     # NOTIFY: while every runner is busy, the prefetch buffer is refilled as slots free.
                     idle = claimed < wanted and self._executor.hungry
-                    self._listener.set_idle(idle)
-                    if idle:
+                    # A stream: jobs keep arriving faster than one per turn. Look again shortly instead
+                    # of asking for NOTIFY, whose commit-time lock serializes producers' commits (with
+                    # an idle daemon beside them, 8 producers managed 955 inserts/s in all). One empty
+                    # look ends the stream. A job now and then (one per wake) still gets its NOTIFY.
+                    streaming = idle and (claimed >= _STREAM_MIN or (streaming and claimed > 0))
+                    self._listener.set_idle(idle and not streaming)
+                    if streaming:
+                        timeout, reason = _STREAM_POLL_SECONDS, wakeup.TIMER
+                    elif idle:
                         if claimed or sources != {wakeup.POLL} or due is None:
                             # A safety poll that found nothing changes no schedule: anything inserted
                             # since the last look came with a notification. Skip a statement per poll.
