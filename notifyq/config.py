@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     )
     lease_seconds: float = Field(default=30.0, ge=1.0, le=86400.0, description="Lease length.")
     poll_interval_seconds: float = Field(
-        default=5.0, ge=0.05, le=3600.0, description="Safety poll when no NOTIFY arrives."
+        default=10.0, ge=0.05, le=3600.0, description="Safety poll when no NOTIFY arrives."
     )
     shutdown_timeout_seconds: float = Field(
         default=30.0, ge=0.0, le=86400.0, description="Drain time on SIGTERM before cancelling."
@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     probe_interval_seconds: float = Field(
-        default=5.0, ge=0.1, le=3600.0, description="Listener self-probe period."
+        default=10.0, ge=0.1, le=3600.0, description="Listener self-probe period."
     )
     retention_seconds: float = Field(
         default=7 * 86400.0, ge=0.0, description="Finished jobs older than this are pruned."

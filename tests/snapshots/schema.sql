@@ -263,7 +263,7 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200)))
 )
-WITH (fillfactor='80');
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
 ALTER TABLE notifyq.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME notifyq.jobs_id_seq
     START WITH 1
