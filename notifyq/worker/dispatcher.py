@@ -197,11 +197,14 @@ class Dispatcher:
         claimed_at = time.monotonic()
         if claimed_at - self._full_scan_at >= _FULL_SCAN_SECONDS:
             self._after.clear()
+        from_position = bool(self._after)
         claims = await self._claim_once(wanted, claimed_at)
-        if len(claims) < wanted and self._after:
+        if len(claims) < wanted and from_position:
             # Short after a position: rows may wait ahead of it (a higher priority, a backdated run_at).
             self._after.clear()
             claims += await self._claim_once(wanted - len(claims), time.monotonic())
+        if len(claims) < wanted:
+            self._after.clear()  # drained: the next claim starts from the head
         return len(claims)
 
     async def _claim_once(self, wanted: int, claimed_at: float) -> list[Claim]:
@@ -219,12 +222,9 @@ class Dispatcher:
         self._metrics.claims.inc()
         self._metrics.claim_batch.observe(len(claims))
         self._executor.submit(claims, claimed_at)
-        if len(claims) < wanted:
-            self._after.clear()  # this queue is drained: the next claim starts from the head
-        else:
-            for claim in claims:  # sorted in claim order: the last one per queue is its position
-                job = claim.job
-                self._after[job.queue] = (job.priority, job.run_at, job.id)
+        for claim in claims:  # sorted in claim order: the last one per queue is its position
+            job = claim.job
+            self._after[job.queue] = (job.priority, job.run_at, job.id)
         return claims
 
 

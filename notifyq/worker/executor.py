@@ -23,6 +23,7 @@ the number of threads never exceeds the concurrency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import inspect
 import math
@@ -206,8 +207,11 @@ class Executor:
                 try:
                     await parked
                 finally:
-                    if not parked.done():  # cancelled while parked
-                        self._parked.remove(parked)
+                    # Cancelled while parked (Task.cancel cancels the awaited future too): a dead future
+                    # left in the deque would swallow the wake meant for a live runner.
+                    if parked.cancelled() or not parked.done():
+                        with contextlib.suppress(ValueError):
+                            self._parked.remove(parked)
                 continue
             await self._completer.wait_room()
             if self._buffer:  # else another runner took it, or shutdown released it, while we waited
