@@ -2,7 +2,7 @@
 and how long from just before each INSERT to its handler's first line (CLOCK_MONOTONIC, one clock for
 every process on the machine).
 
-    python -m benchmarks.steady_state [--rates 1000,5000] [--seconds 30] [--producers 8]
+    python -m benchmarks.steady_state [--rates 1000,5000] [--seconds 30] [--producers 8] [--per-insert 1]
 
 Each producer inserts on a fixed schedule (its share of the rate); a producer that falls behind its
 schedule catches up without sleeping, and the rate actually offered is reported beside the target.
@@ -27,6 +27,11 @@ from benchmarks.wake_latency import summary
 
 INSERT = (
     "INSERT INTO notifyq.jobs (task, payload) VALUES ('bench.stamp', jsonb_build_object('t', $1::float8))"
+)
+# Several jobs in one INSERT (and one commit), all stamped with the same time.
+INSERT_MANY = (
+    "INSERT INTO notifyq.jobs (task, payload)"
+    " SELECT 'bench.stamp', jsonb_build_object('t', $1::float8) FROM generate_series(1, $2)"
 )
 
 
@@ -58,7 +63,8 @@ class Receiver:
         self.sock.close()
 
 
-async def producer(dsn: str, rate: float, seconds: float, sent: list[int]) -> None:
+async def producer(dsn: str, rate: float, seconds: float, sent: list[int], per_insert: int = 1) -> None:
+    """Insert on a fixed schedule: `rate` jobs/s, `per_insert` jobs per statement."""
     conn = await asyncpg.connect(dsn)
     try:
         start = time.monotonic()
@@ -70,14 +76,19 @@ async def producer(dsn: str, rate: float, seconds: float, sent: list[int]) -> No
                 break
             if due > now:
                 await anyio.sleep(due - now)
-            await conn.execute(INSERT, time.monotonic())
-            n += 1
+            if per_insert == 1:
+                await conn.execute(INSERT, time.monotonic())
+            else:
+                await conn.execute(INSERT_MANY, time.monotonic(), per_insert)
+            n += per_insert
         sent.append(n)
     finally:
         await conn.close()
 
 
-async def one_rate(rate: int, seconds: float, producers: int, folder: Path) -> dict[str, Any]:
+async def one_rate(
+    rate: int, seconds: float, producers: int, folder: Path, per_insert: int = 1
+) -> dict[str, Any]:
     receiver = Receiver()
     os.environ["BENCH_UDP_PORT"] = str(receiver.port)
     dsn = await fresh_database()
@@ -87,7 +98,7 @@ async def one_rate(rate: int, seconds: float, producers: int, folder: Path) -> d
             t0 = time.monotonic()
             async with anyio.create_task_group() as tg:
                 for _ in range(producers):
-                    tg.start_soon(producer, dsn, rate / producers, seconds, sent)
+                    tg.start_soon(producer, dsn, rate / producers, seconds, sent, per_insert)
             offered_for = time.monotonic() - t0
             total = sum(sent)
             # Kept up: every job started within a few seconds of the producers stopping.
@@ -101,6 +112,7 @@ async def one_rate(rate: int, seconds: float, producers: int, folder: Path) -> d
     lat = receiver.latencies_ms
     return {
         "target_rate": rate,
+        "jobs_per_insert": per_insert,
         "offered_rate": round(total / offered_for),
         "jobs": total,
         "started_within_10s_after": len(lat),
@@ -114,11 +126,14 @@ async def main() -> None:
     parser.add_argument("--rates", default="1000,5000")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--producers", type=int, default=8)
+    parser.add_argument(
+        "--per-insert", type=int, default=1, help="jobs per INSERT (one commit); single rows by default"
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for rate in (int(r) for r in args.rates.split(",")):
-            results.append(await one_rate(rate, args.seconds, args.producers, Path(tmp)))
+            results.append(await one_rate(rate, args.seconds, args.producers, Path(tmp), args.per_insert))
     emit("steady_state", {"seconds": args.seconds, "producers": args.producers, "rates": results})
 
 
