@@ -106,20 +106,8 @@ class Executor:
         return self._capacity - len(self._running) > len(self._buffer)
 
     @property
-    def free(self) -> int:
-        return self._capacity - len(self._running)
-
-    @property
     def running_count(self) -> int:
         return len(self._running)
-
-    @property
-    def held_count(self) -> int:
-        """Jobs this daemon holds a lease on and has not finished: running plus buffered."""
-        return len(self._running) + len(self._buffer)
-
-    def is_running(self, job_id: int, token: uuid.UUID) -> bool:
-        return (job_id, token) in self._running
 
     def submit(self, claims: list[Claim], claimed_at: float) -> None:
         """Take the leases now (so `wanted` is exact at once) and hand the claims to the runners."""
