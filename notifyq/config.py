@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     prefetch: int = Field(
         default=10, ge=0, le=1000, description="Jobs claimed ahead of free slots, so the next starts at once."
     )
+    prefetch_max: int = Field(
+        default=500,
+        ge=0,
+        le=10000,
+        description="How far the prefetch grows while a backlog of short jobs drains (never below prefetch).",
+    )
     lease_seconds: float = Field(default=30.0, ge=1.0, le=86400.0, description="Lease length.")
     poll_interval_seconds: float = Field(
         default=10.0, ge=0.05, le=3600.0, description="Safety poll when no NOTIFY arrives."

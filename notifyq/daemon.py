@@ -97,6 +97,7 @@ class Daemon:
         self.ready = anyio.Event()
         self.metrics = Metrics(settings.queues, registry.names, notifyq_version())
         self.metrics.worker_slots.set(settings.concurrency)
+        self.metrics.prefetch.set(settings.prefetch)
         self.http: HttpServer | None = None
         self.systemd = SystemdNotifier()
         self._store: Store | None = None
@@ -228,7 +229,10 @@ class Daemon:
         worker = self.worker_info
         wake = Wakeup()
         leases = Leases()
-        completer = Completer(store, leases, self.metrics, buffer=2 * s.concurrency)
+        # Room for a whole prefetch buffer's outcomes while one batch is being written.
+        completer = Completer(
+            store, leases, self.metrics, buffer=2 * (s.concurrency + max(s.prefetch, s.prefetch_max))
+        )
         executor = Executor(
             self.registry,
             completer,
@@ -237,6 +241,7 @@ class Daemon:
             s.concurrency,
             on_slot_free=lambda: wake.hint(wakeup.SLOT),
             prefetch=s.prefetch,
+            prefetch_max=s.prefetch_max,
         )
         listener = Listener(
             s.effective_listen_dsn,
@@ -259,8 +264,6 @@ class Daemon:
             lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval_seconds,
             shutdown_timeout=s.shutdown_timeout_seconds,
-            # With a prefetch buffer, wait for half of it to empty: fewer, fuller claims.
-            batch_min=max(1, s.prefetch // 2),
             on_turn=self.systemd.watchdog,
             # Turn at least twice per watchdog interval, so a stuck loop is what systemd restarts.
             tick=None if self.systemd.watchdog_interval is None else self.systemd.watchdog_interval / 2,

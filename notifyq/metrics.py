@@ -122,6 +122,11 @@ class Metrics:
         self._by_name: dict[tuple[str, str], JobSeries] = {}
         r.register(_JobCollector(self._series))
         self.worker_slots = Gauge("notifyq_worker_slots", "Jobs this daemon runs at once.", registry=r)
+        self.prefetch = Gauge(
+            "notifyq_prefetch_jobs",
+            "Size of the prefetch buffer now (it grows while a backlog drains).",
+            registry=r,
+        )
         self.claims = Counter("notifyq_claims", "Claim statements run.", registry=r)
         self.claim_batch = Histogram(
             "notifyq_claim_batch_size", "Jobs returned per claim.", buckets=_BATCH_BUCKETS, registry=r

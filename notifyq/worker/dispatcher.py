@@ -1,16 +1,17 @@
 """The claim loop: wait for a reason to look for work, claim what the runners and the prefetch buffer
 have room for, hand it to the executor.
 
-Each turn: if at least `batch_min` jobs are wanted (free runners plus room in the prefetch buffer), claim
+Each turn: if at least `claim_min` jobs are wanted (free runners plus room in the prefetch buffer), claim
 up to that many in one statement (served queues, tasks with a handler, runnable now, by priority then
-run_at then id). Waiting for half the buffer to empty makes claims fewer and fuller. A short batch while
-some runner has nothing to do means the queue is drained: the dispatcher asks the listener to take the
-idle locks, and the listener wakes it once they are held for one more claim, which closes the gap between
-the last claim and the locks. While every runner is busy the daemon never counts as idle, so producers
-skip NOTIFY; the buffer is refilled as slots free. A short claim that still found two or more jobs means
-a stream is arriving: the daemon looks again after 5 ms instead of asking for NOTIFY, until a look finds
-nothing. Then it waits for a wake hint (notify, a freed slot,
-a listener reconnect), the next `run_at` among its jobs, or the safety poll, whichever comes first.
+run_at then id). Waiting for half the buffer to empty makes claims fewer and fuller; how long the claim
+took sizes the buffer (executor.py). A short batch while some runner has nothing to do means the queue
+is drained: the dispatcher asks the listener to take the idle locks, and the listener wakes it once they
+are held for one more claim, which closes the gap between the last claim and the locks. While every
+runner is busy the daemon never counts as idle, so producers skip NOTIFY; the buffer is refilled as slots
+free. A short claim that still found two or more jobs means a stream is arriving: the daemon looks again
+after 5 ms instead of asking for NOTIFY, until a look finds nothing. Then it waits for a wake hint
+(notify, a freed slot, a listener reconnect), the next `run_at` among its jobs, or the safety poll,
+whichever comes first.
 Hints that arrive while it is busy fold into one turn, so a burst of finished jobs costs one claim.
 
 Stopping is two-phase (`stop()`, then after the drain deadline or `stop_now()`): claiming ends at once and
@@ -69,7 +70,6 @@ class Dispatcher:
         lease_seconds: float,
         poll_interval: float,
         shutdown_timeout: float,
-        batch_min: int = 1,
         on_turn: Callable[[], None] = lambda: None,
         tick: float | None = None,
     ) -> None:
@@ -85,7 +85,6 @@ class Dispatcher:
         self._lease_seconds = lease_seconds
         self._poll = poll_interval
         self._shutdown_timeout = shutdown_timeout
-        self._batch_min = batch_min
         self._after: dict[str, Position] = {}  # per queue, the last row claimed while draining
         self._full_scan_at = -math.inf
         self._on_turn = on_turn
@@ -139,7 +138,7 @@ class Dispatcher:
             # each notification or poll then would run for nothing while the queue holds only jobs
             # nobody here can run, and producers beside a busy daemon measured 49% of their rate.
             refill = self._executor.hungry or wakeup.SLOT in sources
-            if wanted >= self._batch_min and refill:
+            if wanted >= self._executor.claim_min and refill:
                 try:
                     claimed = await self._claim(wanted)
                     # Idle means runners are left without work. Only then are producers asked to
@@ -205,6 +204,8 @@ class Dispatcher:
             claims += await self._claim_once(wanted - len(claims), time.monotonic())
         if len(claims) < wanted:
             self._after.clear()  # drained: the next claim starts from the head
+        self._executor.adapt(time.monotonic() - claimed_at, backlog=len(claims) == wanted)
+        self._metrics.prefetch.set(self._executor.prefetch)
         return len(claims)
 
     async def _claim_once(self, wanted: int, claimed_at: float) -> list[Claim]:

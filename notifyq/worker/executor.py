@@ -1,8 +1,11 @@
 """Runs claimed jobs on `capacity` long-lived runner tasks, and turns what happened into an Outcome.
 
-Claims wait in a small buffer (the prefetch) until a runner is free, so a runner that finishes a job
-starts the next one without waiting for the database. Runners live as long as the daemon: starting a
-task per job cost more than a no-op job itself (anyio's `start_soon` measured about 50 us here).
+Claims wait in a buffer (the prefetch) until a runner is free, so a runner that finishes a job starts
+the next one without waiting for the database. The buffer holds `prefetch` jobs, and grows towards
+`prefetch_max` while a backlog drains faster than one claim's worth per claim round trip: it is sized to
+twice what the runners finish while a claim is on its way, so it holds a few milliseconds of work
+whatever the jobs' length, and slow jobs never hoard claims. Runners live as long as the daemon: starting
+a task per job cost more than a no-op job itself (anyio's `start_soon` measured about 50 us here).
 
 The path of one job is four named steps: start (take the next claim and a cancel scope, with the task's
 timeout as its deadline), run (the handler; sync handlers in a worker thread), classify
@@ -75,13 +78,18 @@ class Executor:
         on_slot_free: Callable[[], None],
         *,
         prefetch: int = 0,
+        prefetch_max: int = 0,
     ) -> None:
         self._registry = registry
         self._completer = completer
         self._leases = leases
         self._metrics = metrics
         self._capacity = capacity
-        self._prefetch = prefetch
+        self._prefetch_min = prefetch
+        self._prefetch_max = max(prefetch, prefetch_max)
+        self._prefetch = prefetch  # the buffer's size now, between the two
+        self._finished = 0
+        self._rate_since = (time.monotonic(), 0)
         self._on_slot_free = on_slot_free
         self._buffer: deque[Claim] = deque()
         self._running: dict[Key, Running] = {}
@@ -99,6 +107,30 @@ class Executor:
     def wanted(self) -> int:
         """How many jobs to claim now: free runners plus room in the prefetch buffer."""
         return self._capacity + self._prefetch - len(self._running) - len(self._buffer)
+
+    @property
+    def claim_min(self) -> int:
+        """Claim once this many are wanted: waiting for half the buffer to empty makes claims fewer and
+        fuller."""
+        return max(1, self._prefetch // 2)
+
+    @property
+    def prefetch(self) -> int:
+        return self._prefetch
+
+    def adapt(self, claim_seconds: float, backlog: bool) -> None:
+        """Resize the prefetch buffer after a claim that took `claim_seconds`: while a backlog remains,
+        to twice the jobs the runners finish in that time (within the configured bounds); once a claim
+        comes back short, back to the minimum. Bigger claims cost Postgres less per job, so a drain of
+        short jobs runs in fewer, larger batches (the drain benchmark doubled from prefetch 10 to 300)."""
+        now = time.monotonic()
+        since, finished = self._rate_since
+        self._rate_since = (now, self._finished)
+        size = self._prefetch_min
+        if backlog and now > since:
+            rate = (self._finished - finished) / (now - since)
+            size = min(max(size, math.ceil(2 * rate * claim_seconds)), self._prefetch_max)
+        self._prefetch = size
 
     @property
     def hungry(self) -> bool:
@@ -235,6 +267,7 @@ class Executor:
             # Ours (shutdown or a lost lease), or the daemon is going down: give the job back.
             outcome = self._stopped(claim, running.reason or StopReason.SHUTDOWN)
         del self._running[(job.id, claim.lease_token)]
+        self._finished += 1
         running.series.running -= 1
         running.series.duration.observe(elapsed)
         if outcome.kind is not OutcomeKind.SUCCEEDED or self._debug:

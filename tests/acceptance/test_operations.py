@@ -34,6 +34,7 @@ pytestmark = pytest.mark.timeout(90)
 PUBLIC_METRICS = [
     "notifyq_jobs_started_total", "notifyq_jobs_completed_total", "notifyq_job_duration_seconds_bucket",
     "notifyq_job_wait_seconds_bucket", "notifyq_jobs_running", "notifyq_worker_slots", "notifyq_claims_total",
+    "notifyq_prefetch_jobs",
     "notifyq_claim_batch_size_bucket", "notifyq_wakeups_total", "notifyq_listener_connected",
     "notifyq_listener_reconnects_total", "notifyq_leases_lost_total", "notifyq_build_info",
     "notifyq_queue_jobs", "notifyq_queue_oldest_job_age_seconds", "notifyq_jobs_without_handler",

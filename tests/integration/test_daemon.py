@@ -368,3 +368,74 @@ async def test_an_unannounced_commit_costs_at_most_the_poll(conn: asyncpg.Connec
     assert "default" not in notes, "the producer's check ran while the daemon was busy"
     # Found by the poll, or by the post-idle re-check when the commit beat it: either way within bound.
     assert waited < 1.0 + 0.5, f"found after {waited:.2f}s; the poll interval is 1 s"
+
+
+def _prefetch(daemon: Any) -> float | None:
+    value: float | None = daemon.metrics.registry.get_sample_value("notifyq_prefetch_jobs")
+    return value
+
+
+async def test_a_backlog_of_short_jobs_grows_the_prefetch_and_a_short_claim_shrinks_it(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    sizes: list[float | None] = []
+    registry = Registry()
+    daemons: list[Any] = []
+
+    @registry.task("t")
+    async def t(job: Job) -> None:
+        sizes.append(_prefetch(daemons[0]))
+
+    async with running_daemon(db_dsn, registry, concurrency=4, prefetch=2, prefetch_max=300) as daemon:
+        daemons.append(daemon)
+        await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 't' FROM generate_series(1, 5000)")
+        await wait_for(lambda: _succeeded_is(conn, 5000), 40, "the backlog to drain", every=0.1)
+        grown = max(s or 0 for s in sizes)
+        await enqueue(conn, "t")  # alone: its claim comes back short of what was wanted
+        await wait_for(lambda: _succeeded_is(conn, 5001), 10, "the single job")
+        after = _prefetch(daemon)
+    assert 2 < grown <= 300, f"prefetch while draining: {grown}"
+    assert after == 2
+
+
+async def test_a_higher_priority_job_jumps_a_draining_backlog(conn: asyncpg.Connection, db_dsn: str) -> None:
+    """Claims continue after the previous claim's last row while a backlog drains; a job that sorts
+    ahead of that row must still be found by the scan from the head, at least once a second."""
+    done = 0
+    started_after_urgent = 0
+    urgent_started = anyio.Event()
+    some_done = anyio.Event()
+    registry = Registry()
+
+    @registry.task("bulk")
+    async def bulk(job: Job) -> None:
+        nonlocal done, started_after_urgent
+        if urgent_started.is_set():
+            started_after_urgent += 1
+        await anyio.sleep(0.001)
+        done += 1
+        if done == 500:
+            some_done.set()
+
+    @registry.task("urgent")
+    async def urgent(job: Job) -> None:
+        urgent_started.set()
+
+    backlog = 20_000
+    async with running_daemon(db_dsn, registry, concurrency=10):
+        await conn.execute(
+            "INSERT INTO notifyq.jobs (task) SELECT 'bulk' FROM generate_series(1, $1)", backlog
+        )
+        with anyio.fail_after(30):
+            await some_done.wait()
+        await enqueue(conn, "urgent", priority=10)
+        inserted = time.monotonic()
+        with anyio.fail_after(30):
+            await urgent_started.wait()
+        waited = time.monotonic() - inserted
+        left = await conn.fetchval(
+            "SELECT count(*) FROM notifyq.jobs WHERE task = 'bulk' AND state = 'queued'"
+        )
+    assert left > backlog // 4, f"the urgent job ran only once the backlog was nearly drained ({left} left)"
+    # The head is scanned at least once a second; the buffered jobs ahead of it take a moment more.
+    assert waited < 3.0, f"the urgent job waited {waited:.2f}s"
