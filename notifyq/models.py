@@ -57,6 +57,7 @@ class Claim:
     lease_token: uuid.UUID
     waited: float = 0.0  # seconds from run_at (runnable) to the claim, on the database clock
     decode_error: str | None = None  # set when the stored payload cannot be turned into Python
+    size: int = 0  # the payload's length as JSON text, which bounds the prefetch buffer's memory
 
 
 @dataclass(frozen=True, slots=True)

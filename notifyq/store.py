@@ -336,7 +336,9 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
         created_at=r["created_at"],
         lease_token=r["lease_token"],
     )
-    return Claim(job=job, lease_token=r["lease_token"], waited=r["waited"], decode_error=error)
+    return Claim(
+        job=job, lease_token=r["lease_token"], waited=r["waited"], decode_error=error, size=len(r["payload"])
+    )
 
 
 def decode_payload(text: str) -> Any:

@@ -204,7 +204,8 @@ class Dispatcher:
             claims += await self._claim_once(wanted - len(claims), time.monotonic())
         if len(claims) < wanted:
             self._after.clear()  # drained: the next claim starts from the head
-        self._executor.adapt(time.monotonic() - claimed_at, backlog=len(claims) == wanted)
+        payload_bytes = sum(c.size for c in claims) / len(claims) if claims else 0.0
+        self._executor.adapt(time.monotonic() - claimed_at, len(claims) == wanted, payload_bytes)
         self._metrics.prefetch.set(self._executor.prefetch)
         return len(claims)
 

@@ -4,7 +4,8 @@ Claims wait in a buffer (the prefetch) until a runner is free, so a runner that 
 the next one without waiting for the database. The buffer holds `prefetch` jobs, and grows towards
 `prefetch_max` while a backlog drains faster than one claim's worth per claim round trip: it is sized to
 twice what the runners finish while a claim is on its way, so it holds a few milliseconds of work
-whatever the jobs' length, and slow jobs never hoard claims. Runners live as long as the daemon: starting
+whatever the jobs' length, and slow jobs never hoard claims; it grows no further than
+`PREFETCH_BYTES` of payloads. Runners live as long as the daemon: starting
 a task per job cost more than a no-op job itself (anyio's `start_soon` measured about 50 us here).
 
 The path of one job is four named steps: start (take the next claim and a cancel scope, with the task's
@@ -50,6 +51,8 @@ from notifyq.worker.completer import Completer
 from notifyq.worker.leases import Leases
 
 Key = tuple[int, uuid.UUID]
+# Payloads may be up to 1 MiB each: the buffer grows beyond `prefetch` only while its payloads fit here.
+PREFETCH_BYTES = 16 * 1024 * 1024
 
 
 class StopReason(enum.Enum):
@@ -118,18 +121,20 @@ class Executor:
     def prefetch(self) -> int:
         return self._prefetch
 
-    def adapt(self, claim_seconds: float, backlog: bool) -> None:
-        """Resize the prefetch buffer after a claim that took `claim_seconds`: while a backlog remains,
-        to twice the jobs the runners finish in that time (within the configured bounds); once a claim
-        comes back short, back to the minimum. Bigger claims cost Postgres less per job, so a drain of
-        short jobs runs in fewer, larger batches (the drain benchmark doubled from prefetch 10 to 300)."""
+    def adapt(self, claim_seconds: float, backlog: bool, payload_bytes: float) -> None:
+        """Resize the prefetch buffer after a claim that took `claim_seconds` and brought payloads of
+        `payload_bytes` on average: while a backlog remains, to twice the jobs the runners finish in that
+        time (within the configured bounds and PREFETCH_BYTES); once a claim comes back short, back to
+        the minimum. Bigger claims cost Postgres less per job, so a drain of short jobs runs in fewer,
+        larger batches (the drain benchmark doubled from prefetch 10 to 300)."""
         now = time.monotonic()
         since, finished = self._rate_since
         self._rate_since = (now, self._finished)
         size = self._prefetch_min
         if backlog and now > since:
             rate = (self._finished - finished) / (now - since)
-            size = min(max(size, math.ceil(2 * rate * claim_seconds)), self._prefetch_max)
+            cap = min(self._prefetch_max, int(PREFETCH_BYTES / max(payload_bytes, 1.0)))
+            size = max(size, min(math.ceil(2 * rate * claim_seconds), cap))
         self._prefetch = size
 
     @property

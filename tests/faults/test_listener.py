@@ -50,24 +50,26 @@ async def test_blackholed_listener_is_noticed_by_the_probe(conn: asyncpg.Connect
 
     database = db_dsn.rsplit("/", 1)[1]
     log = LogCapture()
-    async with StallProxy() as proxy:
-        async with running_daemon(
+    async with (
+        StallProxy() as proxy,
+        running_daemon(
             db_dsn,
             registry,
             log=log,
             listen_dsn=proxy.dsn(database),
             poll_interval_seconds=30,
             probe_interval_seconds=0.5,
-        ) as daemon:
-            await settled_idle(daemon, conn)
-            proxy.stall()
-            t0 = time.monotonic()
-            await enqueue(conn, "after.stall")
-            with anyio.fail_after(10):
-                await started.wait()
-            waited = time.monotonic() - t0
-            # Under load the post-idle re-check can find the job before the probe fires; the probe must
-            # still notice the stalled connection.
-            await wait_for(lambda: log.events("listener_lost"), 5, "the probe to notice the stall")
+        ) as daemon,
+    ):
+        await settled_idle(daemon, conn)
+        proxy.stall()
+        t0 = time.monotonic()
+        await enqueue(conn, "after.stall")
+        with anyio.fail_after(10):
+            await started.wait()
+        waited = time.monotonic() - t0
+        # Under load the post-idle re-check can find the job before the probe fires; the probe must
+        # still notice the stalled connection.
+        await wait_for(lambda: log.events("listener_lost"), 5, "the probe to notice the stall")
     # Bound: probe interval (0.5 s) + probe timeout (0.5 s) + reconnect backoff, far below the 30 s poll.
     assert waited < 3.0

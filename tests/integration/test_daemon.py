@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from notifyq import Backoff, Discard, Job, Registry, Retry, Snooze, enqueue
+from notifyq.worker import executor as executor_module
 from tests.support import (
     LogCapture,
     count_states,
@@ -439,3 +440,27 @@ async def test_a_higher_priority_job_jumps_a_draining_backlog(conn: asyncpg.Conn
     assert left > backlog // 4, f"the urgent job ran only once the backlog was nearly drained ({left} left)"
     # The head is scanned at least once a second; the buffered jobs ahead of it take a moment more.
     assert waited < 3.0, f"the urgent job waited {waited:.2f}s"
+
+
+async def test_the_prefetch_holds_no_more_than_its_byte_budget_of_payloads(
+    conn: asyncpg.Connection, db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Payloads may be 1 MiB each; a budget this small makes the bound visible with 4 KiB ones.
+    monkeypatch.setattr(executor_module, "PREFETCH_BYTES", 64 * 1024)
+    sizes: list[float | None] = []
+    registry = Registry()
+    daemons: list[Any] = []
+
+    @registry.task("t")
+    async def t(job: Job) -> None:
+        sizes.append(_prefetch(daemons[0]))
+
+    async with running_daemon(db_dsn, registry, concurrency=4, prefetch=2, prefetch_max=1000) as daemon:
+        daemons.append(daemon)
+        await conn.execute(
+            "INSERT INTO notifyq.jobs (task, payload)"
+            " SELECT 't', jsonb_build_object('pad', repeat('x', 4096)) FROM generate_series(1, 3000)"
+        )
+        await wait_for(lambda: _succeeded_is(conn, 3000), 40, "the backlog to drain", every=0.1)
+    grown = max(s or 0 for s in sizes)
+    assert 2 < grown <= 64 * 1024 // 4096, f"prefetch while draining: {grown}"

@@ -72,6 +72,7 @@ def test_settings_precedence_flags_env_toml(tmp_path: Path, monkeypatch: pytest.
         ({"app": "nocolon"}, "invalid setting app: must look like MODULE:ATTRIBUTE"),
         ({"http_address": "nowhere"}, "invalid setting http_address: must be HOST:PORT"),
         ({"log_format": "xml"}, "invalid setting log_format:"),
+        ({"prefetch_max": 10001}, "invalid setting prefetch_max: Input should be less than or equal to 10000"),
     ],
 )
 def test_bad_settings_name_the_setting(overrides: dict[str, object], message: str) -> None:
