@@ -37,3 +37,10 @@ async def stamp(job: Job) -> None:
     """First line: send how long ago the producer took its time before the INSERT."""
     waited = time.monotonic() - job.payload["t"]
     _sock.sendto(repr(waited).encode(), ("127.0.0.1", int(os.environ["BENCH_UDP_PORT"])))
+
+
+@registry.task("bench.stamp_wall")
+async def stamp_wall(job: Job) -> None:
+    """First line: how long ago the row's clock_timestamp() was taken (the wall clock, same machine)."""
+    waited = time.time() - job.payload["w"]
+    _sock.sendto(repr(waited).encode(), ("127.0.0.1", int(os.environ["BENCH_UDP_PORT"])))

@@ -3,16 +3,22 @@ and how long from just before each INSERT to its handler's first line (CLOCK_MON
 every process on the machine).
 
     python -m benchmarks.steady_state [--rates 1000,5000] [--seconds 30] [--producers 8] [--per-insert 1]
+                                      [--driver python|pgbench]
 
 Each producer inserts on a fixed schedule (its share of the rate); a producer that falls behind its
 schedule catches up without sleeping, and the rate actually offered is reported beside the target.
+`--driver pgbench` offers single-row inserts from pgbench's `--rate` instead of Python (8 Python
+producers in one process could not offer 5,000 single-row commits/s here); its rows carry the wall
+clock of `clock_timestamp()`, which is the clock `time.time()` reads on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -24,6 +30,7 @@ import asyncpg
 
 from benchmarks.common import daemon, drop_database, emit, fresh_database, run
 from benchmarks.wake_latency import summary
+from notifyq.devserver import pg_bindir
 
 INSERT = (
     "INSERT INTO notifyq.jobs (task, payload) VALUES ('bench.stamp', jsonb_build_object('t', $1::float8))"
@@ -32,6 +39,11 @@ INSERT = (
 INSERT_MANY = (
     "INSERT INTO notifyq.jobs (task, payload)"
     " SELECT 'bench.stamp', jsonb_build_object('t', $1::float8) FROM generate_series(1, $2)"
+)
+
+INSERT_WALL = (
+    "INSERT INTO notifyq.jobs (task, payload)"
+    " VALUES ('bench.stamp_wall', jsonb_build_object('w', extract(epoch FROM clock_timestamp())));\n"
 )
 
 
@@ -86,8 +98,22 @@ async def producer(dsn: str, rate: float, seconds: float, sent: list[int], per_i
         await conn.close()
 
 
+def pgbench_producers(dsn: str, rate: int, seconds: float, producers: int, folder: Path) -> tuple[int, str]:
+    """pgbench offering `rate` single-row inserts/s from `producers` clients; (rows, schedule lag line)."""
+    script = folder / "insert.sql"
+    script.write_text(INSERT_WALL)
+    command = [str(pg_bindir() / "pgbench"), "-n", "-c", str(producers), "-j", "2", "-R", str(rate)]
+    command += ["-T", str(int(seconds)), "-f", str(script), dsn]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    found = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
+    lag = re.search(r"rate limit schedule lag: .*", done.stdout)
+    if found is None:
+        raise RuntimeError(f"pgbench printed no count: {done.stdout[-500:]} {done.stderr[-500:]}")
+    return int(found.group(1)), lag.group(0) if lag else ""
+
+
 async def one_rate(
-    rate: int, seconds: float, producers: int, folder: Path, per_insert: int = 1
+    rate: int, seconds: float, producers: int, folder: Path, per_insert: int = 1, driver: str = "python"
 ) -> dict[str, Any]:
     receiver = Receiver()
     os.environ["BENCH_UDP_PORT"] = str(receiver.port)
@@ -95,12 +121,18 @@ async def one_rate(
     try:
         with daemon(dsn, folder / f"steady_{rate}.log", concurrency=50):
             sent: list[int] = []
+            lag = ""
             t0 = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                for _ in range(producers):
-                    tg.start_soon(producer, dsn, rate / producers, seconds, sent, per_insert)
+            if driver == "pgbench":
+                total, lag = await anyio.to_thread.run_sync(
+                    pgbench_producers, dsn, rate, seconds, producers, folder
+                )
+            else:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(producers):
+                        tg.start_soon(producer, dsn, rate / producers, seconds, sent, per_insert)
+                total = sum(sent)
             offered_for = time.monotonic() - t0
-            total = sum(sent)
             # Kept up: every job started within a few seconds of the producers stopping.
             deadline = time.monotonic() + 10
             while len(receiver.latencies_ms) < total and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -112,7 +144,9 @@ async def one_rate(
     lat = receiver.latencies_ms
     return {
         "target_rate": rate,
-        "jobs_per_insert": per_insert,
+        "driver": driver,
+        "jobs_per_insert": 1 if driver == "pgbench" else per_insert,
+        "pgbench_schedule_lag": lag,
         "offered_rate": round(total / offered_for),
         "jobs": total,
         "started_within_10s_after": len(lat),
@@ -129,11 +163,14 @@ async def main() -> None:
     parser.add_argument(
         "--per-insert", type=int, default=1, help="jobs per INSERT (one commit); single rows by default"
     )
+    parser.add_argument("--driver", choices=("python", "pgbench"), default="python")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for rate in (int(r) for r in args.rates.split(",")):
-            results.append(await one_rate(rate, args.seconds, args.producers, Path(tmp), args.per_insert))
+            results.append(
+                await one_rate(rate, args.seconds, args.producers, Path(tmp), args.per_insert, args.driver)
+            )
     emit("steady_state", {"seconds": args.seconds, "producers": args.producers, "rates": results})
 
 
