@@ -11,8 +11,8 @@ runner is busy the daemon never counts as idle, so producers skip NOTIFY; the bu
 free. A short claim that still found two or more jobs means a stream is arriving: the daemon looks again
 after 5 ms instead of asking for NOTIFY, until a look finds nothing. Then it waits for a wake hint
 (notify, a freed slot, a listener reconnect), the next `run_at` among its jobs, or the safety poll,
-whichever comes first.
-Hints that arrive while it is busy fold into one turn, so a burst of finished jobs costs one claim.
+whichever comes first. Hints that arrive while it is busy fold into one turn, so a burst of finished jobs
+costs one claim.
 
 Stopping is two-phase (`stop()`, then after the drain deadline or `stop_now()`): claiming ends at once and
 buffered jobs go back to the queue; running jobs get `shutdown_timeout` to finish; then they are

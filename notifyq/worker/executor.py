@@ -1,12 +1,12 @@
 """Runs claimed jobs on `capacity` long-lived runner tasks, and turns what happened into an Outcome.
 
 Claims wait in a buffer (the prefetch) until a runner is free, so a runner that finishes a job starts
-the next one without waiting for the database. The buffer holds `prefetch` jobs, and grows towards
-`prefetch_max` while a backlog drains faster than one claim's worth per claim round trip: it is sized to
-twice what the runners finish while a claim is on its way, so it holds a few milliseconds of work
-whatever the jobs' length, and slow jobs never hoard claims; it grows no further than
-`PREFETCH_BYTES` of payloads. Runners live as long as the daemon: starting
-a task per job cost more than a no-op job itself (anyio's `start_soon` measured about 50 us here).
+the next one without waiting for the database. The buffer holds `prefetch` jobs; while a backlog drains
+it is resized after each claim to twice what the runners finished while that claim was on its way, up to
+`prefetch_max` and PREFETCH_BYTES of payloads. It so holds a few claim round trips of work whatever the
+jobs' length: short jobs get large claims, which cost Postgres less per job, and slow jobs are never
+hoarded. Runners live as long as the daemon: starting a task per job cost more than a no-op job itself
+(anyio's `start_soon` measured about 50 us here).
 
 The path of one job is four named steps: start (take the next claim and a cancel scope, with the task's
 timeout as its deadline), run (the handler; sync handlers in a worker thread), classify
