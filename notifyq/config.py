@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     prefetch_max: int = Field(
         default=500,
         ge=0,
-        le=10000,
+        le=2000,
         description="How far the prefetch grows while a backlog of short jobs drains (never below prefetch).",
     )
     lease_seconds: float = Field(default=30.0, ge=1.0, le=86400.0, description="Lease length.")

@@ -229,10 +229,9 @@ class Daemon:
         worker = self.worker_info
         wake = Wakeup()
         leases = Leases()
-        # Room for a whole prefetch buffer's outcomes while one batch is being written.
-        completer = Completer(
-            store, leases, self.metrics, buffer=2 * (s.concurrency + max(s.prefetch, s.prefetch_max))
-        )
+        # Room for one batch's worth of outcomes while the previous is being written, and no more: during
+        # an outage, every outcome waiting here is a job that may run again once its lease expires.
+        completer = Completer(store, leases, self.metrics, buffer=max(2 * s.concurrency, 500))
         executor = Executor(
             self.registry,
             completer,

@@ -124,7 +124,7 @@ class Metrics:
         self.worker_slots = Gauge("notifyq_worker_slots", "Jobs this daemon runs at once.", registry=r)
         self.prefetch = Gauge(
             "notifyq_prefetch_jobs",
-            "Size of the prefetch buffer now (it grows while a backlog drains).",
+            "Target size of the prefetch buffer (it grows while a backlog drains).",
             registry=r,
         )
         self.claims = Counter("notifyq_claims", "Claim statements run.", registry=r)

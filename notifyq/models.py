@@ -27,6 +27,7 @@ class OutcomeKind(enum.StrEnum):
     SNOOZED = "snoozed"
     TIMED_OUT = "timed_out"
     RELEASED = "released"
+    UNSTARTED = "unstarted"  # claimed into the prefetch buffer, given back without running
     LEASE_LOST = "lease_lost"
 
 

@@ -170,6 +170,8 @@ class Completer:
         for outcome in batch:
             self._leases.discard(outcome.job_id, outcome.lease_token)
             completed = self._metrics.for_job(outcome.queue, outcome.task).completed
+            if outcome.kind is OutcomeKind.UNSTARTED and outcome.job_id in written:
+                continue  # never started, so never completed either
             if outcome.job_id in written:
                 completed[_METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)] += 1
             else:

@@ -132,6 +132,7 @@ class Dispatcher:
         streaming = False
         while not self._stopping.is_set():
             self._on_turn()
+            self._give_back_stale()
             timeout, reason = self._poll, wakeup.POLL
             wanted = self._executor.wanted
             # While every runner is busy, only a freed slot refills the prefetch buffer: a claim for
@@ -174,9 +175,18 @@ class Dispatcher:
                     timeout, reason = _DB_RETRY.delay(failures), wakeup.POLL
             else:
                 self._listener.set_idle(False)
+            stale_at = self._executor.stale_at()
+            if stale_at is not None and stale_at - time.monotonic() < timeout:
+                timeout, reason = max(stale_at - time.monotonic(), 0.0), wakeup.TIMER
             sources = await self._wait(timeout, reason)
             for source in sources:
                 self._metrics.wakeups.labels(source).inc()
+
+    def _give_back_stale(self) -> None:
+        given_back = self._executor.release_stale(time.monotonic())
+        if given_back:
+            self._metrics.prefetch.set(self._executor.prefetch)
+            self._log.info("prefetch_given_back", jobs=given_back, note="jobs got slower than the buffer")
 
     async def _wait(self, seconds: float, reason: str) -> set[str]:
         """Wait for a hint, at most `seconds`; meanwhile turn every `tick` s to show the loop is alive."""

@@ -3,10 +3,11 @@
 Claims wait in a buffer (the prefetch) until a runner is free, so a runner that finishes a job starts
 the next one without waiting for the database. The buffer holds `prefetch` jobs; while a backlog drains
 it is resized after each claim to twice what the runners finished while that claim was on its way, up to
-`prefetch_max` and PREFETCH_BYTES of payloads. It so holds a few claim round trips of work whatever the
-jobs' length: short jobs get large claims, which cost Postgres less per job, and slow jobs are never
-hoarded. Runners live as long as the daemon: starting a task per job cost more than a no-op job itself
-(anyio's `start_soon` measured about 50 us here).
+`prefetch_max` and PREFETCH_BYTES of payloads, at most doubling per claim. It so holds a few claim round
+trips of work: short jobs get large claims, which cost Postgres less per job. When the jobs turn slow
+(a drain of short jobs runs into long ones), a buffered job that waited STALE_BUFFER_SECONDS sends every
+job beyond `prefetch` back to the queue, for other daemons to take. Runners live as long as the daemon:
+starting a task per job cost more than a no-op job itself (anyio's `start_soon` measured about 50 us).
 
 The path of one job is four named steps: start (take the next claim and a cancel scope, with the task's
 timeout as its deadline), run (the handler; sync handlers in a worker thread), classify
@@ -53,6 +54,8 @@ from notifyq.worker.leases import Leases
 Key = tuple[int, uuid.UUID]
 # Payloads may be up to 1 MiB each: the buffer grows beyond `prefetch` only while its payloads fit here.
 PREFETCH_BYTES = 16 * 1024 * 1024
+# A job this long in the buffer means the buffer outgrew the jobs' pace.
+STALE_BUFFER_SECONDS = 1.0
 
 
 class StopReason(enum.Enum):
@@ -94,7 +97,7 @@ class Executor:
         self._finished = 0
         self._rate_since = (time.monotonic(), 0)
         self._on_slot_free = on_slot_free
-        self._buffer: deque[Claim] = deque()
+        self._buffer: deque[tuple[Claim, float]] = deque()  # with when it was claimed
         self._running: dict[Key, Running] = {}
         # Idle runners wait on bare asyncio futures: an anyio.Event per wait showed in the profile. The
         # daemon always runs on asyncio (uvloop where installed), so the futures are safe to use.
@@ -123,19 +126,42 @@ class Executor:
 
     def adapt(self, claim_seconds: float, backlog: bool, payload_bytes: float) -> None:
         """Resize the prefetch buffer after a claim that took `claim_seconds` and brought payloads of
-        `payload_bytes` on average: while a backlog remains, to twice the jobs the runners finish in that
-        time (within the configured bounds and PREFETCH_BYTES); once a claim comes back short, back to
-        the minimum. Bigger claims cost Postgres less per job, so a drain of short jobs runs in fewer,
-        larger batches (the drain benchmark doubled from prefetch 10 to 300)."""
+        `payload_bytes` on average (see `prefetch_size`)."""
         now = time.monotonic()
         since, finished = self._rate_since
         self._rate_since = (now, self._finished)
-        size = self._prefetch_min
-        if backlog and now > since:
-            rate = (self._finished - finished) / (now - since)
-            cap = min(self._prefetch_max, int(PREFETCH_BYTES / max(payload_bytes, 1.0)))
-            size = max(size, min(math.ceil(2 * rate * claim_seconds), cap))
-        self._prefetch = size
+        rate = (self._finished - finished) / (now - since) if now > since else 0.0
+        self._prefetch = prefetch_size(
+            self._prefetch,
+            self._prefetch_min,
+            self._prefetch_max,
+            rate=rate,
+            claim_seconds=claim_seconds,
+            payload_bytes=payload_bytes,
+            backlog=backlog,
+        )
+
+    def stale_at(self) -> float | None:
+        """When the oldest buffered job will have waited too long (monotonic clock), while the buffer
+        holds more than `prefetch`."""
+        if len(self._buffer) <= self._prefetch_min:
+            return None
+        return self._buffer[0][1] + STALE_BUFFER_SECONDS
+
+    def release_stale(self, now: float) -> int:
+        """Once the oldest buffered job waited too long, give every job beyond `prefetch` back to the
+        queue, the most recently claimed first, and shrink the buffer to `prefetch`. Returns how many."""
+        at = self.stale_at()
+        if at is None or now < at:
+            return 0
+        given_back = 0
+        while len(self._buffer) > self._prefetch_min:
+            claim, _ = self._buffer.pop()
+            self._hand_off(claim, outcomes.unstarted(claim))
+            given_back += 1
+        self._prefetch = self._prefetch_min
+        self._check_empty()
+        return given_back
 
     @property
     def hungry(self) -> bool:
@@ -151,7 +177,7 @@ class Executor:
         for claim in claims:
             self._leases.add(claim.job.id, claim.lease_token, claimed_at)
             self._metrics.for_job(claim.job.queue, claim.job.task).waited.observe(claim.waited)
-        self._buffer.extend(claims)
+        self._buffer.extend((claim, claimed_at) for claim in claims)
         if self._buffer and self._empty.is_set():
             self._empty = anyio.Event()
         for _ in range(min(len(claims), len(self._parked))):
@@ -173,7 +199,7 @@ class Executor:
     def release_buffered(self) -> None:
         """Shutdown: jobs claimed but not started go back to the queue at once, attempt given back."""
         while self._buffer:
-            claim = self._buffer.popleft()
+            claim, _ = self._buffer.popleft()
             self._hand_off(claim, outcomes.released(claim))
         self._check_empty()
 
@@ -240,7 +266,7 @@ class Executor:
                 continue
             await self._completer.wait_room()
             if self._buffer:  # else another runner took it, or shutdown released it, while we waited
-                return self._buffer.popleft()
+                return self._buffer.popleft()[0]
 
     def _start(self, claim: Claim, scope: anyio.CancelScope) -> Running:
         job = claim.job
@@ -290,9 +316,10 @@ class Executor:
             self._completer.put(outcome)
 
     def _drop_buffered(self, job_id: int, token: uuid.UUID, reason: StopReason) -> bool:
-        for claim in self._buffer:
+        for entry in self._buffer:
+            claim = entry[0]
             if claim.job.id == job_id and claim.lease_token == token:
-                self._buffer.remove(claim)
+                self._buffer.remove(entry)
                 stop = outcomes.lease_lost if reason is StopReason.LEASE_LOST else outcomes.released
                 self._hand_off(claim, stop(claim))
                 self._check_empty()
@@ -341,6 +368,27 @@ class Executor:
         if reason is StopReason.LEASE_LOST:
             return outcomes.lease_lost(claim)
         return outcomes.released(claim)
+
+
+def prefetch_size(
+    current: int,
+    minimum: int,
+    maximum: int,
+    *,
+    rate: float,
+    claim_seconds: float,
+    payload_bytes: float,
+    backlog: bool,
+) -> int:
+    """The prefetch buffer's next size. While a backlog remains: twice the jobs the runners finish (at
+    `rate` per second) during one claim, at most double the current size, `maximum`, and PREFETCH_BYTES
+    of payloads of `payload_bytes` each, and never below `minimum`. Once a claim comes back short:
+    `minimum`. Bigger claims cost Postgres less per job, so a drain of short jobs runs in fewer, larger
+    batches (the drain benchmark doubled from prefetch 10 to 300)."""
+    if not backlog:
+        return minimum
+    cap = min(maximum, 2 * current, int(PREFETCH_BYTES / max(payload_bytes, 1.0)))
+    return max(minimum, min(math.ceil(2 * rate * claim_seconds), cap))
 
 
 def _wake(parked: asyncio.Future[None]) -> None:

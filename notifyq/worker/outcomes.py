@@ -121,6 +121,11 @@ def released(claim: Claim) -> Outcome:
     return make(claim, OutcomeKind.RELEASED, JobState.QUEUED, refund=1)
 
 
+def unstarted(claim: Claim) -> Outcome:
+    """Given back from the prefetch buffer before it ran: back to the queue, the attempt given back."""
+    return make(claim, OutcomeKind.UNSTARTED, JobState.QUEUED, refund=1)
+
+
 def lease_lost(claim: Claim) -> Outcome:
     """Another daemon owns the job now: nothing is written for this one."""
     return make(claim, OutcomeKind.LEASE_LOST, JobState.RUNNING)

@@ -464,3 +464,53 @@ async def test_the_prefetch_holds_no_more_than_its_byte_budget_of_payloads(
         await wait_for(lambda: _succeeded_is(conn, 3000), 40, "the backlog to drain", every=0.1)
     grown = max(s or 0 for s in sizes)
     assert 2 < grown <= 64 * 1024 // 4096, f"prefetch while draining: {grown}"
+
+
+async def test_a_buffer_grown_on_short_jobs_gives_back_the_slow_ones(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    """A drain of short jobs runs into slow ones: what the grown buffer holds beyond `prefetch` must go
+    back to the queue (for other daemons) instead of waiting behind the busy runners."""
+    release = anyio.Event()
+    registry = Registry()
+
+    @registry.task("short")
+    async def short(job: Job) -> None:
+        pass
+
+    @registry.task("slow")
+    async def slow(job: Job) -> None:
+        await release.wait()
+
+    held = "SELECT count(*) FROM notifyq.jobs WHERE task = 'slow' AND state = 'running'"
+    peak = 0
+
+    async def given_back() -> bool:
+        nonlocal peak
+        now = await conn.fetchval(held)
+        peak = max(peak, now)
+        return bool(now <= 3)
+
+    async with running_daemon(db_dsn, registry, concurrency=2, prefetch=1, prefetch_max=300):
+        await conn.execute(
+            "INSERT INTO notifyq.jobs (task, priority) SELECT 'short', 1 FROM generate_series(1, 5000)"
+            " UNION ALL SELECT 'slow', 0 FROM generate_series(1, 300)"
+        )
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) = 5000 FROM notifyq.jobs WHERE state = 'succeeded'"),
+            40,
+            "the short jobs",
+            every=0.05,
+        )
+        peak = await conn.fetchval(held)
+        # Two slow jobs run, one may stay buffered (prefetch 1); the rest go back within about a second.
+        await wait_for(given_back, 10, "the slow jobs beyond the prefetch to go back", every=0.05)
+        queued = await conn.fetchval(
+            "SELECT count(*) FROM notifyq.jobs WHERE task = 'slow' AND state = 'queued'"
+        )
+        attempts = await conn.fetchval(
+            "SELECT max(attempts) FROM notifyq.jobs WHERE task = 'slow' AND state = 'queued'"
+        )
+        release.set()
+    assert peak > 3, f"the buffer never held more slow jobs than its minimum ({peak}): nothing to test"
+    assert queued >= 297 and attempts == 0, (queued, attempts)

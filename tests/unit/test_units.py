@@ -13,6 +13,7 @@ from notifyq.config import load_settings, redact_dsn
 from notifyq.errors import ConfigError
 from notifyq.registry import Registry
 from notifyq.retry import Backoff
+from notifyq.worker.executor import prefetch_size
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -72,7 +73,7 @@ def test_settings_precedence_flags_env_toml(tmp_path: Path, monkeypatch: pytest.
         ({"app": "nocolon"}, "invalid setting app: must look like MODULE:ATTRIBUTE"),
         ({"http_address": "nowhere"}, "invalid setting http_address: must be HOST:PORT"),
         ({"log_format": "xml"}, "invalid setting log_format:"),
-        ({"prefetch_max": 10001}, "invalid setting prefetch_max: Input should be less than or equal to 10000"),
+        ({"prefetch_max": 2001}, "invalid setting prefetch_max: Input should be less than or equal to 2000"),
     ],
 )
 def test_bad_settings_name_the_setting(overrides: dict[str, object], message: str) -> None:
@@ -147,3 +148,19 @@ def test_registry_validates_its_options() -> None:
         r.task("x", timeout=0)
     with pytest.raises(ValueError, match="task name"):
         r.task("")
+
+
+def test_prefetch_size_follows_the_rate_within_its_bounds() -> None:
+    def size(current: int, rate: float, payload: float = 10.0, backlog: bool = True) -> int:
+        return prefetch_size(
+            current, 10, 500, rate=rate, claim_seconds=0.002, payload_bytes=payload, backlog=backlog
+        )
+
+    assert size(10, rate=1_000) == 10  # 2 * 1,000/s * 2 ms = 4: never below the minimum
+    assert size(10, rate=40_000) == 20  # wants 160, grows at most twofold per claim
+    assert size(100, rate=40_000) == 160
+    assert size(400, rate=1_000_000) == 500  # the maximum
+    assert size(400, rate=1_000_000, payload=1024 * 1024) == 16  # PREFETCH_BYTES of 1 MiB payloads
+    assert size(400, rate=1_000_000, payload=8 * 1024 * 1024) == 10  # the minimum wins over the budget
+    assert size(400, rate=1_000_000, backlog=False) == 10  # a short claim: back to the minimum
+    assert prefetch_size(0, 0, 500, rate=1e6, claim_seconds=1.0, payload_bytes=1.0, backlog=True) == 0
