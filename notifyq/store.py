@@ -197,18 +197,24 @@ class Store:
         """Claim up to `limit` jobs; per queue, start after `after[queue]` (the last row of an earlier
         claim) instead of at the head of the queue."""
         starts = [(after or {}).get(q, (None, None, None)) for q in queues]
-        rows = await self._fetch(
-            "claim_jobs",
-            list(queues),
-            list(tasks),
-            list(max_attempts),
-            limit,
-            lease_seconds,
-            worker_id,
-            [p for p, _, _ in starts],
-            [r for _, r, _ in starts],
-            [i for _, _, i in starts],
-        )
+        if len(queues) == 1 and starts[0][0] is None:
+            # The commonest claim, and the one after every wake-up: a statement that plans faster.
+            rows = await self._fetch(
+                "claim_head", queues[0], list(tasks), list(max_attempts), limit, lease_seconds, worker_id
+            )
+        else:
+            rows = await self._fetch(
+                "claim_jobs",
+                list(queues),
+                list(tasks),
+                list(max_attempts),
+                limit,
+                lease_seconds,
+                worker_id,
+                [p for p, _, _ in starts],
+                [r for _, r, _ in starts],
+                [i for _, _, i in starts],
+            )
         self.writable = True
         claims = [_claim_from_row(r) for r in rows]
         claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))

@@ -68,6 +68,41 @@ RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_a
           j.max_attempts, j.created_at, j.lease_token,
           greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
 
+-- name: claim_head :many
+-- claim_jobs for the commonest case, one queue claimed from its head: the same rows in the same order,
+-- in a statement Postgres plans in two thirds of the time. It is the claim after every wake-up from
+-- idle, so its cost is part of the wake latency: round trip 0.74 ms against 1.26 here (EXPLAIN ANALYZE:
+-- planning 0.24 ms against 0.36, execution 0.17 against 0.23).
+-- $1 the queue, then as claim_jobs: $2 tasks, $3 max_attempts overrides, $4 how many, $5 lease seconds,
+-- $6 worker id.
+WITH picked AS (
+    SELECT j.id
+    FROM notifyq.jobs AS j
+    WHERE j.state = 'queued'
+      AND j.queue = $1::text
+      AND j.task = ANY($2::text[])
+      AND j.run_at <= notifyq.now()
+    ORDER BY j.priority DESC, j.run_at, j.id
+    LIMIT $4
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE notifyq.jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    max_attempts = coalesce(
+        (SELECT o.max_attempts FROM unnest($2::text[], $3::int[]) AS o(task, max_attempts)
+         WHERE o.task = j.task),
+        j.max_attempts),
+    lease_token = gen_random_uuid(),
+    leased_until = notifyq.now() + make_interval(secs => $5::float8),
+    worker_id = $6::uuid,
+    started_at = notifyq.now()
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.attempts,
+          j.max_attempts, j.created_at, j.lease_token,
+          greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
+
 -- name: record_outcomes :many
 -- One fenced statement per batch: a row is written only by the holder of its current lease.
 -- $1 ids, $2 lease tokens, $3 new states, $4 delay seconds (queued only), $5 attempts to give back

@@ -42,6 +42,9 @@ async def test_claim_reads_only_the_claim_index(conn: asyncpg.Connection, analyz
     claim_plan = await plan_of(conn, "claim_jobs", *CLAIM_ARGS)
     assert "jobs_claim_idx" in claim_plan and "jobs_schedule_idx" not in claim_plan, claim_plan
     assert "Seq Scan" not in claim_plan, claim_plan
+    head_plan = await plan_of(conn, "claim_head", "'default'", *CLAIM_ARGS[1:6])
+    assert "jobs_claim_idx" in head_plan and "jobs_schedule_idx" not in head_plan, head_plan
+    assert "Seq Scan" not in head_plan and "Sort" not in head_plan, head_plan
     timer = await plan_of(conn, "next_run_delay", "'{default}'", "'{t}'")
     assert "jobs_schedule_idx" in timer, timer
 
@@ -85,3 +88,29 @@ async def test_claim_continues_after_a_position_and_takes_lower_priorities_after
     # From the head, the two rows before the position are found.
     again = await claim(conn, 20, (None, None, None))
     assert {r["id"] for r in again} == {in_a[0]["id"], in_a[1]["id"]}
+
+
+async def test_claim_head_takes_the_same_rows_in_the_same_order_as_claim_jobs(
+    conn: asyncpg.Connection,
+) -> None:
+    # Priorities, run_ats (some in the future), a task without a handler and another queue, shuffled ids.
+    await conn.execute(
+        "INSERT INTO notifyq.jobs (task, queue, priority, run_at)"
+        " SELECT CASE WHEN i % 7 = 0 THEN 'other' ELSE 't' END, CASE WHEN i % 5 = 0 THEN 'b' ELSE 'a' END,"
+        " (i * 37) % 4, now() + make_interval(secs => ((i * 53) % 40) - 30)"
+        " FROM generate_series(1, 400) AS i"
+    )
+    order = []
+    tx = conn.transaction()
+    await tx.start()
+    for _ in range(6):  # claim_jobs from the head, batch after batch, then undo
+        rows = await conn.fetch(
+            queries.get("claim_jobs"), ["a"], ["t"], [None], 25, 30.0, WORKER, [None], [None], [None]
+        )
+        order.append(sorted((-r["priority"], r["run_at"], r["id"]) for r in rows))
+    await tx.rollback()
+    for expected in order:
+        rows = await conn.fetch(queries.get("claim_head"), "a", ["t"], [None], 25, 30.0, WORKER)
+        assert sorted((-r["priority"], r["run_at"], r["id"]) for r in rows) == expected
+        assert {r["queue"] for r in rows} <= {"a"} and {r["task"] for r in rows} <= {"t"}
+    assert sum(len(batch) for batch in order) > 100  # the runnable rows of queue a, not all 400
