@@ -200,7 +200,7 @@ class Executor:
         """Shutdown: jobs claimed but not started go back to the queue at once, attempt given back."""
         while self._buffer:
             claim, _ = self._buffer.popleft()
-            self._hand_off(claim, outcomes.released(claim))
+            self._hand_off(claim, outcomes.unstarted(claim))
         self._check_empty()
 
     def close(self) -> None:
@@ -320,7 +320,7 @@ class Executor:
             claim = entry[0]
             if claim.job.id == job_id and claim.lease_token == token:
                 self._buffer.remove(entry)
-                stop = outcomes.lease_lost if reason is StopReason.LEASE_LOST else outcomes.released
+                stop = outcomes.lease_lost if reason is StopReason.LEASE_LOST else outcomes.unstarted
                 self._hand_off(claim, stop(claim))
                 self._check_empty()
                 return True

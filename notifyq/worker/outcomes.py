@@ -117,12 +117,13 @@ def snoozed(claim: Claim, seconds: float) -> Outcome:
 
 
 def released(claim: Claim) -> Outcome:
-    """Stopped at shutdown: back to the queue at once, and the attempt is given back."""
+    """Cancelled while running, at shutdown: back to the queue at once, and the attempt is given back."""
     return make(claim, OutcomeKind.RELEASED, JobState.QUEUED, refund=1)
 
 
 def unstarted(claim: Claim) -> Outcome:
-    """Given back from the prefetch buffer before it ran: back to the queue, the attempt given back."""
+    """Given back from the prefetch buffer before it ran (the jobs turned slow, or shutdown): back to the
+    queue, the attempt given back, and not counted as completed, since it never started."""
     return make(claim, OutcomeKind.UNSTARTED, JobState.QUEUED, refund=1)
 
 

@@ -514,3 +514,35 @@ async def test_a_buffer_grown_on_short_jobs_gives_back_the_slow_ones(
         release.set()
     assert peak > 3, f"the buffer never held more slow jobs than its minimum ({peak}): nothing to test"
     assert queued >= 297 and attempts == 0, (queued, attempts)
+
+
+async def test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_one(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    started = anyio.Event()
+    registry = Registry()
+    daemons: list[Any] = []
+
+    @registry.task("block")
+    async def block(job: Job) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async with running_daemon(
+        db_dsn, registry, concurrency=1, prefetch=5, shutdown_timeout_seconds=0
+    ) as daemon:
+        daemons.append(daemon)
+        await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 'block' FROM generate_series(1, 6)")
+        with anyio.fail_after(10):
+            await started.wait()
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) = 6 FROM notifyq.jobs WHERE state = 'running'"),
+            10,
+            "one running and five buffered",
+        )
+    rows = await conn.fetch("SELECT state, attempts FROM notifyq.jobs")
+    assert [(r["state"], r["attempts"]) for r in rows] == [("queued", 0)] * 6
+    completed = daemons[0].metrics.registry.get_sample_value
+    labels = {"queue": "default", "task": "block"}
+    assert completed("notifyq_jobs_completed_total", {**labels, "outcome": "cancelled"}) == 1
+    assert completed("notifyq_jobs_started_total", labels) == 1
