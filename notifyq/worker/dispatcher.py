@@ -190,7 +190,6 @@ class Dispatcher:
     def _give_back_stale(self) -> None:
         given_back = self._executor.release_stale(time.monotonic())
         if given_back:
-            self._metrics.prefetch.set(self._executor.prefetch)
             self._log.info("prefetch_given_back", jobs=given_back, note="jobs got slower than the buffer")
 
     async def _wait(self, seconds: float, reason: str) -> set[str]:
@@ -221,7 +220,6 @@ class Dispatcher:
             self._after.clear()  # drained: the next claim starts from the head
         payload_bytes = sum(c.size for c in claims) / len(claims) if claims else 0.0
         self._executor.adapt(time.monotonic() - claimed_at, len(claims) == wanted, payload_bytes)
-        self._metrics.prefetch.set(self._executor.prefetch)
         return len(claims)
 
     async def _claim_once(self, wanted: int, claimed_at: float) -> list[Claim]:

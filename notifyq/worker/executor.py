@@ -120,10 +120,6 @@ class Executor:
         fuller."""
         return max(1, self._prefetch // 2)
 
-    @property
-    def prefetch(self) -> int:
-        return self._prefetch
-
     def adapt(self, claim_seconds: float, backlog: bool, payload_bytes: float) -> None:
         """Resize the prefetch buffer after a claim that took `claim_seconds` and brought payloads of
         `payload_bytes` on average (see `prefetch_size`)."""
@@ -131,15 +127,21 @@ class Executor:
         since, finished = self._rate_since
         self._rate_since = (now, self._finished)
         rate = (self._finished - finished) / (now - since) if now > since else 0.0
-        self._prefetch = prefetch_size(
-            self._prefetch,
-            self._prefetch_min,
-            self._prefetch_max,
-            rate=rate,
-            claim_seconds=claim_seconds,
-            payload_bytes=payload_bytes,
-            backlog=backlog,
+        self._resize(
+            prefetch_size(
+                self._prefetch,
+                self._prefetch_min,
+                self._prefetch_max,
+                rate=rate,
+                claim_seconds=claim_seconds,
+                payload_bytes=payload_bytes,
+                backlog=backlog,
+            )
         )
+
+    def _resize(self, size: int) -> None:
+        self._prefetch = size
+        self._metrics.prefetch.set(size)
 
     def stale_at(self) -> float | None:
         """When the oldest buffered job will have waited too long (monotonic clock), while the buffer
@@ -159,7 +161,7 @@ class Executor:
             claim, _ = self._buffer.pop()
             self._hand_off(claim, outcomes.unstarted(claim))
             given_back += 1
-        self._prefetch = self._prefetch_min
+        self._resize(self._prefetch_min)
         self._check_empty()
         return given_back
 

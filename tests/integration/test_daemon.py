@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -371,15 +373,15 @@ async def test_an_unannounced_commit_costs_at_most_the_poll(conn: asyncpg.Connec
     assert waited < 1.0 + 0.5, f"found after {waited:.2f}s; the poll interval is 1 s"
 
 
-def _prefetch(daemon: Any) -> float | None:
+def _prefetch(daemon: Any) -> float:
     value: float | None = daemon.metrics.registry.get_sample_value("notifyq_prefetch_jobs")
-    return value
+    return value or 0.0
 
 
-async def test_a_backlog_of_short_jobs_grows_the_prefetch_and_a_short_claim_shrinks_it(
-    conn: asyncpg.Connection, db_dsn: str
-) -> None:
-    sizes: list[float | None] = []
+@asynccontextmanager
+async def _recording_prefetch(db_dsn: str, prefetch_max: int) -> AsyncIterator[tuple[Any, list[float]]]:
+    """A daemon (concurrency 4, prefetch 2) whose task `t` records the prefetch size at each job."""
+    sizes: list[float] = []
     registry = Registry()
     daemons: list[Any] = []
 
@@ -387,11 +389,20 @@ async def test_a_backlog_of_short_jobs_grows_the_prefetch_and_a_short_claim_shri
     async def t(job: Job) -> None:
         sizes.append(_prefetch(daemons[0]))
 
-    async with running_daemon(db_dsn, registry, concurrency=4, prefetch=2, prefetch_max=300) as daemon:
+    async with running_daemon(
+        db_dsn, registry, concurrency=4, prefetch=2, prefetch_max=prefetch_max
+    ) as daemon:
         daemons.append(daemon)
+        yield daemon, sizes
+
+
+async def test_a_backlog_of_short_jobs_grows_the_prefetch_and_a_short_claim_shrinks_it(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    async with _recording_prefetch(db_dsn, prefetch_max=300) as (daemon, sizes):
         await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 't' FROM generate_series(1, 5000)")
         await wait_for(lambda: _succeeded_is(conn, 5000), 40, "the backlog to drain", every=0.1)
-        grown = max(s or 0 for s in sizes)
+        grown = max(sizes)
         await enqueue(conn, "t")  # alone: its claim comes back short of what was wanted
         await wait_for(lambda: _succeeded_is(conn, 5001), 10, "the single job")
         after = _prefetch(daemon)
@@ -403,16 +414,13 @@ async def test_a_higher_priority_job_jumps_a_draining_backlog(conn: asyncpg.Conn
     """Claims continue after the previous claim's last row while a backlog drains; a job that sorts
     ahead of that row must still be found by the scan from the head, at least once a second."""
     done = 0
-    started_after_urgent = 0
     urgent_started = anyio.Event()
     some_done = anyio.Event()
     registry = Registry()
 
     @registry.task("bulk")
     async def bulk(job: Job) -> None:
-        nonlocal done, started_after_urgent
-        if urgent_started.is_set():
-            started_after_urgent += 1
+        nonlocal done
         await anyio.sleep(0.001)
         done += 1
         if done == 500:
@@ -447,22 +455,13 @@ async def test_the_prefetch_holds_no_more_than_its_byte_budget_of_payloads(
 ) -> None:
     # Payloads may be 1 MiB each; a budget this small makes the bound visible with 4 KiB ones.
     monkeypatch.setattr(executor_module, "PREFETCH_BYTES", 64 * 1024)
-    sizes: list[float | None] = []
-    registry = Registry()
-    daemons: list[Any] = []
-
-    @registry.task("t")
-    async def t(job: Job) -> None:
-        sizes.append(_prefetch(daemons[0]))
-
-    async with running_daemon(db_dsn, registry, concurrency=4, prefetch=2, prefetch_max=1000) as daemon:
-        daemons.append(daemon)
+    async with _recording_prefetch(db_dsn, prefetch_max=1000) as (_, sizes):
         await conn.execute(
             "INSERT INTO notifyq.jobs (task, payload)"
             " SELECT 't', jsonb_build_object('pad', repeat('x', 4096)) FROM generate_series(1, 3000)"
         )
         await wait_for(lambda: _succeeded_is(conn, 3000), 40, "the backlog to drain", every=0.1)
-    grown = max(s or 0 for s in sizes)
+    grown = max(sizes)
     assert 2 < grown <= 64 * 1024 // 4096, f"prefetch while draining: {grown}"
 
 
