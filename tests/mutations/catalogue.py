@@ -1,0 +1,498 @@
+"""The catalogue of the mutation gate: one entry per mechanism behind a promise (docs/design.md).
+
+Each entry names the promise, the edits that break its mechanism (exact text, found once), and the
+tests that must notice, fastest first (the run stops at the first failure). A new mechanism gets a new
+entry. Where a condition is redundant with a constraint (`state = 'running'` beside the
+`jobs_lease_only_when_running` CHECK, which keeps lease tokens on running rows only), removing either
+alone changes nothing a test could see, so the entry removes both: the pair is the mechanism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace `old` (found exactly once) by `new` in `path`; in a .sql file, `within` names the
+    statement (`-- name: ...`) the text must be found in."""
+
+    path: str
+    old: str
+    new: str
+    within: str | None = None
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    promise: str
+    edits: tuple[Edit, ...]
+    tests: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+WORKER_SQL = "sql/queries/worker.sql"
+INIT_SQL = "sql/migrations/0001_init.sql"
+MANY_SQL = "sql/migrations/0002_enqueue_many.sql"
+
+FENCES = "tests/integration/test_fences.py"
+STATE_MACHINE = "tests/faults/test_state_machine.py::test_job_lifecycle_state_machine"
+RETENTION = "tests/integration/test_retention.py"
+LIMITS = "tests/integration/test_limits.py"
+LIFECYCLE = "tests/faults/test_lifecycle.py"
+DAEMON = "tests/integration/test_daemon.py"
+PROCESSES = "tests/faults/test_processes.py"
+FENCING = "tests/faults/test_fencing.py"
+# The state machine at a size that still kills its entries, in a fraction of the suite's time.
+SMALL_MACHINE = {"NOTIFYQ_STATE_MACHINE_EXAMPLES": "40"}
+
+# The constraint that makes `state = 'running'` redundant (see the module docstring).
+_NO_LEASE_CHECK = Edit(
+    INIT_SQL,
+    """,
+    CONSTRAINT jobs_lease_only_when_running CHECK (
+        (state = 'running') = (lease_token IS NOT NULL AND leased_until IS NOT NULL)
+    )""",
+    "",
+)
+
+
+CATALOGUE: tuple[Mutation, ...] = (
+    # -- fenced finalization: only the current lease writes --------------------------------------
+    Mutation(
+        "fence_complete_succeeded",
+        "a plain success is written only under the job's current lease token",
+        (Edit(WORKER_SQL, "  AND j.lease_token = o.token\n", "", "complete_succeeded"),),
+        (f"{FENCES}::test_complete_succeeded_is_fenced", STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "fence_record_outcomes",
+        "retries, failures, snoozes and shutdown releases are written only under the current lease",
+        (Edit(WORKER_SQL, "  AND j.lease_token = o.token\n", "", "record_outcomes"),),
+        (FENCES, STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "fence_extend_leases",
+        "the heartbeat extends only leases this daemon still holds, and reports the others lost",
+        (Edit(WORKER_SQL, "  AND j.lease_token = h.token\n", "", "extend_leases"),),
+        (FENCES, STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "running_complete_succeeded",
+        "a finished row is never overwritten by a late success (state = 'running' and the lease CHECK)",
+        (Edit(WORKER_SQL, "  AND j.state = 'running'\n", "", "complete_succeeded"), _NO_LEASE_CHECK),
+        (FENCES,),
+    ),
+    Mutation(
+        "running_record_outcomes",
+        "a finished row is never overwritten by a late outcome (state = 'running' and the lease CHECK)",
+        (Edit(WORKER_SQL, "  AND j.state = 'running'\n", "", "record_outcomes"), _NO_LEASE_CHECK),
+        (FENCES,),
+    ),
+    Mutation(
+        "running_extend_leases",
+        "the heartbeat never extends a row that is no longer running (state = 'running' and the CHECK)",
+        (Edit(WORKER_SQL, "  AND j.state = 'running'\n", "", "extend_leases"), _NO_LEASE_CHECK),
+        (FENCES,),
+    ),
+    Mutation(
+        "running_rescue",
+        "rescue touches running rows only (state = 'running' and the lease CHECK)",
+        (Edit(WORKER_SQL, "j.state = 'running' AND ", "", "rescue_expired"), _NO_LEASE_CHECK),
+        (FENCES,),
+    ),
+    # -- leases: extended by the heartbeat, expired by rescue, fenced in the daemon ---------------
+    Mutation(
+        "heartbeat_extends_by_too_little",
+        "a job longer than its lease on a healthy daemon runs once (the heartbeat extends a whole lease)",
+        (
+            Edit(
+                WORKER_SQL,
+                "SET leased_until = notifyq.now() + make_interval(secs => $3::float8)",
+                "SET leased_until = notifyq.now() + make_interval(secs => $3::float8 / 6)",
+                "extend_leases",
+            ),
+        ),
+        (FENCES, f"{LIFECYCLE}::test_a_job_longer_than_its_lease_runs_once"),
+    ),
+    Mutation(
+        "rescue_takes_live_leases",
+        "rescue takes only expired leases",
+        (
+            Edit(
+                WORKER_SQL,
+                "j.leased_until < notifyq.now()",
+                "j.leased_until < notifyq.now() + interval '20 seconds'",
+                "rescue_expired",
+            ),
+        ),
+        (FENCES, STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "heartbeat_ignores_lost_leases",
+        "a handler whose lease the database no longer holds is cancelled",
+        (
+            Edit(
+                "notifyq/worker/heartbeat.py",
+                'self._lost(job_id, held[job_id], "not held in the database")',
+                "pass",
+            ),
+        ),
+        (f"{FENCING}::test_a_lease_taken_away_in_the_database_cancels_its_handler_at_the_next_beat",),
+    ),
+    Mutation(
+        "heartbeat_no_self_fence",
+        "a lease unconfirmed for most of a lease is treated as lost (the daemon fences itself)",
+        (
+            Edit(
+                "notifyq/worker/heartbeat.py",
+                "for job_id, token in self._leases.expired(self._lease_seconds - self._interval):",
+                "for job_id, token in []:",
+            ),
+        ),
+        (f"{FENCING}::test_a_daemon_that_cannot_reach_the_database_fences_its_own_handlers",),
+    ),
+    # -- attempts are counted at claim; the claim takes runnable rows in order ---------------------
+    Mutation(
+        "attempts_not_counted_claim_jobs",
+        "attempts are counted at claim, so a job that kills its worker cannot retry forever (claim_jobs)",
+        (Edit(WORKER_SQL, "attempts = j.attempts + 1,", "attempts = j.attempts,", "claim_jobs"),),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "attempts_not_counted_claim_head",
+        "attempts are counted at claim (claim_head)",
+        (Edit(WORKER_SQL, "attempts = j.attempts + 1,", "attempts = j.attempts,", "claim_head"),),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "claim_jobs_runs_early_from_start",
+        "no job runs before its run_at (claim_jobs from the start, or lower priorities)",
+        (
+            Edit(
+                WORKER_SQL,
+                "              AND j.run_at <= notifyq.now()\n              AND (q.after_priority IS NULL",
+                "              AND (q.after_priority IS NULL",
+                "claim_jobs",
+            ),
+        ),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "claim_jobs_runs_early_after_position",
+        "no job runs before its run_at (claim_jobs continuing after a position)",
+        (
+            Edit(
+                WORKER_SQL,
+                "              AND j.run_at <= notifyq.now()\n              AND j.priority = q.after_priority",
+                "              AND j.priority = q.after_priority",
+                "claim_jobs",
+            ),
+        ),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "claim_head_runs_early",
+        "no job runs before its run_at (claim_head)",
+        (Edit(WORKER_SQL, "      AND j.run_at <= notifyq.now()\n", "", "claim_head"),),
+        (STATE_MACHINE, f"{DAEMON}::test_scheduled_job_runs_at_its_time_without_a_poll"),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "claim_head_priority_reversed",
+        "higher priority runs first",
+        (
+            Edit(
+                WORKER_SQL,
+                "ORDER BY j.priority DESC, j.run_at, j.id",
+                "ORDER BY j.priority, j.run_at, j.id",
+                "claim_head",
+            ),
+        ),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "claim_position_repeats_a_row",
+        "a claim continuing after a position starts strictly after it",
+        (
+            Edit(
+                WORKER_SQL,
+                "AND (j.run_at, j.id) > (q.after_run_at, q.after_id)",
+                "AND (j.run_at, j.id) >= (q.after_run_at, q.after_id)",
+                "claim_jobs",
+            ),
+        ),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "max_attempts_override_any_task",
+        "a task's max_attempts applies to that task's jobs only",
+        (Edit(WORKER_SQL, "WHERE o.task = j.task", "WHERE o.task IS NOT NULL", "claim_jobs"),),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "snooze_spends_the_attempt",
+        "a snooze or release gives its attempt back",
+        (Edit(WORKER_SQL, "attempts = j.attempts - o.refund,", "attempts = j.attempts,", "record_outcomes"),),
+        (STATE_MACHINE,),
+        SMALL_MACHINE,
+    ),
+    # -- the wake-up protocol --------------------------------------------------------------------
+    Mutation(
+        "trigger_never_notifies",
+        "an idle daemon is woken by NOTIFY when a job is committed",
+        (Edit(INIT_SQL, "        PERFORM pg_notify('notifyq', NEW.queue);", "        NULL;"),),
+        (f"{DAEMON}::test_psql_insert_wakes_an_idle_daemon_well_within_the_poll",),
+    ),
+    Mutation(
+        "trigger_always_notifies",
+        "producers beside a busy daemon send no NOTIFY (the gate's decision)",
+        (
+            Edit(
+                INIT_SQL,
+                "    IF pg_try_advisory_lock(7243, hashtext(NEW.queue)) THEN",
+                "    IF false THEN",
+            ),
+        ),
+        (f"{DAEMON}::test_gated_notify_only_while_a_daemon_is_idle",),
+    ),
+    Mutation(
+        "no_safety_poll",
+        "a commit no NOTIFY announced is still found within the safety poll",
+        (
+            Edit(
+                "notifyq/worker/dispatcher.py",
+                "timeout, reason = self._poll, wakeup.POLL",
+                "timeout, reason = math.inf, wakeup.POLL",
+            ),
+        ),
+        (f"{DAEMON}::test_an_unannounced_commit_costs_at_most_the_poll",),
+    ),
+    Mutation(
+        "no_listener_probe",
+        "a stalled LISTEN connection is noticed by the self-probe and replaced",
+        (
+            Edit(
+                "notifyq/listener.py",
+                "    async def _probe(self, conn: asyncpg.Connection) -> bool:\n",
+                "    async def _probe(self, conn: asyncpg.Connection) -> bool:\n        return True\n",
+            ),
+        ),
+        ("tests/faults/test_listener.py::test_blackholed_listener_is_noticed_by_the_probe",),
+    ),
+    # -- shutdown --------------------------------------------------------------------------------
+    Mutation(
+        "release_spends_the_attempt",
+        "a job cancelled at the shutdown deadline goes back without spending its attempt",
+        (
+            Edit(
+                "notifyq/worker/outcomes.py",
+                "return make(claim, OutcomeKind.RELEASED, JobState.QUEUED, refund=1)",
+                "return make(claim, OutcomeKind.RELEASED, JobState.QUEUED, refund=0)",
+            ),
+        ),
+        (f"{PROCESSES}::test_sigterm_past_the_deadline_releases_without_spending_an_attempt",),
+    ),
+    Mutation(
+        "unstarted_spends_the_attempt",
+        "buffered jobs given back (shutdown, jobs turned slow) keep their attempt",
+        (
+            Edit(
+                "notifyq/worker/outcomes.py",
+                "return make(claim, OutcomeKind.UNSTARTED, JobState.QUEUED, refund=1)",
+                "return make(claim, OutcomeKind.UNSTARTED, JobState.QUEUED, refund=0)",
+            ),
+        ),
+        (f"{DAEMON}::test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_one",),
+    ),
+    Mutation(
+        "shutdown_keeps_buffered_jobs",
+        "at shutdown, buffered jobs go back to the queue at once",
+        (
+            Edit(
+                "notifyq/worker/executor.py",
+                "        while self._buffer:\n            claim, _ = self._buffer.popleft()\n"
+                "            self._hand_off(claim, outcomes.unstarted(claim))\n",
+                "        while False:\n            claim, _ = self._buffer.popleft()\n"
+                "            self._hand_off(claim, outcomes.unstarted(claim))\n",
+            ),
+        ),
+        (f"{DAEMON}::test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_one",),
+    ),
+    # -- retries ---------------------------------------------------------------------------------
+    Mutation(
+        "backoff_does_not_grow",
+        "retries back off exponentially",
+        (
+            Edit(
+                "notifyq/retry.py",
+                "self.base_seconds * self.factor**exponent",
+                "self.base_seconds",
+            ),
+        ),
+        (
+            "tests/unit/test_backoff.py",
+            "tests/unit/test_units.py::test_backoff_grows_caps_and_never_comes_early",
+        ),
+    ),
+    Mutation(
+        "no_jitter",
+        "retries are spread by jitter",
+        (Edit("notifyq/retry.py", "return floor * (1.0 + self.jitter * draw)", "return floor"),),
+        ("tests/unit/test_backoff.py",),
+    ),
+    Mutation(
+        "jitter_comes_early",
+        "jitter only adds: a retry never runs before its backoff",
+        (
+            Edit(
+                "notifyq/retry.py",
+                "return floor * (1.0 + self.jitter * draw)",
+                "return floor * (1.0 + self.jitter * (draw - 0.5))",
+            ),
+        ),
+        ("tests/unit/test_backoff.py",),
+    ),
+    # -- the producer boundary -------------------------------------------------------------------
+    Mutation(
+        "guard_accepts_any_state",
+        "producers may only insert queued jobs",
+        (Edit(INIT_SQL, "    IF NEW.state IS DISTINCT FROM 'queued' THEN", "    IF false THEN"),),
+        ("tests/integration/test_producer.py::test_bad_rows_are_refused_naming_the_field",),
+    ),
+    Mutation(
+        "guard_accepts_attempts",
+        "producers may not insert spent attempts",
+        (Edit(INIT_SQL, "    IF NEW.attempts IS DISTINCT FROM 0 THEN", "    IF false THEN"),),
+        ("tests/integration/test_producer.py::test_bad_rows_are_refused_naming_the_field",),
+    ),
+    Mutation(
+        "guard_priority_bound",
+        "priority is refused beyond -1000..1000, naming the field",
+        (
+            Edit(
+                INIT_SQL,
+                "IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1000 AND 1000 THEN",
+                "IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1001 AND 1001 THEN",
+            ),
+            Edit(
+                INIT_SQL,
+                "CHECK (priority BETWEEN -1000 AND 1000)",
+                "CHECK (priority BETWEEN -1001 AND 1001)",
+            ),
+        ),
+        (LIMITS,),
+    ),
+    Mutation(
+        "guard_payload_bound",
+        "payloads over 1 MiB are refused, naming the field",
+        (
+            Edit(
+                INIT_SQL,
+                "IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048576 THEN",
+                "IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048577 THEN",
+            ),
+        ),
+        (LIMITS,),
+    ),
+    Mutation(
+        "dedup_ignores_running_holders",
+        "a dedup key is held while its job is queued or running",
+        (
+            Edit(
+                INIT_SQL,
+                "CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs (dedup_key)\n"
+                "    WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running');",
+                "CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs (dedup_key)\n"
+                "    WHERE dedup_key IS NOT NULL AND state IN ('queued');",
+            ),
+            Edit(
+                INIT_SQL,
+                "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running')",
+                "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued')",
+            ),
+            Edit(
+                INIT_SQL,
+                "WHERE j.dedup_key = enqueue.dedup_key AND j.state IN ('queued', 'running');",
+                "WHERE j.dedup_key = enqueue.dedup_key AND j.state IN ('queued');",
+            ),
+            Edit(
+                MANY_SQL,
+                "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running')",
+                "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued')",
+            ),
+            Edit(
+                MANY_SQL,
+                "JOIN notifyq.jobs AS j ON j.dedup_key = g.key AND j.state IN ('queued', 'running')",
+                "JOIN notifyq.jobs AS j ON j.dedup_key = g.key AND j.state IN ('queued')",
+            ),
+        ),
+        ("tests/integration/test_dedup.py",),
+    ),
+    Mutation(
+        "dedup_forever",
+        "a dedup key is free again once its job has finished",
+        (
+            Edit(
+                INIT_SQL,
+                "CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs (dedup_key)\n"
+                "    WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running');",
+                "CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs (dedup_key)\n"
+                "    WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running', 'succeeded', 'failed',"
+                " 'cancelled');",
+            ),
+        ),
+        ("tests/integration/test_dedup.py",),
+    ),
+    # -- retention -------------------------------------------------------------------------------
+    Mutation(
+        "prune_ignores_age",
+        "retention deletes only finished jobs older than the retention",
+        (
+            Edit(
+                WORKER_SQL,
+                "AND j.finished_at < notifyq.now() - make_interval(secs => $1::float8)",
+                "AND j.finished_at < notifyq.now()",
+                "prune_finished",
+            ),
+        ),
+        (RETENTION,),
+    ),
+    Mutation(
+        "prune_unfinished",
+        "retention never deletes a queued or running job",
+        (
+            Edit(
+                WORKER_SQL,
+                "j.state IN ('succeeded', 'failed', 'cancelled')",
+                "j.state IS NOT NULL",
+                "prune_finished",
+            ),
+        ),
+        (RETENTION,),
+    ),
+    Mutation(
+        "prune_unbounded",
+        "retention deletes in bounded batches",
+        (Edit(WORKER_SQL, "LIMIT $2\n", "LIMIT $2 + 1\n", "prune_finished"),),
+        (RETENTION,),
+    ),
+    Mutation(
+        "prune_live_workers",
+        "a worker is forgotten only after ten of its leases of silence",
+        (Edit(WORKER_SQL, "greatest(10 * lease_seconds, $1::float8)", "$1::float8", "prune_workers"),),
+        (RETENTION,),
+    ),
+)
