@@ -43,6 +43,8 @@ class Maintenance:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         rescue_every = self._lease_seconds / 2
+        # A short retention is pruned as often as it is long, so rows never outstay it by five minutes.
+        prune_every = min(PRUNE_SECONDS, max(self._retention, 1.0))
         now = anyio.current_time()
         due = {"rescue": now, "orphans": now, "prune": now + rescue_every}
         while True:
@@ -55,7 +57,7 @@ class Maintenance:
                     due["orphans"] = now + ORPHAN_REPORT_SECONDS
                     await self.report_orphans()
                 if now >= due["prune"]:
-                    due["prune"] = now + PRUNE_SECONDS
+                    due["prune"] = now + prune_every
                     await self.prune()
             except (DatabaseUnavailable, QueryError) as exc:
                 self._log.warning("maintenance_failed", error=str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,20 @@ class Fleet:
         self._spawned = 0
         self.daemons: list[DaemonProcess] = []
         self.kills = 0
+        self.deaths: dict[int, float] = {}  # pid -> when it died (epoch seconds), for the checker
+        self.journal = folder / "journal"  # where the recorder app writes the end of each run
+        self.journal.mkdir(exist_ok=True)
         for _ in range(size):
             self.spawn()
 
     def spawn(self) -> DaemonProcess:
-        d = DaemonProcess(self._dsn, APP, self._folder / f"daemon{self._spawned}.log", **self._settings)
+        d = DaemonProcess(
+            self._dsn,
+            APP,
+            self._folder / f"daemon{self._spawned}.log",
+            extra_env={"NOTIFYQ_RECORDER_JOURNAL": str(self.journal)},
+            **self._settings,
+        )
         self._spawned += 1
         self.daemons.append(d)
         return d
@@ -43,6 +53,7 @@ class Fleet:
         victim = rng.choice(candidates)
         victim.signal(signal.SIGKILL)
         victim.wait(10)
+        self.deaths[victim.pid] = time.time()
         self.kills += 1
         self.daemons.remove(victim)
         victim.close()
@@ -52,6 +63,7 @@ class Fleet:
         """Replace daemons that died on their own (a poison job); returns how many."""
         dead = [d for d in self.daemons if d.proc.poll() is not None]
         for d in dead:
+            self.deaths[d.pid] = time.time()  # at the latest: it died since the last look
             self.daemons.remove(d)
             d.close()
             self.spawn()

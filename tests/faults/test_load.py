@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import statistics
 import time
 import urllib.request
@@ -73,6 +74,7 @@ async def test_million_job_backlog_flat_memory_and_fast_claims(
     )
     latencies = await claim_latencies(conn, 300)
     assert "jobs_claim_idx" in plan and "Seq Scan" not in plan, plan
+    offered = {r["id"] for r in await conn.fetch("SELECT id FROM notifyq.jobs")}
 
     d = DaemonProcess(db_dsn, "tests.apps.recorder:registry", tmp_path / "d.log", concurrency=20)
     rss: list[float] = []
@@ -88,12 +90,15 @@ async def test_million_job_backlog_flat_memory_and_fast_claims(
                 break
         elapsed = time.monotonic() - started
         left = await conn.fetchval("SELECT count(*) FROM notifyq.jobs WHERE state = 'queued'")
+        d.signal(signal.SIGTERM)  # a graceful stop: what it holds goes back, so nothing stays running
+        assert d.wait(60) == 0
     finally:
         d.close()
     drained = start_left - left
-    report = checker.Report("backlog_1m", jobs_offered=backlog, jobs_finished=drained)
+    # The backlog is not drained in CI's window: every job is checked, none need have finished.
+    report = await checker.check(conn, offered, checker.Report("backlog_1m"), finish_all=False)
     warm = rss[3:] or rss
-    report.figures = {
+    report.figures |= {
         "insert_1m_seconds": round(insert_s, 1),
         "claim_ms_p50": pct(latencies, 0.5),
         "claim_ms_p99": pct(latencies, 0.99),
@@ -105,9 +110,11 @@ async def test_million_job_backlog_flat_memory_and_fast_claims(
         "plan_uses": "jobs_claim_idx",
     }
     report.save()
+    assert report.violations == [], report.violations[:10]
     assert max(warm) - min(warm) < 25, f"memory not flat: {report.figures}"
-    assert pct(latencies, 0.99) < 50, f"claim p99 too high at 1M queued: {report.figures}"
-    assert drained > 1000
+    # Claim latency is a figure here (benchmarks/ holds the targets); the plan assertion above is the
+    # guard that it stays an index scan.
+    assert drained > 1000, "liveness: the daemon drained part of the backlog"
 
 
 async def test_long_held_snapshot_while_jobs_churn(
