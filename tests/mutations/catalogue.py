@@ -64,7 +64,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "fence_complete_succeeded",
         "a plain success is written only under the job's current lease token",
         (Edit(WORKER_SQL, "  AND j.lease_token = o.token\n", "", "complete_succeeded"),),
-        (f"{FENCES}::test_complete_succeeded_is_fenced", STATE_MACHINE),
+        (f"{FENCES}::test_only_the_current_lease_token_finalizes", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
@@ -408,6 +408,23 @@ CATALOGUE: tuple[Mutation, ...] = (
         (LIMITS,),
     ),
     Mutation(
+        "guard_dedup_key_bound",
+        "an empty dedup key is refused, naming the field",
+        (
+            Edit(
+                INIT_SQL,
+                "IF NEW.dedup_key IS NOT NULL AND char_length(NEW.dedup_key) NOT BETWEEN 1 AND 200 THEN",
+                "IF NEW.dedup_key IS NOT NULL AND char_length(NEW.dedup_key) NOT BETWEEN 0 AND 200 THEN",
+            ),
+            Edit(
+                INIT_SQL,
+                "CHECK (dedup_key IS NULL OR char_length(dedup_key) BETWEEN 1 AND 200)",
+                "CHECK (dedup_key IS NULL OR char_length(dedup_key) BETWEEN 0 AND 200)",
+            ),
+        ),
+        (LIMITS,),
+    ),
+    Mutation(
         "dedup_ignores_running_holders",
         "a dedup key is held while its job is queued or running",
         (
@@ -464,7 +481,7 @@ CATALOGUE: tuple[Mutation, ...] = (
             Edit(
                 WORKER_SQL,
                 "AND j.finished_at < notifyq.now() - make_interval(secs => $1::float8)",
-                "AND j.finished_at < notifyq.now()",
+                "AND j.finished_at < notifyq.now() - make_interval(secs => $1::float8 * 0)",
                 "prune_finished",
             ),
         ),

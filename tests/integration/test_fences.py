@@ -1,0 +1,391 @@
+"""Lease fencing of every statement that writes a claimed row: complete_succeeded, record_outcomes,
+extend_leases (the heartbeat) and rescue_expired.
+
+The statements run exactly as the daemon runs them (`queries.get`), on one session whose database clock
+is pinned with `notifyq.now`, so leases expire by moving that clock instead of waiting. A write is
+"nothing" when the statement returns no id and the row, down to its xmin, is what it was before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from notifyq import queries
+
+pytestmark = pytest.mark.timeout(30)
+
+T0 = datetime(2031, 3, 1, 12, 0, tzinfo=UTC)
+WORKER = uuid.UUID("00000000-0000-0000-0000-00000000f00d")
+LEASE = 30.0
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def set_clock(conn: asyncpg.Connection, when: datetime) -> None:
+    """Pin notifyq.now() for this session (every worker statement reads it)."""
+    await conn.execute(f"SET notifyq.now = '{when.isoformat()}'")
+    assert await conn.fetchval("SELECT notifyq.now()") == when
+
+
+async def snapshot(conn: asyncpg.Connection, job_id: int) -> dict[str, Any]:
+    """The whole row plus its xmin: any write, even one that stores the same values, changes xmin."""
+    row = await conn.fetchrow("SELECT xmin::text AS row_version, * FROM notifyq.jobs WHERE id = $1", job_id)
+    assert row is not None
+    return dict(row)
+
+
+async def insert_job(conn: asyncpg.Connection, task: str = "t", max_attempts: int = 5) -> int:
+    job_id: int = await conn.fetchval(
+        "INSERT INTO notifyq.jobs (task, max_attempts) VALUES ($1, $2) RETURNING id", task, max_attempts
+    )
+    return job_id
+
+
+async def claim_head(
+    conn: asyncpg.Connection, task: str = "t", lease: float = LEASE, max_attempts: int | None = None
+) -> asyncpg.Record:
+    rows = await conn.fetch(queries.get("claim_head"), "default", [task], [max_attempts], 1, lease, WORKER)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def claim_jobs(
+    conn: asyncpg.Connection, task: str = "t", lease: float = LEASE, max_attempts: int | None = None
+) -> asyncpg.Record:
+    rows = await conn.fetch(
+        queries.get("claim_jobs"),
+        ["default"],
+        [task],
+        [max_attempts],
+        1,
+        lease,
+        WORKER,
+        [None],
+        [None],
+        [None],
+    )
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+# -- the writers, each exactly as the daemon sends it ---------------------------------------------------
+
+Writer = Callable[[asyncpg.Connection, int, uuid.UUID], Awaitable[list[int]]]
+
+
+async def complete(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
+    rows = await conn.fetch(queries.get("complete_succeeded"), [job_id], [token])
+    return [r["id"] for r in rows]
+
+
+def record(state: str, delay: float, refund: int, error: str | None, result: str | None) -> Writer:
+    async def write(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
+        rows = await conn.fetch(
+            queries.get("record_outcomes"), [job_id], [token], [state], [delay], [refund], [error], [result]
+        )
+        return [r["id"] for r in rows]
+
+    return write
+
+
+def heartbeat(lease: float = LEASE) -> Writer:
+    async def write(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
+        rows = await conn.fetch(
+            queries.get("extend_leases"),
+            [job_id],
+            [token],
+            lease,
+            WORKER,
+            "test-host",
+            4242,
+            ["default"],
+            ["t"],
+            10,
+        )
+        return [r["id"] for r in rows]
+
+    return write
+
+
+# Each writer, and what the current token's write must leave in the row when it runs at `now` on a row
+# claimed for its `attempts`th attempt.
+def expect_succeeded(row: dict[str, Any], now: datetime, attempts: int) -> None:
+    assert row["state"] == "succeeded"
+    assert row["finished_at"] == now
+    assert row["result"] is None
+    assert row["attempts"] == attempts
+
+
+def expect_succeeded_with_result(row: dict[str, Any], now: datetime, attempts: int) -> None:
+    assert row["state"] == "succeeded"
+    assert row["finished_at"] == now
+    assert row["result"] == '{"rows": 42}'
+    assert row["attempts"] == attempts
+
+
+def expect_retried(row: dict[str, Any], now: datetime, attempts: int) -> None:
+    assert row["state"] == "queued"
+    assert row["run_at"] == now + timedelta(seconds=7.5)
+    assert row["attempts"] == attempts  # a retry spends the attempt
+    assert row["last_error"] == "RuntimeError: boom"
+    assert row["finished_at"] is None
+
+
+def expect_failed(row: dict[str, Any], now: datetime, attempts: int) -> None:
+    assert row["state"] == "failed"
+    assert row["finished_at"] == now
+    assert row["attempts"] == attempts
+    assert row["last_error"] == "RuntimeError: final"
+
+
+def expect_snoozed(row: dict[str, Any], now: datetime, attempts: int) -> None:
+    assert row["state"] == "queued"
+    assert row["run_at"] == now + timedelta(seconds=60)
+    assert row["attempts"] == attempts - 1  # a snooze gives the attempt back
+    assert row["finished_at"] is None
+
+
+def expect_released(row: dict[str, Any], now: datetime, attempts: int) -> None:
+    assert row["state"] == "queued"
+    assert row["run_at"] == now
+    assert row["attempts"] == attempts - 1  # a shutdown release gives the attempt back
+    assert row["finished_at"] is None
+
+
+FINALIZERS: dict[str, tuple[Writer, Callable[[dict[str, Any], datetime, int], None]]] = {
+    "complete_succeeded": (complete, expect_succeeded),
+    "record_success_with_result": (
+        record("succeeded", 0.0, 0, None, '{"rows": 42}'),
+        expect_succeeded_with_result,
+    ),
+    "record_retry": (record("queued", 7.5, 0, "RuntimeError: boom", None), expect_retried),
+    "record_failure": (record("failed", 0.0, 0, "RuntimeError: final", None), expect_failed),
+    "record_snooze": (record("queued", 60.0, 1, None, None), expect_snoozed),
+    "record_release": (record("queued", 0.0, 1, None, None), expect_released),
+}
+
+
+async def stale_and_current_tokens(conn: asyncpg.Connection) -> tuple[int, uuid.UUID, uuid.UUID]:
+    """A job claimed (claim_head), lost to lease expiry and rescue, and claimed again (claim_jobs):
+    returns its id, the stale token of the first claim and the current token of the second."""
+    await set_clock(conn, T0)
+    job_id = await insert_job(conn)
+    first = await claim_head(conn)
+    assert first["id"] == job_id and first["attempts"] == 1
+    await set_clock(conn, at(LEASE + 1))
+    rescued = await conn.fetch(queries.get("rescue_expired"), 100)
+    assert [(r["id"], r["state"]) for r in rescued] == [(job_id, "queued")]
+    second = await claim_jobs(conn)
+    assert second["id"] == job_id and second["attempts"] == 2
+    assert second["lease_token"] != first["lease_token"]
+    return job_id, first["lease_token"], second["lease_token"]
+
+
+async def assert_writes_nothing(
+    conn: asyncpg.Connection, write: Writer, job_id: int, token: uuid.UUID
+) -> None:
+    before = await snapshot(conn, job_id)
+    assert await write(conn, job_id, token) == []
+    assert await snapshot(conn, job_id) == before
+
+
+@pytest.mark.parametrize("name", list(FINALIZERS))
+async def test_only_the_current_lease_token_finalizes(conn: asyncpg.Connection, name: str) -> None:
+    write, expect = FINALIZERS[name]
+    job_id, stale, current = await stale_and_current_tokens(conn)
+
+    # The daemon that lost the lease comes back late: nothing it sends lands.
+    await assert_writes_nothing(conn, write, job_id, stale)
+    # Nor does a token nobody was ever given.
+    await assert_writes_nothing(conn, write, job_id, uuid.uuid4())
+
+    now = at(LEASE + 10)
+    await set_clock(conn, now)
+    assert await write(conn, job_id, current) == [job_id]
+    row = await snapshot(conn, job_id)
+    expect(row, now, 2)
+    assert (row["lease_token"], row["leased_until"], row["worker_id"]) == (None, None, None)
+
+    # Once written, even the token that wrote it cannot write again (the lease is gone).
+    await assert_writes_nothing(conn, write, job_id, current)
+    await assert_writes_nothing(conn, write, job_id, stale)
+
+
+async def test_only_the_current_lease_token_heartbeats(conn: asyncpg.Connection) -> None:
+    job_id, stale, current = await stale_and_current_tokens(conn)
+    beat = heartbeat(45.0)
+
+    await set_clock(conn, at(LEASE + 5))
+    await assert_writes_nothing(conn, beat, job_id, stale)
+    await assert_writes_nothing(conn, beat, job_id, uuid.uuid4())
+
+    before = await snapshot(conn, job_id)
+    assert await beat(conn, job_id, current) == [job_id]
+    after = await snapshot(conn, job_id)
+    assert after["leased_until"] == at(LEASE + 5 + 45.0)
+    # Only the lease moved.
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"leased_until", "row_version"}
+    assert (after["state"], after["lease_token"]) == ("running", current)
+
+
+async def test_heartbeat_extends_to_now_plus_the_lease_exactly(conn: asyncpg.Connection) -> None:
+    await set_clock(conn, T0)
+    a = await insert_job(conn)
+    b = await insert_job(conn)
+    claim_a = await claim_head(conn, lease=LEASE)
+    claim_b = await claim_jobs(conn, lease=LEASE)
+    assert {claim_a["id"], claim_b["id"]} == {a, b}
+    assert await conn.fetchval("SELECT leased_until FROM notifyq.jobs WHERE id = $1", a) == at(LEASE)
+
+    # A heartbeat a third into the lease, with a fractional lease length: exactly now + lease for every
+    # held job, in one statement, and not a microsecond less.
+    now = at(LEASE / 3)
+    await set_clock(conn, now)
+    held = {claim_a["id"]: claim_a["lease_token"], claim_b["id"]: claim_b["lease_token"]}
+    rows = await conn.fetch(
+        queries.get("extend_leases"),
+        list(held),
+        list(held.values()),
+        12.5,
+        WORKER,
+        "test-host",
+        4242,
+        ["default"],
+        ["t"],
+        10,
+    )
+    assert {r["id"] for r in rows} == {a, b}
+    leases = await conn.fetch("SELECT id, leased_until FROM notifyq.jobs ORDER BY id")
+    assert [(r["id"], r["leased_until"]) for r in leases] == [
+        (a, now + timedelta(seconds=12.5)),
+        (b, now + timedelta(seconds=12.5)),
+    ]
+    # And the worker row it keeps fresh.
+    worker = await conn.fetchrow("SELECT last_seen, running FROM notifyq.workers WHERE id = $1", WORKER)
+    assert worker["running"] == 2
+
+    # A later beat with the daemon's usual lease: the lease runs from the beat, never from before it.
+    later = at(LEASE * 2 / 3)
+    await set_clock(conn, later)
+    await heartbeat(LEASE)(conn, a, claim_a["lease_token"])
+    assert await conn.fetchval("SELECT leased_until FROM notifyq.jobs WHERE id = $1", a) == later + timedelta(
+        seconds=LEASE
+    )
+
+
+# -- an operator cancels a running job by hand ----------------------------------------------------------
+
+HAND_CANCEL = "UPDATE notifyq.jobs SET state = 'cancelled', finished_at = now() WHERE id = $1"
+HAND_CANCEL_CLEARING_THE_LEASE = (
+    "UPDATE notifyq.jobs SET state = 'cancelled', finished_at = now(),"
+    " lease_token = NULL, leased_until = NULL, worker_id = NULL WHERE id = $1"
+)
+
+
+async def rescue_writer(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
+    """Another daemon's rescue, run once the (former) lease has expired."""
+    await set_clock(conn, at(LEASE * 3))
+    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    return [r["id"] for r in rows]
+
+
+LATE_WRITERS: dict[str, Writer] = {
+    **{name: writer for name, (writer, _) in FINALIZERS.items()},
+    "heartbeat": heartbeat(),
+    "rescue_expired": rescue_writer,
+}
+
+
+@pytest.mark.parametrize("clears_lease", [False, True], ids=["lease_left", "lease_cleared"])
+@pytest.mark.parametrize("name", list(LATE_WRITERS))
+async def test_a_hand_cancelled_job_is_never_overwritten_by_a_late_write(
+    conn: asyncpg.Connection, name: str, clears_lease: bool
+) -> None:
+    write = LATE_WRITERS[name]
+    await set_clock(conn, T0)
+    job_id = await insert_job(conn)
+    token = (await claim_head(conn))["lease_token"]
+    await set_clock(conn, at(5))
+    running = await snapshot(conn, job_id)
+
+    try:
+        await conn.execute(HAND_CANCEL_CLEARING_THE_LEASE if clears_lease else HAND_CANCEL, job_id)
+    except asyncpg.CheckViolationError as exc:
+        # Refused: a cancelled row cannot keep a lease. The job is still the daemon's, untouched.
+        assert not clears_lease
+        assert exc.sqlstate == "23514"
+        assert exc.constraint_name == "jobs_lease_only_when_running"
+        assert await snapshot(conn, job_id) == running
+        return
+
+    cancelled = await snapshot(conn, job_id)
+    assert cancelled["state"] == "cancelled" and cancelled["finished_at"] is not None
+    # The daemon that ran it writes late with the token that was current when it was cancelled.
+    assert await write(conn, job_id, token) == []
+    assert await snapshot(conn, job_id) == cancelled
+
+
+# -- rescue ----------------------------------------------------------------------------------------------
+
+
+async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection) -> None:
+    await set_clock(conn, T0)
+    tasks = ["expired", "spent", "live", "edge", "queued", "succeeded", "failed", "cancelled"]
+    ids = {task: await insert_job(conn, task, max_attempts=3) for task in tasks}
+    await conn.execute("UPDATE notifyq.jobs SET run_at = $1 WHERE task = 'queued'", T0 - timedelta(days=400))
+
+    await claim_head(conn, "expired", lease=10)  # expires at T0+10
+    spent = await claim_jobs(conn, "spent", lease=10, max_attempts=1)  # expires, attempts spent
+    assert spent["attempts"] == spent["max_attempts"] == 1
+    await claim_head(conn, "live", lease=100)  # live at T0+50
+    await claim_jobs(conn, "edge", lease=50)  # leased until exactly T0+50: not yet expired
+    for task in ("succeeded", "failed"):
+        claimed = await claim_head(conn, task, lease=10)
+        state = "succeeded" if task == "succeeded" else "failed"
+        await record(state, 0.0, 0, None, None)(conn, claimed["id"], claimed["lease_token"])
+    await conn.execute(
+        "UPDATE notifyq.jobs SET state = 'cancelled', finished_at = $1 WHERE task = 'cancelled'", T0
+    )
+
+    untouched = ["live", "edge", "queued", "succeeded", "failed", "cancelled"]
+    before = {task: await snapshot(conn, ids[task]) for task in untouched}
+    now = at(50)
+    await set_clock(conn, now)
+    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    assert sorted((r["id"], r["state"], r["attempts"]) for r in rows) == sorted(
+        [(ids["expired"], "queued", 1), (ids["spent"], "failed", 1)]
+    )
+
+    requeued = await snapshot(conn, ids["expired"])
+    assert requeued["state"] == "queued"
+    assert requeued["attempts"] == 1  # the attempt the lost run used stays spent
+    assert requeued["run_at"] == now
+    assert requeued["finished_at"] is None
+    assert (requeued["lease_token"], requeued["leased_until"], requeued["worker_id"]) == (None, None, None)
+    assert requeued["last_error"] == f"LeaseExpired: worker {WORKER} stopped heartbeating during attempt 1"
+
+    failed = await snapshot(conn, ids["spent"])
+    assert failed["state"] == "failed"
+    assert failed["attempts"] == 1
+    assert failed["finished_at"] == now
+    assert (failed["lease_token"], failed["leased_until"], failed["worker_id"]) == (None, None, None)
+    assert failed["last_error"].startswith("LeaseExpired:")
+
+    for task in untouched:
+        assert await snapshot(conn, ids[task]) == before[task], task
+
+    # A microsecond later the edge lease has expired too, and only it is taken.
+    await set_clock(conn, now + timedelta(microseconds=1))
+    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    assert [(r["id"], r["state"]) for r in rows] == [(ids["edge"], "queued")]
+    for task in ("live", "queued", "succeeded", "failed", "cancelled"):
+        assert await snapshot(conn, ids[task]) == before[task], task
