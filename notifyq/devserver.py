@@ -11,6 +11,7 @@ import importlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -149,10 +150,20 @@ def run_dev(*, data_dir: str | None, port: int, app: str, demo_jobs: int, echo: 
 
     folder = Path(data_dir) if data_dir else Path(tempfile.gettempdir()) / f"notifyq-dev-{os.getuid()}"
     cluster = PrivateCluster(folder, port or free_port())
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # SIGHUP (a closed terminal) and a SIGTERM before the daemon handles it: leave through the
+        # `finally` below, so that the private Postgres (a daemon of its own) is never orphaned.
+        if not stopping:
+            raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     echo(f"notifyq dev: starting a private Postgres in {cluster.data_dir} on port {cluster.port}")
     cluster.init()
-    cluster.start()
     try:
+        cluster.start()
         registry = load_app(app)
         module = importlib.import_module(app.partition(":")[0])
         settings = load_settings(
@@ -173,6 +184,11 @@ def run_dev(*, data_dir: str | None, port: int, app: str, demo_jobs: int, echo: 
             _dev_main, settings, Daemon(settings, registry), module, demo_jobs, backend_options=loop_options()
         )
     finally:
+        stopping = True
+        # The daemon's SIGTERM handling ends with it (asyncio restores the default, which would kill us
+        # before Postgres is stopped): ignore further signals until it is.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, on_signal)
         echo("notifyq dev: stopping the private Postgres")
         cluster.stop()
 

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from notifyq import migrate
-from tests.support import ADMIN_DSN, dsn_for
+from tests.support import ADMIN_DSN, ScratchRoles, dsn_for
 
 _counter = itertools.count()
 _PREFIX = f"nq_test_{os.getpid()}"
@@ -43,9 +43,12 @@ def template_db() -> Iterator[str]:
         finally:
             await conn.close()
 
-    anyio.run(build)
-    yield TEMPLATE
-    anyio.run(_admin, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+    try:
+        anyio.run(build)
+        yield TEMPLATE
+    finally:
+        # Also when the build failed half-way: the template must not outlive the session.
+        anyio.run(_admin, f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -64,6 +67,19 @@ async def empty_dsn() -> AsyncIterator[str]:
     await _admin(f"CREATE DATABASE {name}")
     yield dsn_for(name)
     await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def scratch_roles(empty_dsn: str) -> AsyncIterator[ScratchRoles]:
+    """Role names of this test's own (see ScratchRoles), for use in `empty_dsn`; dropped afterwards, before
+    the database itself (this fixture is set up after `empty_dsn`, so it is torn down first)."""
+    roles = ScratchRoles(f"{_PREFIX}_r{next(_counter)}")
+    yield roles
+    admin = await asyncpg.connect(empty_dsn)
+    try:
+        await roles.drop(admin)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

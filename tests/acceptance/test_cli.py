@@ -8,12 +8,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import asyncpg
 import pytest
 
 from notifyq.devserver import PrivateCluster
-from tests.support import ROOT, cli
+from tests.support import (
+    ADMIN_HOST,
+    ADMIN_PASSWORD,
+    ADMIN_PORT,
+    ADMIN_USER,
+    ROOT,
+    cli,
+    database_of,
+    stop_cluster_at,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,49 +102,86 @@ async def test_check_warns_about_jobs_no_handler_takes(conn: asyncpg.Connection,
     assert "hello.greet" not in done.stdout.split("WARN", 1)[1]
 
 
+def _start_dev(data: Path, log: Path, out: IO[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "notifyq",
+            "dev",
+            "--data-dir",
+            str(data),
+            "--jobs",
+            "6",
+            "--log-format",
+            "json",
+        ],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_in_log(proc: subprocess.Popen[bytes], log: Path, needle: str, count: int, timeout: float) -> None:
+    """Wait until `needle` appears `count` times in the log (polled: the log is another process's)."""
+    deadline = time.monotonic() + timeout
+    while log.read_text().count(needle) < count:
+        assert proc.poll() is None, f"notifyq dev exited ({proc.returncode}): {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {count} x {needle} in {timeout}s: {log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def _end_dev(proc: subprocess.Popen[bytes], data: Path) -> None:
+    """On any path out of a `notifyq dev` test: SIGKILL it if it still runs, then stop the private
+    Postgres it started (a daemon of its own, which a SIGKILLed `notifyq dev` leaves running)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    stop_cluster_at(data)
+
+
 @pytest.mark.timeout(120)
 def test_dev_runs_jobs_on_a_private_postgres_and_stops_on_ctrl_c(pg_tmp: Path) -> None:
     data = pg_tmp / "pg"
     log = pg_tmp / "dev.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "notifyq",
-                "dev",
-                "--data-dir",
-                str(data),
-                "--jobs",
-                "6",
-                "--log-format",
-                "json",
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = _start_dev(data, log, out)
         try:
-            finished = 0
-            deadline = time.monotonic() + 90
-            while finished < 6 and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.1)
-                finished = log.read_text().count('"event":"job_finished"')
-            assert finished >= 6, log.read_text()[-3000:]
+            _wait_in_log(proc, log, '"event":"job_finished"', 6, 90)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(30) == 0, log.read_text()[-3000:]
+            stopped = not PrivateCluster(data, 0).running()
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _end_dev(proc, data)
     text = log.read_text()
     assert "stopping the private Postgres" in text
-    assert not PrivateCluster(data, 0).running(), "the private Postgres was stopped"
+    assert stopped, "the private Postgres was stopped"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_dev_stops_its_private_postgres_on_sigterm_and_sighup(pg_tmp: Path, sig: signal.Signals) -> None:
+    data = pg_tmp / "pg"
+    log = pg_tmp / "dev.log"
+    with open(log, "w") as out:
+        proc = _start_dev(data, log, out)
+        try:
+            _wait_in_log(proc, log, '"event":"daemon_ready"', 1, 90)
+            proc.send_signal(sig)
+            proc.wait(30)
+            stopped = not PrivateCluster(data, 0).running()
+        finally:
+            _end_dev(proc, data)
+    assert "stopping the private Postgres" in log.read_text(), log.read_text()[-3000:]
+    assert stopped, f"the private Postgres outlived notifyq dev after {sig.name}"
 
 
 def test_libpq_environment_is_used_when_dsn_is_unset(db_dsn: str) -> None:
-    database = db_dsn.rsplit("/", 1)[1]
-    env = {"PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres", "PGDATABASE": database}
-    done = cli("check", env={k: v for k, v in env.items()})
+    database = database_of(db_dsn)
+    env = {"PGHOST": ADMIN_HOST, "PGPORT": str(ADMIN_PORT), "PGUSER": ADMIN_USER, "PGDATABASE": database}
+    if ADMIN_PASSWORD is not None:
+        env["PGPASSWORD"] = ADMIN_PASSWORD
+    done = cli("check", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "connected to (from PG* environment variables)" in done.stdout
 

@@ -9,22 +9,21 @@ import asyncpg
 import pytest
 
 from notifyq import migrate
-from notifyq.devserver import PrivateCluster, free_port
+from notifyq.devserver import PrivateCluster
 from tests.faults import checker
+from tests.support import private_cluster
 
 
 @pytest.fixture
 async def cluster(pg_tmp: Path) -> AsyncIterator[PrivateCluster]:
     """A throwaway Postgres of this test's own, migrated, with the checker's audit installed: for
-    scenarios that stop or break the server (never the shared one)."""
-    c = PrivateCluster(pg_tmp / "pg", free_port())
-    c.init()
-    c.start()
-    conn = await asyncpg.connect(c.dsn)
-    try:
-        await migrate.apply(conn)
-        await checker.install(conn)
-    finally:
-        await conn.close()
-    yield c
-    c.stop("immediate")
+    scenarios that stop or break the server (never the shared one). Stopped on every path, also when
+    the start, the migration or the audit install fails."""
+    with private_cluster(pg_tmp / "pg") as c:
+        conn = await asyncpg.connect(c.dsn)
+        try:
+            await migrate.apply(conn)
+            await checker.install(conn)
+        finally:
+            await conn.close()
+        yield c

@@ -113,23 +113,34 @@ async def test_metric_labels_stay_bounded(conn: asyncpg.Connection, db_dsn: str)
     async def known(job: Job) -> None:
         pass
 
-    # 300 queues and 600 task names no handler knows, as a careless or hostile producer might send.
+    # Three times as many queues as there may be labels, and a task name per row that no handler knows, as
+    # a careless or hostile producer might send: MAX_QUEUE_LABELS busy queues (3 jobs each) and twice as
+    # many quiet ones (1 job each). None is served, so the jobs stay queued and every reading sees them.
+    busy = [f"busy{i}" for i in range(MAX_QUEUE_LABELS)]
+    quiet = [f"quiet{i}" for i in range(2 * MAX_QUEUE_LABELS)]
+    assert len(busy) + len(quiet) > MAX_QUEUE_LABELS + 2, "the data must exceed the bound under test"
     await conn.execute(
-        "INSERT INTO notifyq.jobs (task, queue) SELECT 'task-' || g, 'q' || (g % 300) FROM generate_series(1, 600) g"
+        "INSERT INTO notifyq.jobs (task, queue)"
+        " SELECT 'task-' || row_number() OVER (), q FROM unnest($1::text[]) q, generate_series(1, 3)"
+        " UNION ALL SELECT 'task-quiet-' || q, q FROM unnest($2::text[]) q",
+        busy,
+        quiet,
     )
     async with running_daemon(db_dsn, registry, http_address="127.0.0.1:0", stats_interval_seconds=1) as d:
         assert d.http is not None
         await wait_for(
-            lambda: d.metrics.registry.get_sample_value("notifyq_jobs_without_handler", {"queue": "other"}),
+            lambda: d.metrics.registry.get_sample_value("notifyq_stats_last_refresh_timestamp_seconds"),
             10,
-            "the gauges to refresh",
+            "the database gauges to refresh",
         )
         text = await anyio.to_thread.run_sync(lambda: _get(d.http.bound_port))  # type: ignore[union-attr]
     queues = set(re.findall(r'queue="([^"]+)"', text))
     tasks = set(re.findall(r'task="([^"]+)"', text))
-    # The served queue, at most MAX_QUEUE_LABELS queues that have jobs, and `other` for the rest.
+    # The served queue, the MAX_QUEUE_LABELS busiest queues, and `other` for the rest: no more, no fewer.
     assert len(queues) <= MAX_QUEUE_LABELS + 2, f"{len(queues)} queue labels"
-    assert "other" in queues
+    assert queues == {"default", "other", *busy}, sorted(queues)
+    folded = re.search(r'^notifyq_jobs_without_handler\{queue="other"\} (\S+)$', text, re.M)
+    assert folded is not None and float(folded.group(1)) == len(quiet), "the quiet queues fold into `other`"
     assert tasks <= {"known", "other"}, tasks
 
 

@@ -12,7 +12,6 @@ import anyio
 import asyncpg
 import pytest
 
-from notifyq.devserver import free_port
 from tests.apps.recorder import SCHEMA
 from tests.faults import checker
 from tests.support import DaemonProcess, wait_for
@@ -121,11 +120,11 @@ async def test_sigstop_past_the_lease_is_fenced(
     runs: asyncpg.Connection, db_dsn: str, daemons: list, tmp_path: Path
 ) -> None:
     await checker.install(runs)
-    port = free_port()
     stale = spawn(
-        daemons, tmp_path, db_dsn, lease_seconds=2, poll_interval_seconds=1, http_address=f"127.0.0.1:{port}"
+        daemons, tmp_path, db_dsn, lease_seconds=2, poll_interval_seconds=1, http_address="127.0.0.1:0"
     )
     await stale.wait_event("daemon_ready")
+    port = await stale.http_port()  # bound by the daemon itself: no port picked ahead and raced for
     # Long enough that the stale handler is still running when it wakes up, whatever the timing.
     [job_id] = await insert_jobs(runs, 1, '{"first_seconds": 60}')
     await wait_for(

@@ -10,52 +10,58 @@ import asyncpg
 import pytest
 
 from notifyq import NewJob, enqueue_many
-from notifyq.devserver import free_port
 from tests.apps.recorder import SCHEMA
-from tests.support import ROOT, DaemonProcess, cli, wait_for
+from tests.support import (
+    ADMIN_HOST,
+    ADMIN_USER,
+    ROOT,
+    SHIPPED_ROLES,
+    DaemonProcess,
+    ScratchRoles,
+    cli,
+    wait_for,
+    with_login,
+)
 
 pytestmark = pytest.mark.timeout(90)
-LOGINS = {
-    "owner": "notifyq_owner",
-    "producer": "notifyq_producer",
-    "worker": "notifyq_worker",
-    "observer": "notifyq_observer",
-}
+WHO = ("owner", "producer", "worker", "observer")
 
 
-def as_login(dsn: str, who: str) -> str:
-    return dsn.replace("postgres@", f"nq_test_{who}@", 1)
+async def test_each_role_logged_in_can_do_its_job_and_no_more(
+    empty_dsn: str, scratch_roles: ScratchRoles, tmp_path: Path
+) -> None:
+    # The shipped role scripts with this test's own role names (roles are cluster-wide; see ScratchRoles),
+    # and a login of this test's own in each role.
+    roles = dict(zip(WHO, (scratch_roles.name(r) for r in SHIPPED_ROLES), strict=True))
 
+    def as_login(who: str) -> str:
+        return with_login(empty_dsn, user=scratch_roles.name(f"login_{who}"))
 
-async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tmp_path: Path) -> None:
     admin = await asyncpg.connect(empty_dsn)
     try:
-        await admin.execute((ROOT / "sql/roles/01_create_roles.sql").read_text())
-        for who, role in LOGINS.items():
-            exists = await admin.fetchval(
-                "SELECT count(*) FROM pg_roles WHERE rolname = $1", f"nq_test_{who}"
-            )
-            if not exists:
-                await admin.execute(f"CREATE ROLE nq_test_{who} LOGIN")
-            await admin.execute(f"GRANT {role} TO nq_test_{who}")
-            await admin.execute(f"ALTER ROLE nq_test_{who} SET role = {role}")
+        await admin.execute(scratch_roles.script(ROOT / "sql/roles/01_create_roles.sql"))
+        for who, role in roles.items():
+            login = scratch_roles.name(f"login_{who}")
+            await admin.execute(f"CREATE ROLE {login} LOGIN")
+            await admin.execute(f"GRANT {role} TO {login}")
+            await admin.execute(f"ALTER ROLE {login} SET role = {role}")
         # The recorder test app's own table (PG15 lets only owners create in public).
         await admin.execute(SCHEMA)
-        await admin.execute("GRANT SELECT, INSERT, UPDATE ON public.test_runs TO notifyq_worker")
+        await admin.execute(f"GRANT SELECT, INSERT, UPDATE ON public.test_runs TO {roles['worker']}")
     finally:
         await admin.close()
 
     # The owner migrates without superuser, then applies the GRANT set.
-    migrated = cli("migrate", "--dsn", as_login(empty_dsn, "owner"))
+    migrated = cli("migrate", "--dsn", as_login("owner"))
     assert migrated.returncode == 0, migrated.stderr
-    owner = await asyncpg.connect(as_login(empty_dsn, "owner"))
+    owner = await asyncpg.connect(as_login("owner"))
     try:
         assert not await owner.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        await owner.execute((ROOT / "sql/roles/02_grants.sql").read_text())
+        await owner.execute(scratch_roles.script(ROOT / "sql/roles/02_grants.sql"))
     finally:
         await owner.close()
 
-    producer = await asyncpg.connect(as_login(empty_dsn, "producer"))
+    producer = await asyncpg.connect(as_login("producer"))
     try:
         await producer.execute("INSERT INTO notifyq.jobs (task) VALUES ('rec.work')")
         assert await producer.fetchval("SELECT notifyq.enqueue('rec.work', dedup_key => 'once')") > 0
@@ -75,10 +81,10 @@ async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tm
         await producer.close()
 
     # The daemon runs as the worker role: its GRANTs are enough for the whole job path.
-    d = DaemonProcess(as_login(empty_dsn, "worker"), "tests.apps.recorder:registry", tmp_path / "d.log")
+    d = DaemonProcess(as_login("worker"), "tests.apps.recorder:registry", tmp_path / "d.log")
     try:
         await d.wait_event("daemon_ready")
-        worker = await asyncpg.connect(as_login(empty_dsn, "worker"))
+        worker = await asyncpg.connect(as_login("worker"))
         try:
             try:
                 await wait_for(
@@ -102,9 +108,9 @@ async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tm
     finally:
         d.close()
 
-    status = cli("status", "--json", "--dsn", as_login(empty_dsn, "observer"))
+    status = cli("status", "--json", "--dsn", as_login("observer"))
     assert status.returncode == 0, status.stderr
-    observer = await asyncpg.connect(as_login(empty_dsn, "observer"))
+    observer = await asyncpg.connect(as_login("observer"))
     try:
         assert await observer.fetchval("SELECT count(*) FROM notifyq.jobs") == 3
         for sql in ("DELETE FROM notifyq.jobs", "INSERT INTO notifyq.jobs (task) VALUES ('t')"):
@@ -116,27 +122,26 @@ async def test_each_role_logged_in_can_do_its_job_and_no_more(empty_dsn: str, tm
 
 async def test_passwords_never_reach_logs_metrics_or_errors(db_dsn: str, tmp_path: Path) -> None:
     # Trust auth ignores the passwords, so the daemon runs; they must still never be shown.
-    database = db_dsn.rsplit("/", 1)[1]
-    dsn = f"postgresql://postgres:hunter2@127.0.0.1:5432/{database}"
-    listen = f"postgresql://postgres@127.0.0.1:5432/{database}?password=hunter3"
-    port = free_port()
+    dsn = with_login(db_dsn, user=ADMIN_USER, password="hunter2")
+    listen = with_login(db_dsn, user=ADMIN_USER, query="password=hunter3")
     d = DaemonProcess(
         dsn,
         "tests.apps.recorder:registry",
         tmp_path / "d.log",
         listen_dsn=listen,
-        http_address=f"127.0.0.1:{port}",
+        http_address="127.0.0.1:0",
         log_level="debug",
     )
     try:
         await d.wait_event("daemon_ready")
+        port = await d.http_port()
         metrics = await anyio.to_thread.run_sync(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         )
     finally:
         d.close()
     logs = d.log_path.read_text()
-    assert "postgres:***@127.0.0.1" in logs
+    assert f"{ADMIN_USER}:***@{ADMIN_HOST}" in logs
     for secret in ("hunter2", "hunter3"):
         assert secret not in logs and secret not in metrics
     # And when the connection fails, the error names the place without the secret.

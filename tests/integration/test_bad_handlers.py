@@ -142,7 +142,8 @@ async def test_sync_handler_keeps_its_slot_until_the_thread_returns(
     @registry.task("sync.slow", timeout=0.2, max_attempts=1)
     def slow(job: Job) -> None:
         timeline.append(("start", job.id, time.monotonic()))
-        time.sleep(0.8)  # cannot be interrupted
+        # The fault itself: a sync handler overrunning its 0.2 s timeout (a thread cannot be interrupted).
+        time.sleep(0.8)
         timeline.append(("end", job.id, time.monotonic()))
 
     first = await enqueue(conn, "sync.slow")

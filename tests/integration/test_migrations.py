@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from notifyq.devserver import pg_bindir
-from tests.support import ROOT
+from tests.support import ROOT, SHIPPED_ROLES, ScratchRoles
 
 pytestmark = pytest.mark.timeout(60)
 SNAPSHOT = ROOT / "tests" / "snapshots" / "schema.sql"
@@ -144,30 +144,35 @@ def _normalized_dump(dsn: str) -> str:
 
 async def test_schema_matches_the_checked_in_snapshot(db_dsn: str) -> None:
     dump = _normalized_dump(db_dsn)
-    if os.environ.get("NOTIFYQ_UPDATE_SNAPSHOT"):
+    # Read before any regeneration: the comparison is always against the snapshot as it was checked in.
+    expected = SNAPSHOT.read_text() if SNAPSHOT.exists() else ""
+    if dump != expected and os.environ.get("NOTIFYQ_UPDATE_SNAPSHOT") == "1":
         SNAPSHOT.write_text(dump)
-    assert dump == SNAPSHOT.read_text(), (
+        pytest.fail(
+            "regenerated tests/snapshots/schema.sql (NOTIFYQ_UPDATE_SNAPSHOT=1): review the diff, then "
+            "rerun without NOTIFYQ_UPDATE_SNAPSHOT; a regenerating run never passes"
+        )
+    assert dump == expected, (
         "the migrations no longer produce tests/snapshots/schema.sql; if that is intended, "
         "rerun with NOTIFYQ_UPDATE_SNAPSHOT=1 and review the diff"
     )
 
 
-async def test_least_privilege_roles(empty_dsn: str) -> None:
+async def test_least_privilege_roles(empty_dsn: str, scratch_roles: ScratchRoles) -> None:
+    # The shipped scripts, with this test's own role names (roles are cluster-wide; see ScratchRoles).
+    owner, producer, worker, observer = (scratch_roles.name(r) for r in SHIPPED_ROLES)
     conn = await asyncpg.connect(empty_dsn)
     try:
-        await conn.execute((ROOT / "sql/roles/01_create_roles.sql").read_text())
-        await conn.execute("SET ROLE notifyq_owner")
+        await conn.execute(scratch_roles.script(ROOT / "sql/roles/01_create_roles.sql"))
+        await conn.execute(f"SET ROLE {owner}")
         from notifyq import migrate
 
         await migrate.apply(conn)  # no superuser needed
-        await conn.execute((ROOT / "sql/roles/02_grants.sql").read_text())
+        await conn.execute(scratch_roles.script(ROOT / "sql/roles/02_grants.sql"))
         await conn.execute("RESET ROLE")
-        assert (
-            await conn.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'")
-            == "notifyq_owner"
-        )
+        assert await conn.fetchval("SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'") == owner
 
-        await conn.execute("SET ROLE notifyq_producer")
+        await conn.execute(f"SET ROLE {producer}")
         await conn.execute("INSERT INTO notifyq.jobs (task) VALUES ('p')")
         assert await conn.fetchval("SELECT notifyq.enqueue('p', dedup_key => 'k')") > 0
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -176,7 +181,7 @@ async def test_least_privilege_roles(empty_dsn: str) -> None:
             await conn.fetch("SELECT * FROM notifyq.jobs")
         await conn.execute("RESET ROLE")
 
-        await conn.execute("SET ROLE notifyq_worker")
+        await conn.execute(f"SET ROLE {worker}")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("ALTER TABLE notifyq.jobs DISABLE TRIGGER jobs_guard_insert")
         # Refused twice over: no INSERT privilege on state, and the guard trigger behind it.
@@ -185,7 +190,7 @@ async def test_least_privilege_roles(empty_dsn: str) -> None:
         await conn.execute("UPDATE notifyq.jobs SET priority = 1")
         await conn.execute("RESET ROLE")
 
-        await conn.execute("SET ROLE notifyq_observer")
+        await conn.execute(f"SET ROLE {observer}")
         assert await conn.fetchval("SELECT count(*) FROM notifyq.jobs") == 2
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("DELETE FROM notifyq.jobs")
