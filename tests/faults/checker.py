@@ -69,7 +69,8 @@ BEGIN
         INSERT INTO test_audit (job_id, event, token, state, attempts_before, attempts_after,
                                 max_attempts, run_at, leased_until, error)
         VALUES (NEW.id, 'release', OLD.lease_token, NEW.state::text, OLD.attempts, NEW.attempts,
-                NEW.max_attempts, NEW.run_at, OLD.leased_until, left(NEW.last_error, 40));
+                NEW.max_attempts, NEW.run_at, OLD.leased_until,
+                CASE WHEN NEW.last_error IS DISTINCT FROM OLD.last_error THEN left(NEW.last_error, 40) END);
     ELSIF OLD.state = 'running' AND NEW.lease_token IS DISTINCT FROM OLD.lease_token THEN
         -- A running row that changes hands without a release: two leases would be live at once.
         INSERT INTO test_audit (job_id, event, token, state)

@@ -117,7 +117,7 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "extend_leases",
             ),
         ),
-        (FENCES, f"{LIFECYCLE}::test_a_job_longer_than_its_lease_runs_once"),
+        (f"{LIFECYCLE}::test_job_longer_than_its_lease_runs_once_on_a_healthy_daemon", FENCES),
     ),
     Mutation(
         "rescue_takes_live_leases",
@@ -330,6 +330,64 @@ CATALOGUE: tuple[Mutation, ...] = (
             ),
         ),
         (f"{DAEMON}::test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_one",),
+    ),
+    Mutation(
+        "sigterm_keeps_claiming",
+        "SIGTERM stops claiming at once; a job enqueued during the drain is left for other daemons",
+        (
+            Edit(
+                "notifyq/worker/dispatcher.py",
+                "            await self._claim_loop()\n            self._listener.set_idle(False)\n",
+                "            await self._claim_loop()\n            self._stopping = anyio.Event()\n"
+                "            work.start_soon(self._claim_loop)\n            self._listener.set_idle(False)\n",
+            ),
+            Edit(
+                "notifyq/worker/dispatcher.py",
+                "            await self._drain()\n",
+                '            await self._drain()\n            self._stopping.set()\n            self._wake.hint("stop")\n',
+            ),
+        ),
+        (f"{LIFECYCLE}::test_sigterm_stops_claiming_at_once",),
+    ),
+    Mutation(
+        "shutdown_no_deadline",
+        "running jobs get shutdown_timeout to finish, then are cancelled and released",
+        (
+            Edit(
+                "notifyq/worker/dispatcher.py",
+                "        with anyio.move_on_after(self._shutdown_timeout):\n",
+                "        with anyio.move_on_after(self._shutdown_timeout * 100):\n",
+            ),
+        ),
+        (f"{LIFECYCLE}::test_shutdown_deadline_is_kept_and_the_job_released",),
+    ),
+    # -- bounded memory --------------------------------------------------------------------------
+    Mutation(
+        "completer_no_backpressure",
+        "while outcomes cannot be written, runners stop taking new jobs (bounded memory, bounded re-runs)",
+        (
+            Edit(
+                "notifyq/worker/completer.py",
+                "        if not self._room.is_set():\n            await self._room.wait()\n",
+                "        return\n",
+            ),
+        ),
+        (f"{LIFECYCLE}::test_outcome_buffer_stops_the_runners_during_an_outage",),
+    ),
+    Mutation(
+        "prefetch_no_byte_budget",
+        "the prefetch buffer holds at most 16 MiB of payloads",
+        (
+            Edit(
+                "notifyq/worker/executor.py",
+                "PREFETCH_BYTES = 16 * 1024 * 1024",
+                "PREFETCH_BYTES = 1024 * 1024 * 1024",
+            ),
+        ),
+        (
+            f"{LIFECYCLE}::test_large_payloads_stay_within_the_prefetch_byte_budget",
+            f"{DAEMON}::test_the_prefetch_holds_no_more_than_its_byte_budget_of_payloads",
+        ),
     ),
     # -- retries ---------------------------------------------------------------------------------
     Mutation(
