@@ -17,7 +17,7 @@ import orjson
 
 from notifyq import logs
 from notifyq.config import Settings, load_settings
-from notifyq.errors import AppLoadError, ConfigError, NotifyqError, SchemaError
+from notifyq.errors import AppLoadError, ConfigError, NotifyqError, QueryError, SchemaError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -204,7 +204,7 @@ def enqueue(
 ) -> None:
     """Enqueue one job and print its id."""
     from notifyq.client import enqueue as enqueue_job
-    from notifyq.store import connect
+    from notifyq.store import connect, map_error
 
     settings = _settings(config, **flags)
     try:
@@ -214,8 +214,6 @@ def enqueue(
     when = _parse_when(run_at)
 
     async def go() -> int:
-        import asyncpg
-
         conn = await connect(settings.dsn)
         try:
             return await enqueue_job(
@@ -228,8 +226,10 @@ def enqueue(
                 dedup_key=dedup_key,
                 max_attempts=max_attempts,
             )
-        except asyncpg.PostgresError as exc:
-            raise ConfigError(str(exc).splitlines()[0]) from None
+        except Exception as exc:
+            if isinstance(map_error(exc), QueryError):  # refused by the producer contract: a usage error
+                raise ConfigError(str(exc).splitlines()[0]) from None
+            raise
         finally:
             await conn.close()
 

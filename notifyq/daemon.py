@@ -24,14 +24,15 @@ from notifyq import logs, migrate
 from notifyq.config import Settings
 from notifyq.errors import DatabaseUnavailable, NotifyqError
 from notifyq.http import HttpServer
-from notifyq.listener import Listener
 from notifyq.metrics import Metrics
+from notifyq.notifier import Notifier
 from notifyq.registry import Registry
 from notifyq.retry import Backoff
 from notifyq.stats import Overview
 from notifyq.store import Store, WorkerInfo, safe_dsn
 from notifyq.systemd import SystemdNotifier
-from notifyq.worker import wakeup
+from notifyq.wakeup import WakeSource, WakeTopic, Wakeup
+from notifyq.worker.claimer import Claimer, ClaimScope
 from notifyq.worker.completer import Completer
 from notifyq.worker.dispatcher import Dispatcher
 from notifyq.worker.executor import Executor
@@ -39,7 +40,7 @@ from notifyq.worker.gauges import GaugeRefresher
 from notifyq.worker.heartbeat import Heartbeat
 from notifyq.worker.leases import Leases
 from notifyq.worker.maintenance import Maintenance
-from notifyq.worker.wakeup import Wakeup
+from notifyq.worker.prefetch import Prefetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class _Parts:
     worker: WorkerInfo
     leases: Leases
     completer: Completer
-    listener: Listener
+    notifier: Notifier
     dispatcher: Dispatcher
     executor: Executor
     heartbeat: Heartbeat
@@ -232,35 +233,39 @@ class Daemon:
         # Room for one batch's worth of outcomes while the previous is being written, and no more: during
         # an outage, every outcome waiting here is a job that may run again once its lease expires.
         completer = Completer(store, leases, self.metrics, buffer=max(2 * s.concurrency, 500))
+        prefetch = Prefetch(s.prefetch, s.prefetch_max, self.metrics)
         executor = Executor(
             self.registry,
+            prefetch,
             completer,
             leases,
             self.metrics,
             s.concurrency,
-            on_slot_free=lambda: wake.hint(wakeup.SLOT),
-            prefetch=s.prefetch,
-            prefetch_max=s.prefetch_max,
+            on_slot_free=lambda: wake.hint(WakeSource.SLOT),
         )
-        listener = Listener(
+        wake_topic = WakeTopic(s.queues, wake)
+        notifier = Notifier(
             s.effective_listen_dsn,
-            s.queues,
+            [wake_topic],
             self.worker_id,
-            wake.hint,
             self.metrics,
             probe_interval=s.probe_interval_seconds,
         )
+        scope = ClaimScope(
+            queues=tuple(s.queues),
+            tasks=tuple(tasks),
+            max_attempts=tuple(self.registry[t].max_attempts for t in tasks),
+            lease_seconds=s.lease_seconds,
+            worker_id=self.worker_id,
+        )
         dispatcher = Dispatcher(
             store,
+            Claimer(store, scope, leases, self.metrics),
+            prefetch,
             executor,
-            listener,
+            wake_topic,
             wake,
             self.metrics,
-            queues=s.queues,
-            tasks=tasks,
-            max_attempts=[self.registry[t].max_attempts for t in tasks],
-            worker_id=self.worker_id,
-            lease_seconds=s.lease_seconds,
             poll_interval=s.poll_interval_seconds,
             shutdown_timeout=s.shutdown_timeout_seconds,
             on_turn=self.systemd.watchdog,
@@ -271,7 +276,7 @@ class Daemon:
             worker=worker,
             leases=leases,
             completer=completer,
-            listener=listener,
+            notifier=notifier,
             dispatcher=dispatcher,
             executor=executor,
             gauges=GaugeRefresher(store, self.metrics, s.stats_interval_seconds, self._on_reading),
@@ -282,7 +287,7 @@ class Daemon:
                 tasks,
                 s.lease_seconds,
                 s.retention_seconds,
-                on_rescued=lambda: wake.hint(wakeup.RESCUE),
+                on_rescued=lambda: wake.hint(WakeSource.RESCUE),
             ),
         )
 
@@ -301,7 +306,7 @@ class Daemon:
             if self._stop_requested:
                 self._starting.cancel()
             with self._starting:  # a stop before ready cancels the start-up (a listener still connecting)
-                await root.start(parts.listener.run)
+                await root.start(parts.notifier.run)
                 await root.start(run_completer)
                 await root.start(parts.heartbeat.run)
                 await root.start(parts.maintenance.run)
@@ -343,7 +348,7 @@ class Daemon:
             problems.append("database unreachable")
         elif not self._store.writable:
             problems.append("database is read-only")
-        if not self._parts.listener.connected:
+        if not self._parts.notifier.connected:
             problems.append("listener disconnected")
         if self._parts.gauges.schema_problem:
             problems.append(self._parts.gauges.schema_problem)

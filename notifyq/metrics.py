@@ -16,11 +16,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from notifyq.models import OUTCOME_LABELS, QueueState
+from notifyq.wakeup import WakeSource
+
 OTHER = "other"
 MAX_QUEUE_LABELS = 50
-QUEUE_STATES = ("queued", "scheduled", "running", "failed")
-OUTCOMES = ("succeeded", "retried", "failed", "discarded", "cancelled", "timed_out", "lease_lost")
-WAKE_SOURCES = ("notify", "poll", "timer", "slot", "reconnect", "idle", "rescue", "stop")
+# Label values, each from its one vocabulary.
+QUEUE_STATES = tuple(state.value for state in QueueState)
+OUTCOMES = OUTCOME_LABELS
+WAKE_SOURCES = tuple(source.value for source in WakeSource if source is not WakeSource.TICK)
 
 # 5 ms to 30 min.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)

@@ -1,4 +1,4 @@
-"""Plain data: the job a handler sees, job states and the outcome records the completer writes."""
+"""Plain data: the job a handler sees, job states, outcomes, and the typed rows the store returns."""
 
 from __future__ import annotations
 
@@ -17,18 +17,32 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class QueueState(enum.StrEnum):
+    """How the database gauges, `notifyq status` and systemd's STATUS line count a queue's jobs:
+    `scheduled` is queued with a future run_at. Also the `state` label of `notifyq_queue_jobs`."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    FAILED = "failed"
+
+
 class OutcomeKind(enum.StrEnum):
-    """What happened to one attempt; also the `outcome` label of the completion metric."""
+    """What happened to one attempt; also the `outcome` label of the completion metric (every kind but
+    UNSTARTED, which never started and so never completed)."""
 
     SUCCEEDED = "succeeded"
-    RETRIED = "retried"
-    FAILED = "failed"
-    DISCARDED = "discarded"
-    SNOOZED = "snoozed"
+    RETRIED = "retried"  # failed, will run again after a backoff
+    FAILED = "failed"  # failed, attempts spent
+    DISCARDED = "discarded"  # the handler raised Discard: failed at once
+    SNOOZED = "snoozed"  # the handler raised Snooze: back to the queue, attempt given back
     TIMED_OUT = "timed_out"
-    RELEASED = "released"
+    RELEASED = "released"  # cancelled at the shutdown deadline: back to the queue, attempt given back
     UNSTARTED = "unstarted"  # claimed into the prefetch buffer, given back without running
-    LEASE_LOST = "lease_lost"
+    LEASE_LOST = "lease_lost"  # another daemon owns the job now: nothing written
+
+
+OUTCOME_LABELS = tuple(kind.value for kind in OutcomeKind if kind is not OutcomeKind.UNSTARTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +89,98 @@ class Outcome:
     result: str | None = None
     queue: str = field(default="", compare=False)
     task: str = field(default="", compare=False)
+
+
+# -- rows the store returns past its seam (maintenance, gauges, status, the CLI) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RescuedJob:
+    """A job whose lease expired, put back in the queue (or failed, its attempts spent) by rescue."""
+
+    id: int
+    queue: str
+    task: str
+    state: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanGroup:
+    """Queued jobs in a served queue whose task no handler here knows."""
+
+    queue: str
+    task: str
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStat:
+    """One (queue, task, state) group of the database gauges' reading."""
+
+    queue: str
+    task: str
+    state: str  # a QueueState value
+    jobs: int
+    oldest_age: float | None  # seconds since the group's oldest run_at
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A daemon that heartbeated within two of its leases."""
+
+    id: uuid.UUID
+    hostname: str
+    pid: int
+    queues: list[str]
+    tasks: list[str]
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_seen: datetime
+    seen_seconds_ago: float
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStats:
+    dead_tuples: int  # dead row versions in notifyq.jobs
+    oldest_xact_age: float  # seconds the oldest open transaction in this database has been open
+    usage: float  # how full Postgres's NOTIFY queue is, 0 to 1
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A line of `notifyq jobs list`."""
+
+    id: int
+    queue: str
+    task: str
+    state: str
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    """Everything `notifyq jobs show` prints; payload and result are JSON text."""
+
+    id: int
+    queue: str
+    task: str
+    payload: str
+    priority: int
+    run_at: datetime
+    state: str
+    attempts: int
+    max_attempts: int
+    worker_id: uuid.UUID | None
+    leased_until: datetime | None
+    dedup_key: str | None
+    last_error: str | None
+    result: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -5,11 +5,12 @@ Pure data shaping: the rows come from `Store.queue_stats()` and `Store.live_work
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-STATES = ("queued", "scheduled", "running", "failed")  # what queue_stats reads
+from notifyq.models import QueueStat, QueueState, WorkerRow
+
+STATES = tuple(state.value for state in QueueState)  # what queue_stats reads
 
 
 @dataclass(slots=True)
@@ -23,7 +24,7 @@ class QueueSummary:
 class Overview:
     queues: dict[str, QueueSummary]
     orphans: dict[tuple[str, str], int]  # (queue, task) -> queued jobs no handler takes
-    workers: Sequence[Mapping[str, Any]]
+    workers: Sequence[WorkerRow]
 
     def counts(self) -> dict[tuple[str, str], int]:
         return {(q.queue, s): n for q in self.queues.values() for s, n in q.counts.items() if n}
@@ -41,14 +42,14 @@ class Overview:
         return sum(q.counts[state] for q in self.queues.values())
 
 
-def handled_by(workers: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
+def handled_by(workers: Iterable[WorkerRow]) -> set[tuple[str, str]]:
     """(queue, task) pairs that some live worker serves."""
-    return {(q, t) for w in workers for q in w["queues"] for t in w["tasks"]}
+    return {(q, t) for w in workers for q in w.queues for t in w.tasks}
 
 
 def summarize(
-    rows: Iterable[Mapping[str, Any]],
-    workers: Sequence[Mapping[str, Any]],
+    rows: Iterable[QueueStat],
+    workers: Sequence[WorkerRow],
     handled: set[tuple[str, str]] | None = None,
 ) -> Overview:
     """Fold queue_stats rows into per-queue summaries; `handled` defaults to what live workers serve."""
@@ -56,11 +57,11 @@ def summarize(
     queues: dict[str, QueueSummary] = {}
     orphans: dict[tuple[str, str], int] = {}
     for row in rows:
-        queue, task, state, jobs = row["queue"], row["task"], row["state"], int(row["jobs"])
+        queue, task, state, jobs = row.queue, row.task, row.state, row.jobs
         summary = queues.setdefault(queue, QueueSummary(queue))
         summary.counts[state] = summary.counts.get(state, 0) + jobs
-        if state == "queued" and row["oldest_age"] is not None:
-            summary.oldest_age = max(summary.oldest_age, float(row["oldest_age"]))
-        if state in ("queued", "scheduled") and (queue, task) not in known:
+        if state == QueueState.QUEUED and row.oldest_age is not None:
+            summary.oldest_age = max(summary.oldest_age, row.oldest_age)
+        if state in (QueueState.QUEUED, QueueState.SCHEDULED) and (queue, task) not in known:
             orphans[(queue, task)] = orphans.get((queue, task), 0) + jobs
     return Overview(queues=dict(sorted(queues.items())), orphans=orphans, workers=workers)

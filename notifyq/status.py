@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ async def gather(settings: Settings) -> Overview:
         async with store.connection() as conn:
             await migrate.ensure_current(conn)
         rows = await store.queue_stats()
-        workers = [dict(w) for w in await store.live_workers()]
+        workers = await store.live_workers()
     finally:
         await store.close()
     return summarize(rows, workers)
@@ -67,11 +68,11 @@ def render(overview: Overview) -> str:
         out.append("(no jobs)")
     worker_rows = [
         [
-            w["hostname"],
-            str(w["pid"]),
-            ",".join(w["queues"]),
-            f"{w['running']}/{w['concurrency']}",
-            _age(float(w["seen_seconds_ago"])) + " ago",
+            w.hostname,
+            str(w.pid),
+            ",".join(w.queues),
+            f"{w.running}/{w.concurrency}",
+            _age(w.seen_seconds_ago) + " ago",
         ]
         for w in overview.workers
     ]
@@ -91,15 +92,15 @@ def to_json(overview: Overview) -> str:
         ],
         "workers": [
             {
-                "id": str(w["id"]),
-                "hostname": w["hostname"],
-                "pid": w["pid"],
-                "queues": list(w["queues"]),
-                "tasks": list(w["tasks"]),
-                "running": w["running"],
-                "concurrency": w["concurrency"],
-                "started_at": w["started_at"].isoformat(),
-                "last_seen_seconds_ago": round(float(w["seen_seconds_ago"]), 3),
+                "id": str(w.id),
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "queues": list(w.queues),
+                "tasks": list(w.tasks),
+                "running": w.running,
+                "concurrency": w.concurrency,
+                "started_at": w.started_at.isoformat(),
+                "last_seen_seconds_ago": round(w.seen_seconds_ago, 3),
             }
             for w in overview.workers
         ],
@@ -120,16 +121,16 @@ async def job_rows(
     finally:
         await store.close()
     if as_json:
-        return "\n".join(orjson.dumps(dict(r), default=str).decode() for r in rows)
+        return "\n".join(orjson.dumps(dataclasses.asdict(r), default=str).decode() for r in rows)
     table = [
         [
-            str(r["id"]),
-            r["queue"],
-            r["task"],
-            r["state"],
-            f"{r['attempts']}/{r['max_attempts']}",
-            r["run_at"].strftime("%Y-%m-%d %H:%M:%S"),
-            r["error"] or "",
+            str(r.id),
+            r.queue,
+            r.task,
+            r.state,
+            f"{r.attempts}/{r.max_attempts}",
+            r.run_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.error or "",
         ]
         for r in rows
     ]
@@ -148,7 +149,7 @@ async def job_detail(settings: Settings, job_id: int) -> str | None:
         await store.close()
     if row is None:
         return None
-    doc = dict(row)
+    doc = dataclasses.asdict(row)
     for key in ("payload", "result"):
         if doc[key] is not None:
             doc[key] = decode_payload(doc[key])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +23,19 @@ import orjson
 from notifyq import queries
 from notifyq.config import redact_dsn
 from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, QueryError
-from notifyq.models import Claim, Job, JobState, Outcome
+from notifyq.models import (
+    Claim,
+    HealthStats,
+    Job,
+    JobDetail,
+    JobState,
+    JobSummary,
+    OrphanGroup,
+    Outcome,
+    QueueStat,
+    RescuedJob,
+    WorkerRow,
+)
 
 # Errors that say "not now": the statement may succeed if tried again later, so every loop backs off.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -184,7 +196,23 @@ class Store:
 
     # -- the job path ---------------------------------------------------------------------------
 
-    async def claim(
+    async def claim_head(
+        self,
+        queue: str,
+        tasks: Sequence[str],
+        max_attempts: Sequence[int | None],
+        limit: int,
+        lease_seconds: float,
+        worker_id: uuid.UUID,
+    ) -> list[Claim]:
+        """Claim up to `limit` jobs of one queue, from its head."""
+        rows = await self._fetch(
+            "claim_head", queue, list(tasks), list(max_attempts), limit, lease_seconds, worker_id
+        )
+        self.writable = True
+        return [_claim_from_row(r) for r in rows]
+
+    async def claim_jobs(
         self,
         queues: Sequence[str],
         tasks: Sequence[str],
@@ -192,33 +220,24 @@ class Store:
         limit: int,
         lease_seconds: float,
         worker_id: uuid.UUID,
-        after: Mapping[str, Position] | None = None,
+        after: Sequence[Position],
     ) -> list[Claim]:
-        """Claim up to `limit` jobs; per queue, start after `after[queue]` (the last row of an earlier
-        claim) instead of at the head of the queue."""
-        starts = [(after or {}).get(q, (None, None, None)) for q in queues]
-        if len(queues) == 1 and starts[0][0] is None:
-            # The commonest claim, and the one after every wake-up: a statement that plans faster.
-            rows = await self._fetch(
-                "claim_head", queues[0], list(tasks), list(max_attempts), limit, lease_seconds, worker_id
-            )
-        else:
-            rows = await self._fetch(
-                "claim_jobs",
-                list(queues),
-                list(tasks),
-                list(max_attempts),
-                limit,
-                lease_seconds,
-                worker_id,
-                [p for p, _, _ in starts],
-                [r for _, r, _ in starts],
-                [i for _, _, i in starts],
-            )
+        """Claim up to `limit` jobs across `queues`; in each, after `after[i]` (the last row of an
+        earlier claim; (None, None, None) for its head)."""
+        rows = await self._fetch(
+            "claim_jobs",
+            list(queues),
+            list(tasks),
+            list(max_attempts),
+            limit,
+            lease_seconds,
+            worker_id,
+            [p for p, _, _ in after],
+            [r for _, r, _ in after],
+            [i for _, _, i in after],
+        )
         self.writable = True
-        claims = [_claim_from_row(r) for r in rows]
-        claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
-        return claims
+        return [_claim_from_row(r) for r in rows]
 
     async def record(self, outcomes: Sequence[Outcome]) -> set[int]:
         """Write outcomes in fenced statements (plain successes in one, the rest in another); returns
@@ -276,8 +295,8 @@ class Store:
     async def unregister_worker(self, worker_id: uuid.UUID) -> None:
         await self._execute("unregister_worker", worker_id)
 
-    async def rescue_expired(self, limit: int = 1000) -> list[asyncpg.Record]:
-        return await self._fetch("rescue_expired", limit)
+    async def rescue_expired(self, limit: int = 1000) -> list[RescuedJob]:
+        return [RescuedJob(**r) for r in await self._fetch("rescue_expired", limit)]
 
     async def prune_workers(self, older_than_seconds: float) -> None:
         await self._execute("prune_workers", older_than_seconds)
@@ -293,31 +312,29 @@ class Store:
 
     async def jobs_without_handler(
         self, queues: Sequence[str], tasks: Sequence[str], limit: int = 20
-    ) -> list[asyncpg.Record]:
-        return await self._fetch("jobs_without_handler", list(queues), list(tasks), limit)
+    ) -> list[OrphanGroup]:
+        rows = await self._fetch("jobs_without_handler", list(queues), list(tasks), limit)
+        return [OrphanGroup(**r) for r in rows]
 
     # -- admin ----------------------------------------------------------------------------------
 
-    async def live_workers(self) -> list[asyncpg.Record]:
-        return await self._fetch("live_workers")
+    async def live_workers(self) -> list[WorkerRow]:
+        return [WorkerRow(**r) for r in await self._fetch("live_workers")]
 
-    async def show_job(self, job_id: int) -> asyncpg.Record | None:
+    async def show_job(self, job_id: int) -> JobDetail | None:
         rows = await self._fetch("show_job", job_id)
-        return rows[0] if rows else None
+        return JobDetail(**rows[0]) if rows else None
 
     async def list_jobs(
         self, state: str | None, queue: str | None, task: str | None, limit: int
-    ) -> list[asyncpg.Record]:
-        return await self._fetch("list_jobs", state, queue, task, limit)
+    ) -> list[JobSummary]:
+        return [JobSummary(**r) for r in await self._fetch("list_jobs", state, queue, task, limit)]
 
-    async def queue_stats(self) -> list[asyncpg.Record]:
-        return await self._fetch("queue_stats")
+    async def queue_stats(self) -> list[QueueStat]:
+        return [QueueStat(**r) for r in await self._fetch("queue_stats")]
 
-    async def health_stats(self) -> tuple[int, float, float]:
-        """(dead tuples in notifyq.jobs, age in seconds of the oldest open transaction, NOTIFY queue
-        usage as a fraction)."""
-        row = (await self._fetch("health_stats"))[0]
-        return int(row["dead_tuples"]), float(row["oldest_xact_age"]), float(row["usage"])
+    async def health_stats(self) -> HealthStats:
+        return HealthStats(**(await self._fetch("health_stats"))[0])
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")

@@ -31,8 +31,6 @@ from notifyq.store import Store
 from notifyq.worker.leases import Leases
 
 _RETRY = Backoff(base_seconds=0.1, factor=2.0, cap_seconds=5.0, jitter=0.5)
-# Snoozes put the job back like a retry that costs no attempt; a shutdown release cancelled the handler.
-_METRIC_OUTCOME = {OutcomeKind.SNOOZED: "retried", OutcomeKind.RELEASED: "cancelled"}
 
 
 class Completer:
@@ -173,7 +171,7 @@ class Completer:
             if outcome.kind is OutcomeKind.UNSTARTED and outcome.job_id in written:
                 continue  # never started, so never completed either
             if outcome.job_id in written:
-                completed[_METRIC_OUTCOME.get(outcome.kind, outcome.kind.value)] += 1
+                completed[outcome.kind.value] += 1
             else:
                 self._metrics.leases_lost.inc()
                 completed[OutcomeKind.LEASE_LOST.value] += 1

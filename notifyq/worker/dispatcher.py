@@ -1,18 +1,17 @@
 """The claim loop: wait for a reason to look for work, claim what the runners and the prefetch buffer
-have room for, hand it to the executor.
+have room for, hand it to the buffer.
 
 Each turn: if at least `claim_min` jobs are wanted (free runners plus room in the prefetch buffer), claim
-up to that many in one statement (served queues, tasks with a handler, runnable now, by priority then
-run_at then id). Waiting for half the buffer to empty makes claims fewer and fuller; how long the claim
-took sizes the buffer (executor.py). A short batch while some runner has nothing to do means the queue
-is drained: the dispatcher asks the listener to take the idle locks, and the listener wakes it once they
-are held for one more claim, which closes the gap between the last claim and the locks. While every
-runner is busy the daemon never counts as idle, so producers skip NOTIFY; the buffer is refilled as slots
-free. A short claim that still found two or more jobs means a stream is arriving: the daemon looks again
-after 5 ms instead of asking for NOTIFY, until a look finds nothing. Then it waits for a wake hint
-(notify, a freed slot, a listener reconnect), the next `run_at` among its jobs, or the safety poll,
-whichever comes first. Hints that arrive while it is busy fold into one turn, so a burst of finished jobs
-costs one claim.
+up to that many (worker/claimer.py); how long the claim took sizes the buffer (worker/prefetch.py). What
+the claim found decides the mode (`mode_after`): a full claim, or one that left no runner without work,
+keeps the daemon busy; a short claim that still found two or more jobs means a stream is arriving, and
+the daemon looks again after STREAM_POLL_SECONDS instead of asking for NOTIFY; otherwise it is idle and
+asks the wake topic to take the idle locks, which wakes it once more when they are held, for one more
+claim that closes the gap between the last claim and the locks. How long to wait then (`wait_plan`) is
+the nearest of: the safety poll, the next `run_at` among its jobs, the stream's next look, the post-idle
+re-check and the oldest buffered job turning stale; any wake hint (a notification, a freed slot, a
+reconnect) ends the wait early, and hints that arrive while it is busy fold into one turn, so a burst of
+finished jobs costs one claim. While every runner is busy, only a freed slot refills the buffer.
 
 Stopping is two-phase (`stop()`, then after the drain deadline or `stop_now()`): claiming ends at once and
 buffered jobs go back to the queue; running jobs get `shutdown_timeout` to finish; then they are
@@ -22,72 +21,108 @@ cancelled and their leases released without spending the attempt.
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import anyio
 
 from notifyq import logs
 from notifyq.errors import DatabaseUnavailable, QueryError
-from notifyq.listener import Listener
 from notifyq.metrics import Metrics
-from notifyq.models import Claim
 from notifyq.retry import Backoff
-from notifyq.store import Position, Store
-from notifyq.worker import wakeup
+from notifyq.store import Store
+from notifyq.wakeup import WakeSource, WakeTopic, Wakeup
+from notifyq.worker.claimer import Claimer
 from notifyq.worker.executor import Executor, StopReason
-from notifyq.worker.wakeup import Wakeup
+from notifyq.worker.prefetch import Prefetch
 
 _DB_RETRY = Backoff(base_seconds=0.2, factor=2.0, cap_seconds=15.0, jitter=0.5)
 # When runnable jobs exist that SKIP LOCKED hid from us (another daemon is claiming them), look again
 # soon rather than after a whole poll interval.
-_CONTENDED_RETRY_SECONDS = 0.05
-_TICK = "tick"
-_IDLE_RECHECK_SECONDS = 0.1
-# While a backlog drains, claims continue after the previous claim's last row; this often at least they
-# start from the head again, which bounds how long a job that sorts ahead of that row can wait.
-_FULL_SCAN_SECONDS = 1.0
+CONTENDED_RETRY_SECONDS = 0.05
+# Just idle: one more look this soon bounds the gated NOTIFY's race window well below the safety poll.
+IDLE_RECHECK_SECONDS = 0.1
 # A short claim that still found this many jobs means a stream of them: look again after this long
-# rather than going idle (see the claim loop).
-_STREAM_MIN = 2
-_STREAM_POLL_SECONDS = 0.005
+# rather than going idle. With an idle daemon beside them (so every commit NOTIFYs, which takes a
+# commit-time lock that serializes producers), 8 producers managed 955 inserts/s in all.
+STREAM_MIN = 2
+STREAM_POLL_SECONDS = 0.005
+
+
+class Mode(enum.Enum):
+    BUSY = "busy"  # some runner still has work, or the claim was full
+    STREAM = "stream"  # short claims that keep finding jobs: poll shortly, no NOTIFY
+    IDLE = "idle"  # a runner has nothing to do: take the idle locks, wait for NOTIFY
+
+
+def mode_after(claimed: int, wanted: int, hungry: bool, streaming: bool) -> Mode:
+    """The mode after a claim of `claimed` out of `wanted`; `hungry`: a runner has nothing to run, not
+    even in the buffer; `streaming`: the mode before was STREAM. One empty look ends a stream."""
+    if claimed >= wanted or not hungry:
+        return Mode.BUSY
+    if claimed >= STREAM_MIN or (streaming and claimed > 0):
+        return Mode.STREAM
+    return Mode.IDLE
+
+
+def should_claim(wanted: int, claim_min: int, hungry: bool, sources: set[WakeSource]) -> bool:
+    """Claim when enough is wanted, and only while a runner is hungry or a slot was just freed: while
+    every runner is busy, a claim per notification or poll would run for nothing whenever the queue holds
+    only jobs nobody here can run (producers beside a busy daemon measured 49% of their rate)."""
+    return wanted >= claim_min and (hungry or WakeSource.SLOT in sources)
+
+
+def wait_plan(
+    *,
+    poll: float,
+    mode: Mode,
+    due_in: float,
+    just_idle: bool,
+    stale_in: float | None,
+) -> tuple[float, WakeSource]:
+    """How long to wait for a hint, and what to call the wake-up if none comes. `due_in`: seconds until
+    the earliest scheduled job (inf: none); `just_idle`: the idle locks were just taken; `stale_in`:
+    seconds until the oldest buffered job turns stale (None: nothing to give back)."""
+    timeout, reason = poll, WakeSource.POLL
+    if mode is Mode.STREAM:
+        timeout, reason = STREAM_POLL_SECONDS, WakeSource.TIMER
+    elif mode is Mode.IDLE:
+        if due_in < timeout:
+            timeout, reason = max(due_in, CONTENDED_RETRY_SECONDS), WakeSource.TIMER
+        if just_idle:
+            timeout, reason = min(timeout, IDLE_RECHECK_SECONDS), WakeSource.TIMER
+    if stale_in is not None and stale_in < timeout:
+        timeout, reason = max(stale_in, 0.0), WakeSource.TIMER
+    return timeout, reason
 
 
 class Dispatcher:
     def __init__(
         self,
         store: Store,
+        claimer: Claimer,
+        prefetch: Prefetch,
         executor: Executor,
-        listener: Listener,
+        wake_topic: WakeTopic,
         wake: Wakeup,
         metrics: Metrics,
         *,
-        queues: Sequence[str],
-        tasks: Sequence[str],
-        max_attempts: Sequence[int | None],
-        worker_id: uuid.UUID,
-        lease_seconds: float,
         poll_interval: float,
         shutdown_timeout: float,
         on_turn: Callable[[], None] = lambda: None,
         tick: float | None = None,
     ) -> None:
         self._store = store
+        self._claimer = claimer
+        self._prefetch = prefetch
         self._executor = executor
-        self._listener = listener
+        self._wake_topic = wake_topic
         self._wake = wake
         self._metrics = metrics
-        self._queues = list(queues)
-        self._tasks = list(tasks)
-        self._max_attempts = list(max_attempts)
-        self._worker_id = worker_id
-        self._lease_seconds = lease_seconds
         self._poll = poll_interval
         self._shutdown_timeout = shutdown_timeout
-        self._after: dict[str, Position] = {}  # per queue, the last row claimed while draining
-        self._full_scan_at = -math.inf
         self._on_turn = on_turn
         self._tick = tick
         self._stopping = anyio.Event()
@@ -97,21 +132,26 @@ class Dispatcher:
     def stop(self) -> None:
         """Stop claiming; running jobs get the shutdown timeout to finish."""
         self._stopping.set()
-        self._wake.hint("stop")
+        self._wake.hint(WakeSource.STOP)
 
     def stop_now(self) -> None:
         """Stop claiming and cancel running jobs at once (their leases are released)."""
         self.stop()
         self._hurry.set()
 
+    @property
+    def _hungry(self) -> bool:
+        """Some runner has nothing to run, not even in the buffer."""
+        return self._executor.free > len(self._prefetch)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as work:
             await work.start(self._executor.run)
             task_status.started()
             await self._claim_loop()
-            self._listener.set_idle(False)
-            self._executor.release_buffered()
-            self._executor.close()
+            self._wake_topic.set_idle(False)
+            self._executor.give_back(self._prefetch.take_all())
+            self._prefetch.close()
             await self._drain()
 
     async def _drain(self) -> None:
@@ -128,119 +168,93 @@ class Dispatcher:
 
     async def _claim_loop(self) -> None:
         failures = 0
-        sources: set[str] = set()
+        sources: set[WakeSource] = set()
         due: float | None = None  # when the earliest scheduled job becomes runnable (anyio clock)
-        streaming = False
+        mode = Mode.BUSY
         while not self._stopping.is_set():
             self._on_turn()
             self._give_back_stale()
-            timeout, reason = self._poll, wakeup.POLL
-            wanted = self._executor.wanted
-            # While every runner is busy, only a freed slot refills the prefetch buffer: a claim for
-            # each notification or poll then would run for nothing while the queue holds only jobs
-            # nobody here can run, and producers beside a busy daemon measured 49% of their rate.
-            refill = self._executor.hungry or wakeup.SLOT in sources
-            if wanted >= self._executor.claim_min and refill:
+            wanted = self._executor.free + self._prefetch.room
+            if should_claim(wanted, self._prefetch.claim_min, self._hungry, sources):
                 try:
                     claimed = await self._claim(wanted)
                     if claimed:
                         # Let the runners start what was just claimed before the bookkeeping below
                         # (going idle, the next run_at): 0.04 ms off the wake-up path, measured in process.
                         await asyncio.sleep(0)
-                    # Idle means runners are left without work. Only then are producers asked to
-                    # NOTIFY: while every runner is busy, the prefetch buffer is refilled as slots free.
-                    idle = claimed < wanted and self._executor.hungry
-                    # A stream: jobs keep arriving faster than one per turn. Look again shortly instead
-                    # of asking for NOTIFY, whose commit-time lock serializes producers' commits (with
-                    # an idle daemon beside them, 8 producers managed 955 inserts/s in all). One empty
-                    # look ends the stream. A job now and then (one per wake) still gets its NOTIFY.
-                    streaming = idle and (claimed >= _STREAM_MIN or (streaming and claimed > 0))
-                    self._listener.set_idle(idle and not streaming)
-                    if streaming:
-                        timeout, reason = _STREAM_POLL_SECONDS, wakeup.TIMER
-                    elif idle:
-                        if claimed or sources != {wakeup.POLL} or due is None:
-                            # A safety poll that found nothing changes no schedule: anything inserted
-                            # since the last look came with a notification. Skip a statement per poll.
-                            delay = await self._store.next_run_delay(self._queues, self._tasks)
-                            due = math.inf if delay is None else anyio.current_time() + delay
-                        delay = due - anyio.current_time()
-                        if delay < timeout:
-                            timeout, reason = max(delay, _CONTENDED_RETRY_SECONDS), wakeup.TIMER
-                        if wakeup.IDLE in sources:
-                            # Just went idle: a producer whose commit was checked a moment before the
-                            # idle locks were taken is not announced; one more look shortly after
-                            # bounds that gap (DESIGN section 4) well below the safety poll.
-                            timeout, reason = min(timeout, _IDLE_RECHECK_SECONDS), wakeup.TIMER
+                    mode = mode_after(claimed, wanted, self._hungry, mode is Mode.STREAM)
+                    self._wake_topic.set_idle(mode is Mode.IDLE)
+                    if mode is Mode.IDLE and (claimed or sources != {WakeSource.POLL} or due is None):
+                        # A safety poll that found nothing changes no schedule: anything inserted
+                        # since the last look came with a notification. Skip a statement per poll.
+                        delay = await self._store.next_run_delay(
+                            self._claimer.scope.queues, self._claimer.scope.tasks
+                        )
+                        due = math.inf if delay is None else anyio.current_time() + delay
+                    due_in = math.inf if due is None else due - anyio.current_time()
+                    timeout, reason = wait_plan(
+                        poll=self._poll,
+                        mode=mode,
+                        due_in=due_in,
+                        just_idle=WakeSource.IDLE in sources,
+                        stale_in=self._stale_in(),
+                    )
                     failures = 0
                 except (DatabaseUnavailable, QueryError) as exc:
                     failures += 1
                     if failures == 1 or failures % 10 == 0:
                         self._log.warning("claim_failed", error=str(exc), failures=failures)
-                    timeout, reason = _DB_RETRY.delay(failures), wakeup.POLL
+                    timeout, reason = wait_plan(
+                        poll=_DB_RETRY.delay(failures),
+                        mode=Mode.BUSY,
+                        due_in=math.inf,
+                        just_idle=False,
+                        stale_in=self._stale_in(),
+                    )
             else:
-                self._listener.set_idle(False)
-            stale_at = self._executor.stale_at()
-            if stale_at is not None and stale_at - time.monotonic() < timeout:
-                timeout, reason = max(stale_at - time.monotonic(), 0.0), wakeup.TIMER
+                self._wake_topic.set_idle(False)
+                timeout, reason = wait_plan(
+                    poll=self._poll,
+                    mode=Mode.BUSY,
+                    due_in=math.inf,
+                    just_idle=False,
+                    stale_in=self._stale_in(),
+                )
             sources = await self._wait(timeout, reason)
             for source in sources:
-                self._metrics.wakeups.labels(source).inc()
+                self._metrics.wakeups.labels(source.value).inc()
+
+    def _stale_in(self) -> float | None:
+        stale_at = self._prefetch.stale_at()
+        return None if stale_at is None else stale_at - time.monotonic()
 
     def _give_back_stale(self) -> None:
-        given_back = self._executor.release_stale(time.monotonic())
-        if given_back:
-            self._log.info("prefetch_given_back", jobs=given_back, note="jobs got slower than the buffer")
+        stale = self._prefetch.take_stale(time.monotonic())
+        if stale:
+            self._executor.give_back(stale)
+            self._log.info("prefetch_given_back", jobs=len(stale), note="jobs got slower than the buffer")
 
-    async def _wait(self, seconds: float, reason: str) -> set[str]:
+    async def _wait(self, seconds: float, reason: WakeSource) -> set[WakeSource]:
         """Wait for a hint, at most `seconds`; meanwhile turn every `tick` s to show the loop is alive."""
         deadline = anyio.current_time() + seconds
         while True:
             remaining = deadline - anyio.current_time()
             if self._tick is None or remaining <= self._tick:
                 return await self._wake.wait(max(remaining, 0.0), reason)
-            sources = await self._wake.wait(self._tick, _TICK)
-            if sources != {_TICK}:
+            sources = await self._wake.wait(self._tick, WakeSource.TICK)
+            if sources != {WakeSource.TICK}:
                 return sources
             self._on_turn()
 
     async def _claim(self, wanted: int) -> int:
-        """Claim up to `wanted` jobs, continuing after the previous claim's last row while a backlog
-        drains; from the head of the queues at least once a second, and before going idle."""
         claimed_at = time.monotonic()
-        if claimed_at - self._full_scan_at >= _FULL_SCAN_SECONDS:
-            self._after.clear()
-        from_position = bool(self._after)
-        claims = await self._claim_once(wanted, claimed_at)
-        if len(claims) < wanted and from_position:
-            # Short after a position: rows may wait ahead of it (a higher priority, a backdated run_at).
-            self._after.clear()
-            claims += await self._claim_once(wanted - len(claims), time.monotonic())
-        if len(claims) < wanted:
-            self._after.clear()  # drained: the next claim starts from the head
+        claims = await self._claimer.claim(wanted)
+        self._prefetch.add(claims, claimed_at)
         payload_bytes = sum(c.size for c in claims) / len(claims) if claims else 0.0
-        self._executor.adapt(time.monotonic() - claimed_at, len(claims) == wanted, payload_bytes)
-        return len(claims)
-
-    async def _claim_once(self, wanted: int, claimed_at: float) -> list[Claim]:
-        if not self._after:
-            self._full_scan_at = claimed_at
-        claims = await self._store.claim(
-            self._queues,
-            self._tasks,
-            self._max_attempts,
-            wanted,
-            self._lease_seconds,
-            self._worker_id,
-            self._after,
+        self._prefetch.adapt(
+            self._executor.finished, time.monotonic() - claimed_at, len(claims) == wanted, payload_bytes
         )
-        self._metrics.claims.inc()
-        self._metrics.claim_batch.observe(len(claims))
-        self._executor.submit(claims, claimed_at)
-        for claim in claims:  # sorted in claim order: the last one per queue is its position
-            job = claim.job
-            self._after[job.queue] = (job.priority, job.run_at, job.id)
-        return claims
+        return len(claims)
 
 
 async def _return_when(wait: Callable[[], Awaitable[object]], tg: anyio.abc.TaskGroup) -> None:

@@ -1,13 +1,8 @@
 """Runs claimed jobs on `capacity` long-lived runner tasks, and turns what happened into an Outcome.
 
-Claims wait in a buffer (the prefetch) until a runner is free, so a runner that finishes a job starts
-the next one without waiting for the database. The buffer holds `prefetch` jobs; while a backlog drains
-it is resized after each claim to twice what the runners finished while that claim was on its way, up to
-`prefetch_max` and PREFETCH_BYTES of payloads, at most doubling per claim. It so holds a few claim round
-trips of work: short jobs get large claims, which cost Postgres less per job. When the jobs turn slow
-(a drain of short jobs runs into long ones), a buffered job that waited STALE_BUFFER_SECONDS sends every
-job beyond `prefetch` back to the queue, for other daemons to take. Runners live as long as the daemon:
-starting a task per job cost more than a no-op job itself (anyio's `start_soon` measured about 50 us).
+Runners take jobs from the prefetch buffer (worker/prefetch.py), so a runner that finishes a job
+starts the next without waiting for the database. Runners live as long as the daemon: starting a task
+per job cost more than a no-op job itself (anyio's `start_soon` measured about 50 us).
 
 The path of one job is four named steps: start (take the next claim and a cancel scope, with the task's
 timeout as its deadline), run (the handler; sync handlers in a worker thread), classify
@@ -18,7 +13,7 @@ A job is cancelled from outside for one of two reasons, recorded before the canc
 is released without spending the attempt) or `lease_lost` (another daemon owns it now, so nothing is
 written). Jobs are keyed by (id, lease token): a job can come back to this daemon under a new lease while
 a stale run of it is still winding down, and the two must never be confused. A buffered job whose lease
-is lost is dropped; at shutdown, buffered jobs are released at once.
+is lost is dropped; buffered jobs given back (shutdown, jobs turned slow) go back to the queue unstarted.
 
 Sync handlers cannot be interrupted (Python cannot stop a thread), so their runner stays taken until the
 thread returns: a timed-out or cancelled sync handler is reported only once it has really stopped, and
@@ -28,13 +23,11 @@ the number of threads never exceeds the concurrency.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import inspect
 import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,12 +43,9 @@ from notifyq.registry import Registry, TaskSpec
 from notifyq.worker import outcomes
 from notifyq.worker.completer import Completer
 from notifyq.worker.leases import Leases
+from notifyq.worker.prefetch import Prefetch
 
 Key = tuple[int, uuid.UUID]
-# Payloads may be up to 1 MiB each: the buffer grows beyond `prefetch` only while its payloads fit here.
-PREFETCH_BYTES = 16 * 1024 * 1024
-# A job this long in the buffer means the buffer outgrew the jobs' pace.
-STALE_BUFFER_SECONDS = 1.0
 
 
 class StopReason(enum.Enum):
@@ -77,32 +67,22 @@ class Executor:
     def __init__(
         self,
         registry: Registry,
+        prefetch: Prefetch,
         completer: Completer,
         leases: Leases,
         metrics: Metrics,
         capacity: int,
         on_slot_free: Callable[[], None],
-        *,
-        prefetch: int = 0,
-        prefetch_max: int = 0,
     ) -> None:
         self._registry = registry
+        self._prefetch = prefetch
         self._completer = completer
         self._leases = leases
         self._metrics = metrics
         self._capacity = capacity
-        self._prefetch_min = prefetch
-        self._prefetch_max = max(prefetch, prefetch_max)
-        self._prefetch = prefetch  # the buffer's size now, between the two
-        self._finished = 0
-        self._rate_since = (time.monotonic(), 0)
+        self.finished = 0  # jobs finished since start: their rate sizes the prefetch buffer
         self._on_slot_free = on_slot_free
-        self._buffer: deque[tuple[Claim, float]] = deque()  # with when it was claimed
         self._running: dict[Key, Running] = {}
-        # Idle runners wait on bare asyncio futures: an anyio.Event per wait showed in the profile. The
-        # daemon always runs on asyncio (uvloop where installed), so the futures are safe to use.
-        self._parked: deque[asyncio.Future[None]] = deque()
-        self._closed = False
         self._threads = anyio.CapacityLimiter(capacity)
         self._empty = anyio.Event()
         self._empty.set()
@@ -110,109 +90,43 @@ class Executor:
         self._debug = logs.enabled("debug")
 
     @property
-    def wanted(self) -> int:
-        """How many jobs to claim now: free runners plus room in the prefetch buffer."""
-        return self._capacity + self._prefetch - len(self._running) - len(self._buffer)
-
-    @property
-    def claim_min(self) -> int:
-        """Claim once this many are wanted: waiting for half the buffer to empty makes claims fewer and
-        fuller."""
-        return max(1, self._prefetch // 2)
-
-    def adapt(self, claim_seconds: float, backlog: bool, payload_bytes: float) -> None:
-        """Resize the prefetch buffer after a claim that took `claim_seconds` and brought payloads of
-        `payload_bytes` on average (see `prefetch_size`)."""
-        now = time.monotonic()
-        since, finished = self._rate_since
-        self._rate_since = (now, self._finished)
-        rate = (self._finished - finished) / (now - since) if now > since else 0.0
-        self._resize(
-            prefetch_size(
-                self._prefetch,
-                self._prefetch_min,
-                self._prefetch_max,
-                rate=rate,
-                claim_seconds=claim_seconds,
-                payload_bytes=payload_bytes,
-                backlog=backlog,
-            )
-        )
-
-    def _resize(self, size: int) -> None:
-        self._prefetch = size
-        self._metrics.prefetch.set(size)
-
-    def stale_at(self) -> float | None:
-        """When the oldest buffered job will have waited too long (monotonic clock), while the buffer
-        holds more than `prefetch`."""
-        if len(self._buffer) <= self._prefetch_min:
-            return None
-        return self._buffer[0][1] + STALE_BUFFER_SECONDS
-
-    def release_stale(self, now: float) -> int:
-        """Once the oldest buffered job waited too long, give every job beyond `prefetch` back to the
-        queue, the most recently claimed first, and shrink the buffer to `prefetch`. Returns how many."""
-        at = self.stale_at()
-        if at is None or now < at:
-            return 0
-        given_back = 0
-        while len(self._buffer) > self._prefetch_min:
-            claim, _ = self._buffer.pop()
-            self._hand_off(claim, outcomes.unstarted(claim))
-            given_back += 1
-        self._resize(self._prefetch_min)
-        self._check_empty()
-        return given_back
-
-    @property
-    def hungry(self) -> bool:
-        """Some runner has nothing to run, not even in the buffer."""
-        return self._capacity - len(self._running) > len(self._buffer)
+    def free(self) -> int:
+        """Runners with no job."""
+        return self._capacity - len(self._running)
 
     @property
     def running_count(self) -> int:
         return len(self._running)
 
-    def submit(self, claims: list[Claim], claimed_at: float) -> None:
-        """Take the leases now (so `wanted` is exact at once) and hand the claims to the runners."""
-        for claim in claims:
-            self._leases.add(claim.job.id, claim.lease_token, claimed_at)
-            self._metrics.for_job(claim.job.queue, claim.job.task).waited.observe(claim.waited)
-        self._buffer.extend((claim, claimed_at) for claim in claims)
-        if self._buffer and self._empty.is_set():
-            self._empty = anyio.Event()
-        for _ in range(min(len(claims), len(self._parked))):
-            _wake(self._parked.popleft())
-
     def cancel(self, job_id: int, token: uuid.UUID, reason: StopReason) -> bool:
+        """Cancel the run (or drop the buffered job) holding this lease; False if there is none."""
         running = self._running.get((job_id, token))
-        if running is None:
-            return self._drop_buffered(job_id, token, reason)
-        running.reason = running.reason or reason
-        running.scope.cancel()
+        if running is not None:
+            running.reason = running.reason or reason
+            running.scope.cancel()
+            return True
+        claim = self._prefetch.remove(job_id, token)
+        if claim is None:
+            return False
+        stop = outcomes.lease_lost if reason is StopReason.LEASE_LOST else outcomes.unstarted
+        self._hand_off(claim, stop(claim))
         return True
 
     def cancel_all(self, reason: StopReason) -> None:
-        self.release_buffered()
+        self.give_back(self._prefetch.take_all())
         for job_id, token in list(self._running):
             self.cancel(job_id, token, reason)
 
-    def release_buffered(self) -> None:
-        """Shutdown: jobs claimed but not started go back to the queue at once, attempt given back."""
-        while self._buffer:
-            claim, _ = self._buffer.popleft()
+    def give_back(self, claims: list[Claim]) -> None:
+        """Jobs taken out of the prefetch buffer go back to the queue unstarted, attempt given back."""
+        for claim in claims:
             self._hand_off(claim, outcomes.unstarted(claim))
-        self._check_empty()
-
-    def close(self) -> None:
-        """No more claims: runners return once the buffer is empty."""
-        self._closed = True
-        while self._parked:
-            _wake(self._parked.popleft())
 
     async def wait_empty(self) -> None:
-        await self._empty.wait()
+        """Return once no job is running (call after the prefetch buffer was emptied and closed)."""
+        if self._running:
+            self._empty = anyio.Event()
+            await self._empty.wait()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The runners, until `close()` and the buffer is empty."""
@@ -251,24 +165,12 @@ class Executor:
 
     async def _next(self) -> Claim | None:
         """The next buffered claim, once the completer has room; None once closed and drained."""
-        while True:
-            if not self._buffer:
-                if self._closed:
-                    return None
-                parked = asyncio.get_running_loop().create_future()
-                self._parked.append(parked)
-                try:
-                    await parked
-                finally:
-                    # Cancelled while parked (Task.cancel cancels the awaited future too): a dead future
-                    # left in the deque would swallow the wake meant for a live runner.
-                    if parked.cancelled() or not parked.done():
-                        with contextlib.suppress(ValueError):
-                            self._parked.remove(parked)
-                continue
+        while await self._prefetch.wait():
             await self._completer.wait_room()
-            if self._buffer:  # else another runner took it, or shutdown released it, while we waited
-                return self._buffer.popleft()[0]
+            claim = self._prefetch.pop()
+            if claim is not None:  # else another runner took it, or it was given back, while we waited
+                return claim
+        return None
 
     def _start(self, claim: Claim, scope: anyio.CancelScope) -> Running:
         job = claim.job
@@ -300,13 +202,14 @@ class Executor:
             # Ours (shutdown or a lost lease), or the daemon is going down: give the job back.
             outcome = self._stopped(claim, running.reason or StopReason.SHUTDOWN)
         del self._running[(job.id, claim.lease_token)]
-        self._finished += 1
+        self.finished += 1
         running.series.running -= 1
         running.series.duration.observe(elapsed)
         if outcome.kind is not OutcomeKind.SUCCEEDED or self._debug:
             _log_outcome(self._log, job.id, job.task, job.queue, job.attempt, outcome, elapsed)
         self._hand_off(claim, outcome)
-        self._check_empty()
+        if not self._running:
+            self._empty.set()
         self._on_slot_free()
 
     def _hand_off(self, claim: Claim, outcome: Outcome) -> None:
@@ -316,21 +219,6 @@ class Executor:
             self._leases.discard(claim.job.id, claim.lease_token)
         else:
             self._completer.put(outcome)
-
-    def _drop_buffered(self, job_id: int, token: uuid.UUID, reason: StopReason) -> bool:
-        for entry in self._buffer:
-            claim = entry[0]
-            if claim.job.id == job_id and claim.lease_token == token:
-                self._buffer.remove(entry)
-                stop = outcomes.lease_lost if reason is StopReason.LEASE_LOST else outcomes.unstarted
-                self._hand_off(claim, stop(claim))
-                self._check_empty()
-                return True
-        return False
-
-    def _check_empty(self) -> None:
-        if not self._running and not self._buffer:
-            self._empty.set()
 
     async def _attempt(self, running: Running) -> Outcome:
         """Run the handler once and classify what happened."""
@@ -370,32 +258,6 @@ class Executor:
         if reason is StopReason.LEASE_LOST:
             return outcomes.lease_lost(claim)
         return outcomes.released(claim)
-
-
-def prefetch_size(
-    current: int,
-    minimum: int,
-    maximum: int,
-    *,
-    rate: float,
-    claim_seconds: float,
-    payload_bytes: float,
-    backlog: bool,
-) -> int:
-    """The prefetch buffer's next size. While a backlog remains: twice the jobs the runners finish (at
-    `rate` per second) during one claim, at most double the current size, `maximum`, and PREFETCH_BYTES
-    of payloads of `payload_bytes` each, and never below `minimum`. Once a claim comes back short:
-    `minimum`. Bigger claims cost Postgres less per job, so a drain of short jobs runs in fewer, larger
-    batches (the drain benchmark doubled from prefetch 10 to 300)."""
-    if not backlog:
-        return minimum
-    cap = min(maximum, 2 * current, int(PREFETCH_BYTES / max(payload_bytes, 1.0)))
-    return max(minimum, min(math.ceil(2 * rate * claim_seconds), cap))
-
-
-def _wake(parked: asyncio.Future[None]) -> None:
-    if not parked.done():
-        parked.set_result(None)
 
 
 def _log_outcome(

@@ -50,7 +50,7 @@ class GaugeRefresher:
     async def refresh(self) -> Overview:
         rows = await self._store.queue_stats()
         workers = await self._store.live_workers()
-        dead, oldest_xact, usage = await self._store.health_stats()
+        health = await self._store.health_stats()
         self._readings += 1
         if self._readings % _SCHEMA_EVERY == 1:  # a migration is rare: look about once a minute
             async with self._store.connection() as conn:
@@ -58,9 +58,9 @@ class GaugeRefresher:
         overview = summarize(rows, workers)
         self._metrics.set_queue_stats(overview.counts(), overview.oldest(), overview.orphans_by_queue())
         self._metrics.workers_alive.set(len(workers))
-        self._metrics.notification_queue_usage.set(usage)
-        self._metrics.dead_tuples.set(dead)
-        self._metrics.oldest_transaction_age.set(oldest_xact)
+        self._metrics.notification_queue_usage.set(health.usage)
+        self._metrics.dead_tuples.set(health.dead_tuples)
+        self._metrics.oldest_transaction_age.set(health.oldest_xact_age)
         self._metrics.stats_age.set(time.time())
         self._on_reading(overview)
         return overview

@@ -68,11 +68,11 @@ class Maintenance:
         for row in rows:
             self._log.warning(
                 "job_rescued",
-                job_id=row["id"],
-                task=row["task"],
-                queue=row["queue"],
-                attempt=row["attempts"],
-                state=row["state"],
+                job_id=row.id,
+                task=row.task,
+                queue=row.queue,
+                attempt=row.attempts,
+                state=row.state,
             )
         if rows:
             self._on_rescued()
@@ -80,7 +80,7 @@ class Maintenance:
 
     async def report_orphans(self) -> None:
         for row in await self._store.jobs_without_handler(self._queues, self._tasks):
-            self._log.warning("jobs_without_handler", queue=row["queue"], task=row["task"], jobs=row["jobs"])
+            self._log.warning("jobs_without_handler", queue=row.queue, task=row.task, jobs=row.jobs)
 
     async def prune(self) -> None:
         # At most PRUNE_BATCHES_PER_TICK batches, so a large first prune never holds up rescue.

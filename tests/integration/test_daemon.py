@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from notifyq import Backoff, Discard, Job, Registry, Retry, Snooze, enqueue
-from notifyq.worker import executor as executor_module
+from notifyq.worker import prefetch as prefetch_module
 from tests.support import (
     LogCapture,
     count_states,
@@ -461,7 +461,7 @@ async def test_the_prefetch_holds_no_more_than_its_byte_budget_of_payloads(
     conn: asyncpg.Connection, db_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Payloads may be 1 MiB each; a budget this small makes the bound visible with 4 KiB ones.
-    monkeypatch.setattr(executor_module, "PREFETCH_BYTES", 64 * 1024)
+    monkeypatch.setattr(prefetch_module, "PREFETCH_BYTES", 64 * 1024)
     async with _recording_prefetch(db_dsn, prefetch_max=1000) as (_, sizes):
         await conn.execute(
             "INSERT INTO notifyq.jobs (task, payload)"
@@ -550,5 +550,5 @@ async def test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_
     assert [(r["state"], r["attempts"]) for r in rows] == [("queued", 0)] * 6
     completed = daemons[0].metrics.registry.get_sample_value
     labels = {"queue": "default", "task": "block"}
-    assert completed("notifyq_jobs_completed_total", {**labels, "outcome": "cancelled"}) == 1
+    assert completed("notifyq_jobs_completed_total", {**labels, "outcome": "released"}) == 1
     assert completed("notifyq_jobs_started_total", labels) == 1

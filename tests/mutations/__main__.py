@@ -66,6 +66,8 @@ def apply(copy: Path, mutation: Mutation) -> dict[Path, str]:
     try:
         for edit in mutation.edits:
             path = copy / edit.path
+            if not path.is_file():
+                raise LookupError(f"{mutation.name}: no file {edit.path}")
             text = path.read_text()
             originals.setdefault(path, text)
             start, end = section(text, edit.within) if edit.within else (0, len(text))

@@ -274,8 +274,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 "notifyq/worker/dispatcher.py",
-                "timeout, reason = self._poll, wakeup.POLL",
-                "timeout, reason = math.inf, wakeup.POLL",
+                "        self._poll = poll_interval\n",
+                "        self._poll = math.inf\n",
             ),
         ),
         (f"{DAEMON}::test_an_unannounced_commit_costs_at_most_the_poll",),
@@ -285,7 +285,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "a stalled LISTEN connection is noticed by the self-probe and replaced",
         (
             Edit(
-                "notifyq/listener.py",
+                "notifyq/notifier.py",
                 "    async def _probe(self, conn: asyncpg.Connection) -> bool:\n",
                 "    async def _probe(self, conn: asyncpg.Connection) -> bool:\n        return True\n",
             ),
@@ -322,11 +322,9 @@ CATALOGUE: tuple[Mutation, ...] = (
         "at shutdown, buffered jobs go back to the queue at once",
         (
             Edit(
-                "notifyq/worker/executor.py",
-                "        while self._buffer:\n            claim, _ = self._buffer.popleft()\n"
-                "            self._hand_off(claim, outcomes.unstarted(claim))\n",
-                "        while False:\n            claim, _ = self._buffer.popleft()\n"
-                "            self._hand_off(claim, outcomes.unstarted(claim))\n",
+                "notifyq/worker/dispatcher.py",
+                "            self._executor.give_back(self._prefetch.take_all())\n            self._prefetch.close()\n",
+                "            self._prefetch.close()\n",
             ),
         ),
         (f"{DAEMON}::test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_one",),
@@ -337,14 +335,14 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 "notifyq/worker/dispatcher.py",
-                "            await self._claim_loop()\n            self._listener.set_idle(False)\n",
+                "            await self._claim_loop()\n            self._wake_topic.set_idle(False)\n",
                 "            await self._claim_loop()\n            self._stopping = anyio.Event()\n"
-                "            work.start_soon(self._claim_loop)\n            self._listener.set_idle(False)\n",
+                "            work.start_soon(self._claim_loop)\n            self._wake_topic.set_idle(False)\n",
             ),
             Edit(
                 "notifyq/worker/dispatcher.py",
                 "            await self._drain()\n",
-                '            await self._drain()\n            self._stopping.set()\n            self._wake.hint("stop")\n',
+                '            await self._drain()\n            self._stopping.set()\n            self._wake.hint(WakeSource.STOP)\n',
             ),
         ),
         (f"{LIFECYCLE}::test_sigterm_stops_claiming_at_once",),
@@ -379,7 +377,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "the prefetch buffer holds at most 16 MiB of payloads",
         (
             Edit(
-                "notifyq/worker/executor.py",
+                "notifyq/worker/prefetch.py",
                 "PREFETCH_BYTES = 16 * 1024 * 1024",
                 "PREFETCH_BYTES = 1024 * 1024 * 1024",
             ),

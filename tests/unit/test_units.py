@@ -1,4 +1,4 @@
-"""Pure pieces: backoff, settings, DSN redaction, query loading, the public surface."""
+"""Pure pieces: settings, DSN redaction, query loading, the registry, the public surface."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from notifyq.config import load_settings, redact_dsn
 from notifyq.errors import ConfigError
 from notifyq.registry import Registry
 from notifyq.retry import Backoff
-from notifyq.worker.executor import prefetch_size
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -148,19 +147,3 @@ def test_registry_validates_its_options() -> None:
         r.task("x", timeout=0)
     with pytest.raises(ValueError, match="task name"):
         r.task("")
-
-
-def test_prefetch_size_follows_the_rate_within_its_bounds() -> None:
-    def size(current: int, rate: float, payload: float = 10.0, backlog: bool = True) -> int:
-        return prefetch_size(
-            current, 10, 500, rate=rate, claim_seconds=0.002, payload_bytes=payload, backlog=backlog
-        )
-
-    assert size(10, rate=1_000) == 10  # 2 * 1,000/s * 2 ms = 4: never below the minimum
-    assert size(10, rate=40_000) == 20  # wants 160, grows at most twofold per claim
-    assert size(100, rate=40_000) == 160
-    assert size(400, rate=1_000_000) == 500  # the maximum
-    assert size(400, rate=1_000_000, payload=1024 * 1024) == 16  # PREFETCH_BYTES of 1 MiB payloads
-    assert size(400, rate=1_000_000, payload=8 * 1024 * 1024) == 10  # the minimum wins over the budget
-    assert size(400, rate=1_000_000, backlog=False) == 10  # a short claim: back to the minimum
-    assert prefetch_size(0, 0, 500, rate=1e6, claim_seconds=1.0, payload_bytes=1.0, backlog=True) == 0

@@ -1,25 +1,24 @@
-"""The LISTEN connection: wake hints, idle locks, self-probe and reconnect.
+"""The notifier: one LISTEN connection, shared by every topic that needs to hear from Postgres.
 
-Lifecycle. Connect (a direct session, never through a transaction pooler), LISTEN on `notifyq` and on
-this daemon's own probe channel, re-take the idle locks if the dispatcher is idle, then wake the
-dispatcher so that it re-scans: whatever was notified while the connection was down is found by that
-scan, never lost. While connected, the loop applies idle/busy changes that the dispatcher asks for
-and sends a probe every `probe_interval`: a NOTIFY to its own channel that must come back within
-`probe_timeout`. A probe that does not come back (a half-open or stalled socket) or a closed connection
-ends the session; the loop reconnects after a capped, jittered backoff.
+A topic (see `Topic`) names a channel, handles its notifications, and may keep session state on this
+connection (the wake-up's idle locks, notifyq/wakeup.py). Wake-ups are the first topic; cancelling a
+running job, schedule changes and awaited results are the ones to come, each on a channel of its own.
 
-Idle locks (DESIGN section 4): while the dispatcher waits for work, this connection holds
-`pg_advisory_lock_shared(7243, hashtext(queue))` for each served queue; the producers' trigger sees
-the lock and sends NOTIFY. When the dispatcher is busy the locks are released, and producers skip the
-NOTIFY and its commit-time cost. After taking the locks the listener wakes the dispatcher once more
-("idle"), so that a job committed just before the locks were taken is claimed by that re-check.
+Lifecycle. Connect (a direct session, never through a transaction pooler), end this daemon's previous
+backend if a half-open socket left it behind, LISTEN on every topic's channel and on this daemon's own
+probe channel, tell each topic it is connected (the wake-up then re-scans: whatever was notified while
+the connection was down is found, never lost), and bring each topic's session state up to date. While
+connected, the loop applies topic changes as they are asked for and sends a probe every
+`probe_interval`: a NOTIFY to its own channel that must come back within `probe_timeout`. A probe that
+does not come back (a half-open or stalled socket) or a closed connection ends the session; topics are
+told, and the loop reconnects after a capped, jittered backoff.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import asyncpg
@@ -29,9 +28,8 @@ from notifyq.errors import DatabaseConfigError, DatabaseUnavailable
 from notifyq.metrics import Metrics
 from notifyq.retry import Backoff
 from notifyq.store import connect, describe
-from notifyq.worker import wakeup
+from notifyq.wakeup import Session
 
-CHANNEL = "notifyq"
 # Keepalives let the server notice a vanished listener within about 25 s and end its backend (and with
 # it the idle locks) even when we cannot tell it ourselves.
 _SESSION_SETTINGS = {
@@ -43,28 +41,58 @@ _SESSION_SETTINGS = {
 _RECONNECT = Backoff(base_seconds=0.05, factor=2.0, cap_seconds=15.0, jitter=0.5)
 
 
-class Listener:
+class Topic(Protocol):
+    """A subscriber to one channel, with optional session state on the notifier's connection."""
+
+    channel: str
+
+    @property
+    def pending(self) -> bool:
+        """True while the topic has session work for `sync` to do."""
+        ...
+
+    def bind(self, changed: Callable[[], None]) -> None: ...
+
+    async def sync(self, session: Session) -> None: ...
+
+    def on_message(self, payload: str) -> None: ...
+
+    def on_connected(self) -> None: ...
+
+    def on_disconnected(self) -> None: ...
+
+
+class _Session:
+    """The notifier's connection as topics see it: named statements, bounded in time."""
+
+    def __init__(self, conn: asyncpg.Connection, timeout: float) -> None:
+        self._conn = conn
+        self._timeout = timeout
+
+    async def execute(self, name: str, *args: object) -> None:
+        with anyio.fail_after(self._timeout):
+            await self._conn.execute(queries.get(name), *args)
+
+
+class Notifier:
     def __init__(
         self,
         dsn: str | None,
-        queues: Sequence[str],
+        topics: Sequence[Topic],
         worker_id: uuid.UUID,
-        wake: Callable[[str], None],
         metrics: Metrics,
         probe_interval: float,
     ) -> None:
         self._dsn = dsn
-        self._queues = list(queues)
-        self._served = frozenset(queues)
-        self._wake = wake
+        self._topics = list(topics)
+        for topic in self._topics:
+            topic.bind(self._on_change)
         self._metrics = metrics
         self._probe_interval = probe_interval
         self._probe_timeout = max(0.5, min(2.0, probe_interval))
         self._probe_channel = f"notifyq.probe.{worker_id.hex}"
         # Names this daemon's LISTEN session, so that ending a stale one can never hit a peer's.
         self._application_name = f"notifyq-listener:{worker_id.hex}"
-        self._want_idle = False
-        self._is_idle = False
         self._changed = anyio.Event()
         self._probe_ack = anyio.Event()
         self._lost = False
@@ -76,11 +104,8 @@ class Listener:
     def connected(self) -> bool:
         return self._connected
 
-    def set_idle(self, idle: bool) -> None:
-        """Ask for the idle locks to be taken (True) or released (False); applied by the loop."""
-        if idle != self._want_idle:
-            self._want_idle = idle
-            self._changed.set()
+    def _on_change(self) -> None:
+        self._changed.set()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         failures = 0
@@ -96,7 +121,8 @@ class Listener:
                     self._metrics.listener_reconnects.inc()
                     self._log.info("listener_reconnected", after_failures=failures)
                 await self._end_stale_session(conn)
-                self._wake(wakeup.RECONNECT)
+                for topic in self._topics:
+                    topic.on_connected()
                 if not ready:
                     ready = True
                     task_status.started()
@@ -118,7 +144,8 @@ class Listener:
                     self._log.warning("listener_error", error=describe(exc), failures=failures)
             finally:
                 self._connected = False
-                self._is_idle = False
+                for topic in self._topics:
+                    topic.on_disconnected()
                 self._metrics.listener_connected.set(0)
                 if conn is not None:
                     self._stale_pid = conn.get_server_pid()
@@ -152,7 +179,8 @@ class Listener:
         try:
             conn.add_termination_listener(self._on_terminated)
             with anyio.fail_after(10.0):
-                await conn.add_listener(CHANNEL, self._on_notify)
+                for topic in self._topics:
+                    await conn.add_listener(topic.channel, _receiver(topic))
                 await conn.add_listener(self._probe_channel, self._on_probe)
         except BaseException:
             conn.terminate()
@@ -163,13 +191,16 @@ class Listener:
         """Serve one connection until it is lost or stops answering probes; True if a probe came back."""
         next_probe = anyio.current_time() + self._probe_interval
         probed = False
+        session = _Session(conn, self._probe_timeout * 2)
         while True:
             # Reset first, then look at the flags: a change made after this line is never missed.
             self._changed = anyio.Event()
             if self._lost or conn.is_closed():
                 return probed
-            if self._want_idle != self._is_idle:
-                await self._apply_idle(conn)
+            pending = [topic for topic in self._topics if topic.pending]
+            if pending:
+                for topic in pending:
+                    await topic.sync(session)
                 continue
             if anyio.current_time() >= next_probe:
                 if not await self._probe(conn):
@@ -180,18 +211,6 @@ class Listener:
             with anyio.move_on_after(next_probe - anyio.current_time()):
                 await self._changed.wait()
 
-    async def _apply_idle(self, conn: asyncpg.Connection) -> None:
-        target = self._want_idle
-        name = "take_idle_locks" if target else "release_idle_locks"
-        with anyio.fail_after(self._probe_timeout * 2):
-            if target:
-                await conn.execute(queries.get(name), self._queues)
-            else:
-                await conn.execute(queries.get(name))
-        self._is_idle = target
-        if target:
-            self._wake(wakeup.IDLE)
-
     async def _probe(self, conn: asyncpg.Connection) -> bool:
         self._probe_ack = anyio.Event()
         with anyio.move_on_after(self._probe_timeout):
@@ -200,13 +219,16 @@ class Listener:
             return True
         return False
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload in self._served:
-            self._wake(wakeup.NOTIFY)
-
     def _on_probe(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         self._probe_ack.set()
 
     def _on_terminated(self, _conn: Any) -> None:
         self._lost = True
         self._changed.set()
+
+
+def _receiver(topic: Topic) -> Callable[[Any, int, str, str], None]:
+    def receive(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        topic.on_message(payload)
+
+    return receive
