@@ -26,6 +26,14 @@ EXIT_USAGE = 2
 EXIT_CHECK = 3
 
 
+def _default(name: str) -> str:
+    """A setting's default, as help texts show it: from Settings, so the two cannot disagree."""
+    value = Settings.model_fields[name].default
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"notifyq: {message}", err=True)
     sys.exit(code)
@@ -45,6 +53,11 @@ def _run(fn: Callable[[], Awaitable[Any]], backend_options: dict[str, bool] | No
         return anyio.run(fn, backend_options=backend_options)
     except BaseException as exc:
         error = _unwrap(exc)
+        if not isinstance(error, NotifyqError):
+            from notifyq.store import map_error
+
+            # A driver error: unreachable or read-only (exit 1), refused, or bad credentials.
+            error = map_error(error)
         if isinstance(error, ConfigError):
             _fail(str(error), EXIT_USAGE)
         if isinstance(error, NotifyqError):
@@ -96,14 +109,22 @@ def main() -> None:
 @db_options
 @click.option("--app", help="MODULE:ATTR of your notifyq.Registry. Env: NOTIFYQ_APP.")
 @click.option("--listen-dsn", help="Direct DSN for LISTEN when --dsn goes through PgBouncer.")
-@click.option("--queues", help="Comma-separated queues to serve (default: default).")
-@click.option("--concurrency", type=int, help="Jobs run at once (default 10).")
-@click.option("--lease-seconds", type=float, help="Lease length (default 30).")
-@click.option("--poll-interval-seconds", type=float, help="Safety poll (default 5).")
-@click.option("--shutdown-timeout-seconds", type=float, help="Drain time on SIGTERM (default 30).")
+@click.option("--queues", help=f"Comma-separated queues to serve (default {_default('queues')}).")
+@click.option("--concurrency", type=int, help=f"Jobs run at once (default {_default('concurrency')}).")
+@click.option("--lease-seconds", type=float, help=f"Lease length (default {_default('lease_seconds')} s).")
+@click.option(
+    "--poll-interval-seconds",
+    type=float,
+    help=f"Safety poll, in case a NOTIFY is missed (default {_default('poll_interval_seconds')} s).",
+)
+@click.option(
+    "--shutdown-timeout-seconds",
+    type=float,
+    help=f"Drain time on SIGTERM (default {_default('shutdown_timeout_seconds')} s).",
+)
 @click.option(
     "--http-address",
-    help="HOST:PORT for /metrics, /healthz, /readyz, or 'off' (default 127.0.0.1:9469).",
+    help=f"HOST:PORT for /metrics, /healthz, /readyz, or 'off' (default {_default('http_address')}).",
 )
 def serve(config: str | None, **flags: Any) -> None:
     """Run the daemon: claim jobs and run their handlers until SIGTERM."""

@@ -25,11 +25,12 @@ from notifyq.config import Settings
 from notifyq.errors import DatabaseUnavailable, NotifyqError
 from notifyq.http import HttpServer
 from notifyq.metrics import Metrics
+from notifyq.models import WorkerInfo
 from notifyq.notifier import Notifier
 from notifyq.registry import Registry
 from notifyq.retry import Backoff
 from notifyq.stats import Overview
-from notifyq.store import Store, WorkerInfo, safe_dsn
+from notifyq.store import Store, safe_dsn
 from notifyq.systemd import SystemdNotifier
 from notifyq.wakeup import WakeSource, WakeTopic, Wakeup
 from notifyq.worker.claimer import Claimer, ClaimScope

@@ -131,12 +131,17 @@ def render_sql(pending: list[Migration]) -> str:
     """The script `notifyq migrate --sql` prints: what apply() would run, for a DBA to review or run."""
     if not pending:
         return "-- notifyq: the schema is current; nothing to apply.\n"
-    parts = ["BEGIN;", queries.get("migrate_lock") + ";", queries.get("ledger_bootstrap") + ";"]
+    parts = [
+        "BEGIN;",
+        queries.get("migrate_lock") + ";",
+        queries.get("ledger_bootstrap") + ";",
+        # The ledger's one INSERT, prepared, so the script records migrations with the same statement.
+        f"PREPARE notifyq_ledger_record(int, text, text) AS {queries.get('ledger_record')};",
+    ]
     for m in pending:
         parts.append(f"\n-- migration {m.label}\n{m.sql.strip()}")
-        parts.append(
-            "INSERT INTO notifyq.schema_migrations (version, name, checksum) "
-            f"VALUES ({m.version}, '{m.name}', '{m.checksum}');"
-        )
+        # Names match ^[a-z0-9_]+$ and checksums are hex (see load()): safe as literals.
+        parts.append(f"EXECUTE notifyq_ledger_record({m.version}, '{m.name}', '{m.checksum}');")
+    parts.append("DEALLOCATE notifyq_ledger_record;")
     parts.append("COMMIT;")
     return "\n".join(parts) + "\n"

@@ -126,8 +126,8 @@ class QueueStat:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerRow:
-    """A daemon that heartbeated within two of its leases."""
+class WorkerInfo:
+    """A daemon as it describes itself in `notifyq.workers`."""
 
     id: uuid.UUID
     hostname: str
@@ -135,6 +135,13 @@ class WorkerRow:
     queues: list[str]
     tasks: list[str]
     concurrency: int
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow(WorkerInfo):
+    """A daemon that heartbeated within two of its leases."""
+
     running: int
     started_at: datetime
     last_seen: datetime

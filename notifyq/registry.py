@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from notifyq.errors import AppLoadError
-from notifyq.models import Job
 from notifyq.retry import Backoff
 
-Handler = Callable[[Job], Any] | Callable[[Job], Awaitable[Any]]
+Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]  # (job) or (job, ctx); see context.py
 H = TypeVar("H", bound=Callable[..., Any])
-
-_TASK_NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +26,13 @@ class TaskSpec:
     name: str
     handler: Handler
     is_async: bool
+    takes_context: bool  # called as handler(job, ctx) rather than handler(job)
     timeout: float | None
     max_attempts: int | None
     backoff: Backoff
+
+
+_TASK_NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
 
 class Registry:
@@ -64,6 +65,7 @@ class Registry:
                 name=name,
                 handler=fn,
                 is_async=_is_async(fn),
+                takes_context=_takes_context(fn, name),
                 timeout=timeout,
                 max_attempts=max_attempts,
                 backoff=backoff or self._backoff,
@@ -96,6 +98,27 @@ def _is_async(fn: Any) -> bool:
     """Coroutine functions, and callable objects whose __call__ is one."""
     call = getattr(type(fn), "__call__", None)  # noqa: B004 - we want the method, not callable()
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _takes_context(fn: Any, name: str) -> bool:
+    """True for handler(job, ctx), False for handler(job); anything else is refused at registration."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False  # a builtin or C callable: called with the job alone
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
+    if len(positional) == 1 or (not positional and varargs):
+        return False
+    if len(positional) == 2:
+        return True
+    raise ValueError(
+        f"handler of task {name!r} must take (job) or (job, ctx), not {len(positional)} required arguments"
+    )
 
 
 def load_app(spec: str) -> Registry:

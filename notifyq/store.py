@@ -13,7 +13,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +33,7 @@ from notifyq.models import (
     Outcome,
     QueueStat,
     RescuedJob,
+    WorkerInfo,
     WorkerRow,
 )
 
@@ -87,17 +87,6 @@ def map_error(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.PostgresError):
         return QueryError(describe(exc))
     return exc
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    id: uuid.UUID
-    hostname: str
-    pid: int
-    queues: list[str]
-    tasks: list[str]
-    concurrency: int
-    lease_seconds: float
 
 
 async def connect(dsn: str | None, *, connect_timeout: float = 10.0, **kwargs: Any) -> asyncpg.Connection:
@@ -281,16 +270,8 @@ class Store:
         return {r["id"] for r in rows}
 
     async def register_worker(self, worker: WorkerInfo) -> None:
-        await self._execute(
-            "register_worker",
-            worker.id,
-            worker.hostname,
-            worker.pid,
-            worker.queues,
-            worker.tasks,
-            worker.concurrency,
-            worker.lease_seconds,
-        )
+        """Create (or refresh) this worker's row: a heartbeat that holds no lease."""
+        await self.extend({}, worker.lease_seconds, worker)
 
     async def unregister_worker(self, worker_id: uuid.UUID) -> None:
         await self._execute("unregister_worker", worker_id)

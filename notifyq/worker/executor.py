@@ -36,6 +36,7 @@ import anyio
 import anyio.lowlevel
 
 from notifyq import logs
+from notifyq.context import Context
 from notifyq.errors import Discard, Retry, Snooze
 from notifyq.metrics import JobSeries, Metrics
 from notifyq.models import Claim, JobState, Outcome, OutcomeKind
@@ -246,9 +247,12 @@ class Executor:
             return outcomes.failed(claim, spec, OutcomeKind.RETRIED, outcomes.format_error(exc))
 
     async def _call(self, spec: TaskSpec, claim: Claim) -> Any:
+        args: tuple[Any, ...] = (claim.job,)
+        if spec.takes_context:
+            args = (claim.job, Context.for_attempt(claim.job, spec.timeout))
         if spec.is_async:
-            return await spec.handler(claim.job)
-        value = await anyio.to_thread.run_sync(spec.handler, claim.job, limiter=self._threads)
+            return await spec.handler(*args)
+        value = await anyio.to_thread.run_sync(spec.handler, *args, limiter=self._threads)
         if inspect.isawaitable(value):  # a callable object whose __call__ is async
             value = await value
         return value

@@ -17,7 +17,8 @@ import anyio
 
 from notifyq import logs
 from notifyq.errors import DatabaseUnavailable, QueryError
-from notifyq.store import Store, WorkerInfo
+from notifyq.models import WorkerInfo
+from notifyq.store import Store
 from notifyq.worker.executor import Executor, StopReason
 from notifyq.worker.leases import Leases
 

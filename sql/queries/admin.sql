@@ -7,8 +7,8 @@ SELECT notifyq.enqueue($1::text, $2::text::jsonb, $3::text, $4::timestamptz, $5:
 
 -- name: live_workers :many
 -- Workers whose last heartbeat is within two of their own leases.
-SELECT w.id, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.running, w.started_at,
-       w.last_seen, extract(epoch FROM now() - w.last_seen)::float8 AS seen_seconds_ago
+SELECT w.id, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.lease_seconds, w.running,
+       w.started_at, w.last_seen, extract(epoch FROM now() - w.last_seen)::float8 AS seen_seconds_ago
 FROM notifyq.workers AS w
 WHERE w.last_seen > now() - make_interval(secs => 2 * w.lease_seconds)
 ORDER BY w.hostname, w.pid;

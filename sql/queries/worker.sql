@@ -1,56 +1,25 @@
 -- Statements the daemon runs. Loaded once by notifyq/queries.py; every value is a bound parameter.
 -- The SQL text is fixed, so asyncpg prepares each statement once per connection and reuses it.
 
--- name: claim_jobs :many
--- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
--- $4 how many (the free slots), $5 lease seconds, $6 worker id, and per queue of $1 where the previous
--- claim stopped: $7 priority, $8 run_at, $9 id (NULLs: scan from the start).
--- Attempts are counted here, at claim, so a job that kills its worker cannot retry forever.
--- One index scan per served queue (jobs_claim_idx matches queue + ORDER BY exactly; `queue = ANY(...)`
--- would make Postgres 15 read and sort every runnable row instead), then the best $4 across queues.
--- With several queues, rows beyond the best $4 stay locked only until this statement commits.
--- Starting after the previous claim's last row skips the index entries of the rows claimed since the
--- last vacuum, which every scan from the start walks again: a 1,000,000-job backlog drained at 43% of
--- the 20,000-job rate that way. The first branch continues the same priority after that row; the second,
--- read only when the first falls short, takes the lower priorities. Rows that sort before the position
--- (a higher priority, a backdated run_at) are found by the dispatcher's scan from the start, done after
--- a short claim and at least once a second.
-WITH picked AS (
-    SELECT c.id
-    FROM unnest($1::text[], $7::int[], $8::timestamptz[], $9::bigint[])
-        AS q(name, after_priority, after_run_at, after_id)
-    CROSS JOIN LATERAL (
-        SELECT * FROM (
-            SELECT j.id, j.priority, j.run_at
-            FROM notifyq.jobs AS j
-            WHERE j.state = 'queued'
-              AND j.queue = q.name
-              AND j.task = ANY($2::text[])
-              AND j.run_at <= notifyq.now()
-              AND j.priority = q.after_priority
-              AND (j.run_at, j.id) > (q.after_run_at, q.after_id)
-            ORDER BY j.priority DESC, j.run_at, j.id
-            LIMIT $4
-            FOR NO KEY UPDATE SKIP LOCKED
-        ) AS same_priority
-        UNION ALL
-        SELECT * FROM (
-            SELECT j.id, j.priority, j.run_at
-            FROM notifyq.jobs AS j
-            WHERE j.state = 'queued'
-              AND j.queue = q.name
-              AND j.task = ANY($2::text[])
-              AND j.run_at <= notifyq.now()
-              AND (q.after_priority IS NULL OR j.priority < q.after_priority)
-            ORDER BY j.priority DESC, j.run_at, j.id
-            LIMIT $4
-            FOR NO KEY UPDATE SKIP LOCKED
-        ) AS from_start_or_lower
-        LIMIT $4
-    ) AS c
-    ORDER BY c.priority DESC, c.run_at, c.id
-    LIMIT $4
-)
+-- name: claim_runnable :fragment
+-- Which rows a claim may take, besides their queue: queued, of a task this daemon has a handler for ($2),
+-- and due.
+j.state = 'queued'
+  AND j.task = ANY($2::text[])
+  AND j.run_at <= notifyq.now()
+
+-- name: claim_order :fragment
+-- The claim order within one queue (jobs_claim_idx matches it exactly), $4 at most, skipping rows another
+-- daemon is claiming right now.
+ORDER BY j.priority DESC, j.run_at, j.id
+LIMIT $4
+FOR NO KEY UPDATE SKIP LOCKED
+
+-- name: claim_lease :fragment
+-- What both claims do to the rows they picked (a CTE named `picked`): running, one more attempt (counted
+-- here, at claim, so a job that kills its worker cannot retry forever), the task's max_attempts override
+-- when there is one, a fresh lease token. $2 tasks, $3 max_attempts overrides (NULL = keep the row's),
+-- $5 lease seconds, $6 worker id.
 UPDATE notifyq.jobs AS j
 SET state = 'running',
     attempts = j.attempts + 1,
@@ -68,6 +37,49 @@ RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_a
           j.max_attempts, j.created_at, j.lease_token,
           greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
 
+-- name: claim_jobs :many
+-- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
+-- $4 how many (the free slots), $5 lease seconds, $6 worker id, and per queue of $1 where the previous
+-- claim stopped: $7 priority, $8 run_at, $9 id (NULLs: scan from the start).
+-- One index scan per served queue (jobs_claim_idx matches queue + ORDER BY exactly; `queue = ANY(...)`
+-- would make Postgres 15 read and sort every runnable row instead), then the best $4 across queues.
+-- With several queues, rows beyond the best $4 stay locked only until this statement commits.
+-- Starting after the previous claim's last row skips the index entries of the rows claimed since the
+-- last vacuum, which every scan from the start walks again: a 1,000,000-job backlog drained at 43% of
+-- the 20,000-job rate that way. The first branch continues the same priority after that row; the second,
+-- read only when the first falls short, takes the lower priorities. Rows that sort before the position
+-- (a higher priority, a backdated run_at) are found by the claimer's scan from the start, done after
+-- a short claim and at least once a second.
+WITH picked AS (
+    SELECT c.id
+    FROM unnest($1::text[], $7::int[], $8::timestamptz[], $9::bigint[])
+        AS q(name, after_priority, after_run_at, after_id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM (
+            SELECT j.id, j.priority, j.run_at
+            FROM notifyq.jobs AS j
+            WHERE j.queue = q.name
+              AND /* include: claim_runnable */
+              AND j.priority = q.after_priority
+              AND (j.run_at, j.id) > (q.after_run_at, q.after_id)
+            /* include: claim_order */
+        ) AS same_priority
+        UNION ALL
+        SELECT * FROM (
+            SELECT j.id, j.priority, j.run_at
+            FROM notifyq.jobs AS j
+            WHERE j.queue = q.name
+              AND /* include: claim_runnable */
+              AND (q.after_priority IS NULL OR j.priority < q.after_priority)
+            /* include: claim_order */
+        ) AS from_start_or_lower
+        LIMIT $4
+    ) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT $4
+)
+/* include: claim_lease */;
+
 -- name: claim_head :many
 -- claim_jobs for the commonest case, one queue claimed from its head: the same rows in the same order,
 -- in a statement Postgres plans in two thirds of the time. It is the claim after every wake-up from
@@ -78,30 +90,11 @@ RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_a
 WITH picked AS (
     SELECT j.id
     FROM notifyq.jobs AS j
-    WHERE j.state = 'queued'
-      AND j.queue = $1::text
-      AND j.task = ANY($2::text[])
-      AND j.run_at <= notifyq.now()
-    ORDER BY j.priority DESC, j.run_at, j.id
-    LIMIT $4
-    FOR NO KEY UPDATE SKIP LOCKED
+    WHERE j.queue = $1::text
+      AND /* include: claim_runnable */
+    /* include: claim_order */
 )
-UPDATE notifyq.jobs AS j
-SET state = 'running',
-    attempts = j.attempts + 1,
-    max_attempts = coalesce(
-        (SELECT o.max_attempts FROM unnest($2::text[], $3::int[]) AS o(task, max_attempts)
-         WHERE o.task = j.task),
-        j.max_attempts),
-    lease_token = gen_random_uuid(),
-    leased_until = notifyq.now() + make_interval(secs => $5::float8),
-    worker_id = $6::uuid,
-    started_at = notifyq.now()
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.attempts,
-          j.max_attempts, j.created_at, j.lease_token,
-          greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
+/* include: claim_lease */;
 
 -- name: record_outcomes :many
 -- One fenced statement per batch: a row is written only by the holder of its current lease.
@@ -158,11 +151,6 @@ WHERE j.id = h.id
   AND j.lease_token = h.token
   AND j.state = 'running'
 RETURNING j.id;
-
--- name: register_worker :exec
-INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, lease_seconds)
-VALUES ($1::uuid, $2::text, $3::int, $4::text[], $5::text[], $6::int, $7::float8)
-ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now();
 
 -- name: unregister_worker :exec
 DELETE FROM notifyq.workers WHERE id = $1::uuid;

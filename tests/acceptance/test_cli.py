@@ -212,3 +212,27 @@ async def test_jobs_list_show_retry_cancel(conn: asyncpg.Connection, db_dsn: str
     refused = cli("jobs", "cancel", str(done), "--dsn", db_dsn)
     assert refused.returncode == 1 and f"job {done} is succeeded; cannot cancel it" in refused.stderr
     assert cli("jobs", "show", "999999", "--dsn", db_dsn).stderr.strip() == "notifyq: no job 999999"
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["enqueue", "t"], ["jobs", "cancel", "1"]])
+async def test_a_read_only_server_is_a_runtime_failure_in_one_line(
+    conn: asyncpg.Connection, db_dsn: str, args: list[str]
+) -> None:
+    await conn.execute(f'ALTER DATABASE "{database_of(db_dsn)}" SET default_transaction_read_only = on')
+    done = cli(*args, "--dsn", db_dsn)
+    assert done.returncode == 1, done.stderr  # not 2: nothing is wrong with the command or its settings
+    assert done.stderr.count("\n") == 1 and "read-only" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_shows_the_defaults_settings_really_use() -> None:
+    from notifyq.config import Settings
+
+    text = " ".join(cli("serve", "--help").stdout.split())
+    fields = Settings.model_fields
+    assert (
+        f"Safety poll, in case a NOTIFY is missed (default {fields['poll_interval_seconds'].default:g} s)"
+        in text
+    )
+    assert f"Jobs run at once (default {fields['concurrency'].default})" in text
+    assert f"Lease length (default {fields['lease_seconds'].default:g} s)" in text

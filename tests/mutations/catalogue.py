@@ -159,63 +159,28 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     # -- attempts are counted at claim; the claim takes runnable rows in order ---------------------
     Mutation(
-        "attempts_not_counted_claim_jobs",
-        "attempts are counted at claim, so a job that kills its worker cannot retry forever (claim_jobs)",
-        (Edit(WORKER_SQL, "attempts = j.attempts + 1,", "attempts = j.attempts,", "claim_jobs"),),
+        "attempts_not_counted",
+        "attempts are counted at claim, so a job that kills its worker cannot retry forever",
+        (Edit(WORKER_SQL, "attempts = j.attempts + 1,", "attempts = j.attempts,", "claim_lease"),),
         (STATE_MACHINE,),
         SMALL_MACHINE,
     ),
     Mutation(
-        "attempts_not_counted_claim_head",
-        "attempts are counted at claim (claim_head)",
-        (Edit(WORKER_SQL, "attempts = j.attempts + 1,", "attempts = j.attempts,", "claim_head"),),
-        (STATE_MACHINE,),
-        SMALL_MACHINE,
-    ),
-    Mutation(
-        "claim_jobs_runs_early_from_start",
-        "no job runs before its run_at (claim_jobs from the start, or lower priorities)",
-        (
-            Edit(
-                WORKER_SQL,
-                "              AND j.run_at <= notifyq.now()\n              AND (q.after_priority IS NULL",
-                "              AND (q.after_priority IS NULL",
-                "claim_jobs",
-            ),
-        ),
-        (STATE_MACHINE,),
-        SMALL_MACHINE,
-    ),
-    Mutation(
-        "claim_jobs_runs_early_after_position",
-        "no job runs before its run_at (claim_jobs continuing after a position)",
-        (
-            Edit(
-                WORKER_SQL,
-                "              AND j.run_at <= notifyq.now()\n              AND j.priority = q.after_priority",
-                "              AND j.priority = q.after_priority",
-                "claim_jobs",
-            ),
-        ),
-        (STATE_MACHINE,),
-        SMALL_MACHINE,
-    ),
-    Mutation(
-        "claim_head_runs_early",
-        "no job runs before its run_at (claim_head)",
-        (Edit(WORKER_SQL, "      AND j.run_at <= notifyq.now()\n", "", "claim_head"),),
+        "claim_runs_early",
+        "no job runs before its run_at (both claims share the condition)",
+        (Edit(WORKER_SQL, "  AND j.run_at <= notifyq.now()\n", "", "claim_runnable"),),
         (STATE_MACHINE, f"{DAEMON}::test_scheduled_job_runs_at_its_time_without_a_poll"),
         SMALL_MACHINE,
     ),
     Mutation(
-        "claim_head_priority_reversed",
-        "higher priority runs first",
+        "claim_priority_reversed",
+        "higher priority runs first (both claims share the order)",
         (
             Edit(
                 WORKER_SQL,
                 "ORDER BY j.priority DESC, j.run_at, j.id",
                 "ORDER BY j.priority, j.run_at, j.id",
-                "claim_head",
+                "claim_order",
             ),
         ),
         (STATE_MACHINE,),
@@ -238,7 +203,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "max_attempts_override_any_task",
         "a task's max_attempts applies to that task's jobs only",
-        (Edit(WORKER_SQL, "WHERE o.task = j.task", "WHERE o.task IS NOT NULL", "claim_jobs"),),
+        (Edit(WORKER_SQL, "WHERE o.task = j.task", "WHERE o.task IS NOT NULL", "claim_lease"),),
         (STATE_MACHINE,),
         SMALL_MACHINE,
     ),

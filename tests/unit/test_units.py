@@ -21,6 +21,7 @@ def test_public_surface() -> None:
     assert sorted(notifyq.__all__) == sorted(
         [
             "Backoff",
+            "Context",
             "Discard",
             "Job",
             "JobState",
