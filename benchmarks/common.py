@@ -81,7 +81,7 @@ def daemon(dsn: str, log: Path, **settings: Any) -> Iterator[subprocess.Popen[by
             stderr=subprocess.STDOUT,
         )
     try:
-        # Ready and idle: it holds its idle locks (DESIGN section 4). Logs stay at warning, because
+        # Ready and idle: it holds its idle locks (docs/design.md, section 4). Logs stay at warning, because
         # a JSON line per job would be part of what is measured.
         deadline = time.monotonic() + 30
         while not _idle_locks(dsn):

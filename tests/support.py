@@ -257,7 +257,7 @@ class StallProxy:
 
 
 async def idle_locks(conn: asyncpg.Connection) -> int:
-    """How many idle locks (DESIGN section 4) daemons hold in `conn`'s database. pg_locks shows the whole
+    """How many idle locks (docs/design.md, section 4) daemons hold in `conn`'s database. pg_locks shows the whole
     cluster, where other tests' idle daemons hold locks of their own: only this database's count."""
     n: int = await conn.fetchval(
         "SELECT count(*) FROM pg_locks"
