@@ -98,6 +98,16 @@ def pg_tmp() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start or install what the suite needs (tests/prerequisites.py), or stop with one line saying what
+    is missing and how to get it."""
+    from tests import prerequisites
+
+    missing = prerequisites.ensure()
+    if missing:
+        pytest.exit(f"notifyq tests cannot run: {missing}", returncode=4)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak",
