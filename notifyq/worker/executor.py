@@ -130,7 +130,7 @@ class Executor:
             await self._empty.wait()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The runners, until `close()` and the buffer is empty."""
+        """The runners, until the prefetch buffer is closed and empty."""
         async with anyio.create_task_group() as tg:
             for n in range(self._capacity):
                 tg.start_soon(self._runner, name=f"notifyq runner {n}")
