@@ -56,7 +56,8 @@ def _run(fn: Callable[[], Awaitable[Any]], backend_options: dict[str, bool] | No
         if not isinstance(error, NotifyqError):
             from notifyq.store import map_error
 
-            # A driver error: unreachable or read-only (exit 1), refused, or bad credentials.
+            # Not ours: map what the driver and the OS raise (unreachable, read-only, a port in use:
+            # exit 1; bad credentials, refused statements) to one line instead of a traceback.
             error = map_error(error)
         if isinstance(error, ConfigError):
             _fail(str(error), EXIT_USAGE)

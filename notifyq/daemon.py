@@ -99,7 +99,6 @@ class Daemon:
         self.ready = anyio.Event()
         self.metrics = Metrics(settings.queues, registry.names, notifyq_version())
         self.metrics.worker_slots.set(settings.concurrency)
-        self.metrics.prefetch.set(settings.prefetch)
         self.http: HttpServer | None = None
         self.systemd = SystemdNotifier()
         self._store: Store | None = None
@@ -260,8 +259,7 @@ class Daemon:
             worker_id=self.worker_id,
         )
         dispatcher = Dispatcher(
-            store,
-            Claimer(store, scope, leases, self.metrics),
+            Claimer(store, scope, leases, self.metrics, on_claimed=prefetch.add),
             prefetch,
             executor,
             wake_topic,

@@ -28,7 +28,6 @@ from notifyq.errors import DatabaseConfigError, DatabaseUnavailable
 from notifyq.metrics import Metrics
 from notifyq.retry import Backoff
 from notifyq.store import connect, describe
-from notifyq.wakeup import Session
 
 # Keepalives let the server notice a vanished listener within about 25 s and end its backend (and with
 # it the idle locks) even when we cannot tell it ourselves.
@@ -39,6 +38,12 @@ _SESSION_SETTINGS = {
     "tcp_user_timeout": "25000",
 }
 _RECONNECT = Backoff(base_seconds=0.05, factor=2.0, cap_seconds=15.0, jitter=0.5)
+
+
+class Session(Protocol):
+    """What a topic may do on the notifier's connection: run a named statement."""
+
+    async def execute(self, name: str, *args: object) -> None: ...
 
 
 class Topic(Protocol):

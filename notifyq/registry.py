@@ -101,24 +101,21 @@ def _is_async(fn: Any) -> bool:
 
 
 def _takes_context(fn: Any, name: str) -> bool:
-    """True for handler(job, ctx), False for handler(job); anything else is refused at registration."""
+    """True for handler(job, ctx), False for handler(job); more required arguments are refused."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return False  # a builtin or C callable: called with the job alone
-    positional = [
-        p
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    varargs = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
-    if len(positional) == 1 or (not positional and varargs):
-        return False
-    if len(positional) == 2:
-        return True
-    raise ValueError(
-        f"handler of task {name!r} must take (job) or (job, ctx), not {len(positional)} required arguments"
-    )
+    params = list(signature.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(required) > 2 or (not positional and not varargs):
+        raise ValueError(
+            f"handler of task {name!r} must take (job) or (job, ctx), "
+            f"not {len(required) if required else len(positional)} required arguments"
+        )
+    return len(required) == 2
 
 
 def load_app(spec: str) -> Registry:

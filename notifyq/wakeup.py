@@ -19,9 +19,12 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from notifyq.notifier import Session
 
 CHANNEL = "notifyq"
 
@@ -56,12 +59,6 @@ class Wakeup:
         self._sources = set()
         self._event = anyio.Event()
         return sources
-
-
-class Session(Protocol):
-    """What a topic may do on the notifier's connection: run a named statement."""
-
-    async def execute(self, name: str, *args: object) -> None: ...
 
 
 class WakeTopic:

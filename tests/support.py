@@ -271,7 +271,7 @@ async def no_idle_locks(conn: asyncpg.Connection) -> bool:
     return await idle_locks(conn) == 0
 
 
-# Three times the dispatcher's post-idle re-check delay (0.1 s, _IDLE_RECHECK_SECONDS in dispatcher.py).
+# Three times the dispatcher's post-idle re-check delay (0.1 s, IDLE_RECHECK_SECONDS in worker/dispatcher.py).
 SETTLE_QUIET_SECONDS = 0.3
 
 
@@ -289,8 +289,8 @@ async def settled_idle(daemon: Daemon, conn: asyncpg.Connection, timeout: float 
     job: its idle locks are held, the re-check it makes after taking them has run, and no claim or turn is
     pending.
 
-    The way into idle (dispatcher.py, listener.py): a short claim asks the listener for the idle locks; once
-    they are held the listener wakes the dispatcher (`notifyq_wakeups_total{source="idle"}`), which claims
+    The way into idle (worker/dispatcher.py, wakeup.py): a short claim asks the wake topic for the idle locks; once
+    they are held the topic wakes the dispatcher (`notifyq_wakeups_total{source="idle"}`), which claims
     once more and then looks again 0.1 s later (`{source="timer"}`) before it waits for a NOTIFY or the
     poll. Seen from here: the locks are held, every idle wake-up seen was followed (in a later reading) by a
     timer wake-up, and then neither a wake-up nor a claim (`notifyq_claims_total`) for SETTLE_QUIET_SECONDS.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from notifyq.metrics import Metrics
@@ -45,18 +46,30 @@ class ClaimScope:
 
 
 class Claimer:
-    def __init__(self, store: Store, scope: ClaimScope, leases: Leases, metrics: Metrics) -> None:
+    """`on_claimed(claims, claimed_at)` receives each statement's jobs as soon as it returns (the prefetch
+    buffer), so that runners start them at once and a failure of a later statement strands none."""
+
+    def __init__(
+        self,
+        store: Store,
+        scope: ClaimScope,
+        leases: Leases,
+        metrics: Metrics,
+        on_claimed: Callable[[list[Claim], float], None],
+    ) -> None:
         self._store = store
         self.scope = scope
         self._leases = leases
         self._metrics = metrics
+        self._on_claimed = on_claimed
         self._after: dict[str, Position] = {}  # per queue, the last row claimed while draining
         self._full_scan_at = -math.inf
 
     async def claim(self, wanted: int) -> list[Claim]:
         """Claim up to `wanted` jobs, continuing after the previous claim's last row while a backlog
         drains; from the head of the queues at least once a second, and whenever a claim falls short.
-        The leases are held from the moment the statement was sent."""
+        The leases are held from the moment the statement was sent. Returns what was claimed (already
+        handed to `on_claimed`)."""
         claimed_at = time.monotonic()
         if claimed_at - self._full_scan_at >= FULL_SCAN_SECONDS:
             self._after.clear()
@@ -65,10 +78,14 @@ class Claimer:
         if len(claims) < wanted and from_position:
             # Short after a position: rows may wait ahead of it (a higher priority, a backdated run_at).
             self._after.clear()
-            claims += await self._claim_once(wanted - len(claims), time.monotonic())
+            claims = claims + await self._claim_once(wanted - len(claims), time.monotonic())
         if len(claims) < wanted:
             self._after.clear()  # drained: the next claim starts from the head
         return claims
+
+    async def next_run_delay(self) -> float | None:
+        """Seconds until the earliest job of this scope becomes runnable; None when there is none."""
+        return await self._store.next_run_delay(self.scope.queues, self.scope.tasks)
 
     async def _claim_once(self, wanted: int, claimed_at: float) -> list[Claim]:
         if not self._after:
@@ -81,6 +98,7 @@ class Claimer:
             self._leases.add(job.id, claim.lease_token, claimed_at)
             self._metrics.for_job(job.queue, job.task).waited.observe(claim.waited)
             self._after[job.queue] = (job.priority, job.run_at, job.id)
+        self._on_claimed(claims, claimed_at)
         return claims
 
     async def _statement(self, wanted: int) -> list[Claim]:

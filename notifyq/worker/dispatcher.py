@@ -32,7 +32,6 @@ from notifyq import logs
 from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.metrics import Metrics
 from notifyq.retry import Backoff
-from notifyq.store import Store
 from notifyq.wakeup import WakeSource, WakeTopic, Wakeup
 from notifyq.worker.claimer import Claimer
 from notifyq.worker.executor import Executor, StopReason
@@ -101,7 +100,6 @@ def wait_plan(
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
         claimer: Claimer,
         prefetch: Prefetch,
         executor: Executor,
@@ -114,7 +112,6 @@ class Dispatcher:
         on_turn: Callable[[], None] = lambda: None,
         tick: float | None = None,
     ) -> None:
-        self._store = store
         self._claimer = claimer
         self._prefetch = prefetch
         self._executor = executor
@@ -187,9 +184,7 @@ class Dispatcher:
                     if mode is Mode.IDLE and (claimed or sources != {WakeSource.POLL} or due is None):
                         # A safety poll that found nothing changes no schedule: anything inserted
                         # since the last look came with a notification. Skip a statement per poll.
-                        delay = await self._store.next_run_delay(
-                            self._claimer.scope.queues, self._claimer.scope.tasks
-                        )
+                        delay = await self._claimer.next_run_delay()
                         due = math.inf if delay is None else anyio.current_time() + delay
                     due_in = math.inf if due is None else due - anyio.current_time()
                     timeout, reason = wait_plan(
@@ -248,8 +243,7 @@ class Dispatcher:
 
     async def _claim(self, wanted: int) -> int:
         claimed_at = time.monotonic()
-        claims = await self._claimer.claim(wanted)
-        self._prefetch.add(claims, claimed_at)
+        claims = await self._claimer.claim(wanted)  # already in the prefetch buffer
         payload_bytes = sum(c.size for c in claims) / len(claims) if claims else 0.0
         self._prefetch.adapt(
             self._executor.finished, time.monotonic() - claimed_at, len(claims) == wanted, payload_bytes

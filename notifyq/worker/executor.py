@@ -85,8 +85,7 @@ class Executor:
         self._on_slot_free = on_slot_free
         self._running: dict[Key, Running] = {}
         self._threads = anyio.CapacityLimiter(capacity)
-        self._empty = anyio.Event()
-        self._empty.set()
+        self._empty: anyio.Event | None = None  # set when the last running job finishes
         self._log = logs.get("executor")
         self._debug = logs.enabled("debug")
 
@@ -125,8 +124,7 @@ class Executor:
 
     async def wait_empty(self) -> None:
         """Return once no job is running (call after the prefetch buffer was emptied and closed)."""
-        if self._running:
-            self._empty = anyio.Event()
+        if self._running and self._empty is not None:
             await self._empty.wait()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -177,6 +175,8 @@ class Executor:
         job = claim.job
         spec = self._registry.get(job.task)
         running = Running(claim, scope, spec, self._metrics.for_job(job.queue, job.task), time.monotonic())
+        if not self._running:
+            self._empty = anyio.Event()
         self._running[(job.id, claim.lease_token)] = running
         running.series.started += 1
         running.series.running += 1
@@ -209,7 +209,7 @@ class Executor:
         if outcome.kind is not OutcomeKind.SUCCEEDED or self._debug:
             _log_outcome(self._log, job.id, job.task, job.queue, job.attempt, outcome, elapsed)
         self._hand_off(claim, outcome)
-        if not self._running:
+        if not self._running and self._empty is not None:
             self._empty.set()
         self._on_slot_free()
 

@@ -4,9 +4,9 @@
 -- name: claim_runnable :fragment
 -- Which rows a claim may take, besides their queue: queued, of a task this daemon has a handler for ($2),
 -- and due.
-j.state = 'queued'
+(j.state = 'queued'
   AND j.task = ANY($2::text[])
-  AND j.run_at <= notifyq.now()
+  AND j.run_at <= notifyq.now())
 
 -- name: claim_order :fragment
 -- The claim order within one queue (jobs_claim_idx matches it exactly), $4 at most, skipping rows another

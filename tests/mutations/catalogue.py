@@ -168,7 +168,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "claim_runs_early",
         "no job runs before its run_at (both claims share the condition)",
-        (Edit(WORKER_SQL, "  AND j.run_at <= notifyq.now()\n", "", "claim_runnable"),),
+        (Edit(WORKER_SQL, "\n  AND j.run_at <= notifyq.now())", ")", "claim_runnable"),),
         (STATE_MACHINE, f"{DAEMON}::test_scheduled_job_runs_at_its_time_without_a_poll"),
         SMALL_MACHINE,
     ),
@@ -199,6 +199,24 @@ CATALOGUE: tuple[Mutation, ...] = (
         ),
         (STATE_MACHINE,),
         SMALL_MACHINE,
+    ),
+    Mutation(
+        "claim_buffers_late",
+        "each claim statement's jobs reach the buffer at once, so a later failure strands none",
+        (
+            Edit(
+                "notifyq/worker/claimer.py",
+                "        self._on_claimed(claims, claimed_at)\n        return claims\n",
+                "        return claims\n",
+            ),
+            Edit(
+                "notifyq/worker/claimer.py",
+                "            self._after.clear()  # drained: the next claim starts from the head\n        return claims\n",
+                "            self._after.clear()  # drained: the next claim starts from the head\n"
+                "        self._on_claimed(claims, claimed_at)\n        return claims\n",
+            ),
+        ),
+        ("tests/unit/test_claimer.py",),
     ),
     Mutation(
         "max_attempts_override_any_task",
@@ -307,7 +325,7 @@ CATALOGUE: tuple[Mutation, ...] = (
             Edit(
                 "notifyq/worker/dispatcher.py",
                 "            await self._drain()\n",
-                '            await self._drain()\n            self._stopping.set()\n            self._wake.hint(WakeSource.STOP)\n',
+                "            await self._drain()\n            self._stopping.set()\n            self._wake.hint(WakeSource.STOP)\n",
             ),
         ),
         (f"{LIFECYCLE}::test_sigterm_stops_claiming_at_once",),
