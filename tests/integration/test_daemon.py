@@ -552,3 +552,42 @@ async def test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_
     labels = {"queue": "default", "task": "block"}
     assert completed("notifyq_jobs_completed_total", {**labels, "outcome": "released"}) == 1
     assert completed("notifyq_jobs_started_total", labels) == 1
+
+
+async def test_buffered_jobs_go_back_at_shutdown_even_when_a_runner_frees_up_during_the_drain(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    started: list[int] = []
+    first = anyio.Event()
+    finish = anyio.Event()
+    registry = Registry()
+
+    @registry.task("step")
+    async def step(job: Job) -> None:
+        started.append(job.id)
+        first.set()
+        await finish.wait()
+
+    async with running_daemon(
+        db_dsn, registry, concurrency=1, prefetch=5, shutdown_timeout_seconds=30
+    ) as daemon:
+        await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 'step' FROM generate_series(1, 6)")
+        with anyio.fail_after(10):
+            await first.wait()
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) = 6 FROM notifyq.jobs WHERE state = 'running'"),
+            10,
+            "one running and five buffered",
+        )
+        daemon.stop()
+        # The drain is under way; the running job now finishes well within the shutdown timeout, which
+        # frees its runner while five jobs sit in the buffer. None of them may start.
+        await wait_for(
+            lambda: conn.fetchval("SELECT count(*) = 5 FROM notifyq.jobs WHERE state = 'queued'"),
+            10,
+            "the buffer given back",
+        )
+        finish.set()
+    assert len(started) == 1, f"jobs started after SIGTERM: {started[1:]}"
+    rows = await conn.fetch("SELECT state::text, attempts FROM notifyq.jobs ORDER BY id")
+    assert sorted((r["state"], r["attempts"]) for r in rows) == [("queued", 0)] * 5 + [("succeeded", 1)]

@@ -310,7 +310,7 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "            self._prefetch.close()\n",
             ),
         ),
-        (f"{DAEMON}::test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_one",),
+        (f"{DAEMON}::test_buffered_jobs_go_back_at_shutdown_even_when_a_runner_frees_up_during_the_drain",),
     ),
     Mutation(
         "sigterm_keeps_claiming",
