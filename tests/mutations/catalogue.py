@@ -45,7 +45,7 @@ DAEMON = "tests/integration/test_daemon.py"
 PROCESSES = "tests/faults/test_processes.py"
 FENCING = "tests/faults/test_fencing.py"
 # The state machine at a size that still kills its entries, in a fraction of the suite's time.
-SMALL_MACHINE = {"NOTIFYQ_STATE_MACHINE_EXAMPLES": "40"}
+SMALL_MACHINE = {"NOTIFYQ_STATE_MACHINE_EXAMPLES": "40", "NOTIFYQ_STATE_MACHINE_SHRINK": "0"}
 
 # The constraint that makes `state = 'running'` redundant (see the module docstring).
 _NO_LEASE_CHECK = Edit(
