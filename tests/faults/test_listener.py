@@ -11,9 +11,27 @@ import asyncpg
 import pytest
 
 from notifyq import Job, Registry, enqueue
+from tests.faults import checker
 from tests.support import LogCapture, StallProxy, database_of, running_daemon, settled_idle, wait_for
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def _checked(conn: asyncpg.Connection, job_id: int, scenario: str) -> None:
+    """After the daemon stopped: the job ran once to success, and the checker finds nothing wrong."""
+    await wait_for(
+        lambda: conn.fetchval("SELECT state = 'succeeded' FROM notifyq.jobs WHERE id = $1", job_id),
+        10,
+        "success",
+    )
+    report = await checker.check(conn, {job_id}, checker.Report(scenario, faults_injected=1))
+    report.save()
+    assert report.violations == [], report.violations
+
+
+@pytest.fixture(autouse=True)
+async def audited(conn: asyncpg.Connection) -> None:
+    await checker.install(conn)
 
 
 async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Connection, db_dsn: str) -> None:
@@ -33,13 +51,14 @@ async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Conn
         )
         assert killed == 1
         t0 = time.monotonic()
-        await enqueue(conn, "after.kill")
+        job_id = await enqueue(conn, "after.kill")
         with anyio.fail_after(10):
             await started.wait()
         # A liveness bound, not a latency figure (benchmarks/ has those): the poll is 30 s, so a start
         # within 10 s came from the reconnect's re-scan.
         assert time.monotonic() - t0 < 10.0
         await wait_for(lambda: log.events("listener_reconnected"), 5, "reconnect logged")
+    await _checked(conn, job_id, "listener_killed")
 
 
 async def test_blackholed_listener_is_noticed_by_the_probe(conn: asyncpg.Connection, db_dsn: str) -> None:
@@ -66,13 +85,14 @@ async def test_blackholed_listener_is_noticed_by_the_probe(conn: asyncpg.Connect
         await settled_idle(daemon, conn)
         proxy.stall()
         t0 = time.monotonic()
-        await enqueue(conn, "after.stall")
+        job_id = await enqueue(conn, "after.stall")
         with anyio.fail_after(15):
             await started.wait()
         waited = time.monotonic() - t0
         # Under load the post-idle re-check can find the job before the probe fires; the probe must
         # still notice the stalled connection.
         await wait_for(lambda: log.events("listener_lost"), 5, "the probe to notice the stall")
+    await _checked(conn, job_id, "listener_blackholed")
     # Expected: probe interval (0.5 s) + probe timeout (0.5 s) + reconnect backoff. Asserted: a liveness
     # bound far below the 30 s poll, with room for a loaded machine (benchmarks/ measures the latency).
     assert waited < 15.0
