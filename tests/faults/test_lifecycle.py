@@ -298,24 +298,31 @@ class Sampler:
         }
 
 
-@pytest.mark.timeout(90)
-async def test_large_payloads_stay_within_the_prefetch_byte_budget(
-    db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
-) -> None:
-    jobs = 300  # ~300 MiB of payloads in all
-    ids, budget = await insert_large(db, jobs)
-    concurrency = 4
+async def spawn_for_large(
+    daemons: list[DaemonProcess], tmp_path: Path, dsn: str, concurrency: int
+) -> tuple[DaemonProcess, int]:
+    """A daemon whose prefetch may grow far (so that only the byte budget can hold it), with /metrics."""
     d = spawn(
         daemons,
         tmp_path,
-        db_dsn,
+        dsn,
         concurrency=concurrency,
         prefetch_max=2000,
         poll_interval_seconds=1,
         http_address="127.0.0.1:0",
     )
     await d.wait_event("daemon_ready")
-    sampler = Sampler(d, db, await d.http_port())
+    return d, await d.http_port()
+
+
+@pytest.mark.timeout(90)
+async def test_large_payloads_stay_within_the_prefetch_byte_budget(
+    db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    jobs = 300  # ~300 MiB of payloads in all
+    ids, budget = await insert_large(db, jobs)
+    d, port = await spawn_for_large(daemons, tmp_path, db_dsn, concurrency=4)
+    sampler = Sampler(d, db, port)
     await wait_for(sampler.drained, 75, "the large jobs to drain", every=0.02)
     figures = sampler.figures()
     assert d.proc.poll() is None, "the daemon is still up"
@@ -346,17 +353,7 @@ async def test_large_payloads_due_during_a_drain_of_small_ones_stay_within_the_b
     await conn.execute("UPDATE notifyq.jobs SET priority = 1, run_at = now() + interval '1 hour'")
     await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 'rec.noop' FROM generate_series(1, 60000)")
     concurrency = 16
-    d = spawn(
-        daemons,
-        tmp_path,
-        db_dsn,
-        concurrency=concurrency,
-        prefetch_max=2000,
-        poll_interval_seconds=1,
-        http_address="127.0.0.1:0",
-    )
-    await d.wait_event("daemon_ready")
-    port = await d.http_port()
+    d, port = await spawn_for_large(daemons, tmp_path, db_dsn, concurrency=concurrency)
     grown = 200
 
     async def grew() -> bool:
