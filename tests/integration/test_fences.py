@@ -98,19 +98,7 @@ def record(state: str, delay: float, refund: int, error: str | None, result: str
 
 def heartbeat(lease: float = LEASE) -> Writer:
     async def write(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
-        rows = await conn.fetch(
-            queries.get("extend_leases"),
-            [job_id],
-            [token],
-            lease,
-            WORKER,
-            "test-host",
-            4242,
-            ["default"],
-            ["t"],
-            10,
-        )
-        return [r["id"] for r in rows]
+        return await extend(conn, {job_id: token}, lease)
 
     return write
 
@@ -251,19 +239,7 @@ async def test_heartbeat_extends_to_now_plus_the_lease_exactly(conn: asyncpg.Con
     now = at(LEASE / 3)
     await set_clock(conn, now)
     held = {claim_a["id"]: claim_a["lease_token"], claim_b["id"]: claim_b["lease_token"]}
-    rows = await conn.fetch(
-        queries.get("extend_leases"),
-        list(held),
-        list(held.values()),
-        12.5,
-        WORKER,
-        "test-host",
-        4242,
-        ["default"],
-        ["t"],
-        10,
-    )
-    assert {r["id"] for r in rows} == {a, b}
+    assert set(await extend(conn, held, 12.5)) == {a, b}
     leases = await conn.fetch("SELECT id, leased_until FROM notifyq.jobs ORDER BY id")
     assert [(r["id"], r["leased_until"]) for r in leases] == [
         (a, now + timedelta(seconds=12.5)),
@@ -389,3 +365,20 @@ async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection)
     assert [(r["id"], r["state"]) for r in rows] == [(ids["edge"], "queued")]
     for task in ("live", "queued", "succeeded", "failed", "cancelled"):
         assert await snapshot(conn, ids[task]) == before[task], task
+
+
+async def extend(conn: asyncpg.Connection, held: dict[int, uuid.UUID], lease: float) -> list[int]:
+    """The daemon's heartbeat statement for `held` (id -> token), as one worker; the ids it extended."""
+    rows = await conn.fetch(
+        queries.get("extend_leases"),
+        list(held),
+        list(held.values()),
+        lease,
+        WORKER,
+        "test-host",
+        4242,
+        ["default"],
+        ["t"],
+        10,
+    )
+    return [r["id"] for r in rows]
