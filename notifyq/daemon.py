@@ -42,6 +42,7 @@ from notifyq.worker.heartbeat import Heartbeat
 from notifyq.worker.leases import Leases
 from notifyq.worker.maintenance import Maintenance
 from notifyq.worker.prefetch import Prefetch
+from notifyq.worker.starter import Starter
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class Daemon:
         self._parts: _Parts | None = None
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = 0
+        self._stuck_logged = False
         self._starting: anyio.CancelScope | None = None  # made in run(): scopes need a running loop
         self._force_exit_timer: threading.Timer | None = None
         self.worker_info = WorkerInfo(
@@ -237,6 +239,7 @@ class Daemon:
         executor = Executor(
             self.registry,
             prefetch,
+            Starter(store),
             completer,
             leases,
             self.metrics,
@@ -267,7 +270,7 @@ class Daemon:
             self.metrics,
             poll_interval=s.poll_interval_seconds,
             shutdown_timeout=s.shutdown_timeout_seconds,
-            on_turn=self.systemd.watchdog,
+            on_turn=self._watchdog,
             # Turn at least twice per watchdog interval, so a stuck loop is what systemd restarts.
             tick=None if self.systemd.watchdog_interval is None else self.systemd.watchdog_interval / 2,
         )
@@ -351,9 +354,22 @@ class Daemon:
             problems.append("listener disconnected")
         if self._parts.gauges.schema_problem:
             problems.append(self._parts.gauges.schema_problem)
+        stuck = self._parts.executor.stuck()
+        if stuck is not None:
+            problems.append(stuck)
         if self._stop_requested:
             problems.append("stopping")
         return not problems, "; ".join(problems) or "ok"
+
+    def _watchdog(self) -> None:
+        """Tell systemd we are alive, unless the executor is stuck: then the missed pings are what makes
+        systemd restart us (its jobs go back to the queue through rescue)."""
+        stuck = self._parts.executor.stuck() if self._parts is not None else None
+        if stuck is None:
+            self.systemd.watchdog()
+        elif not self._stuck_logged:
+            self._stuck_logged = True
+            self._log.error("executor_stuck", problem=stuck, note="systemd watchdog pings withheld")
 
     def _on_reading(self, overview: Overview) -> None:
         self.systemd.status(self._status_line(overview))

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from notifyq.models import OUTCOME_LABELS, QueueState
+from notifyq.models import OUTCOME_LABELS, QueueState, ResultDropped
 from notifyq.wakeup import WakeSource
 
 OTHER = "other"
@@ -25,6 +25,7 @@ MAX_QUEUE_LABELS = 50
 QUEUE_STATES = tuple(state.value for state in QueueState)
 OUTCOMES = OUTCOME_LABELS
 WAKE_SOURCES = tuple(source.value for source in WakeSource if source is not WakeSource.TICK)
+RESULT_DROP_REASONS = tuple(reason.value for reason in ResultDropped)
 
 # 5 ms to 30 min.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -145,6 +146,17 @@ class Metrics:
         self.leases_lost = Counter(
             "notifyq_leases_lost", "Leases found lost; their handlers were cancelled.", registry=r
         )
+        self.results_dropped = Counter(
+            "notifyq_results_dropped",
+            "Handler return values not stored (the job's outcome was), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.runner_interruptions = Counter(
+            "notifyq_runner_interruptions",
+            "Runner loops restarted after a job broke out of them (a handler cancelling its own task).",
+            registry=r,
+        )
         self.build_info = Info("notifyq_build", "notifyq version.", registry=r)
         self.build_info.info({"version": version})
         # From the database, refreshed in the background (never on the scrape path).
@@ -196,6 +208,8 @@ class Metrics:
                 self.for_job(queue, task)
         for source in WAKE_SOURCES:
             self.wakeups.labels(source)
+        for reason in RESULT_DROP_REASONS:
+            self.results_dropped.labels(reason)
 
     def for_job(self, queue: str, task: str) -> JobSeries:
         """The series for a job of this queue and task. Keyed by label, so their number stays bounded;

@@ -45,6 +45,15 @@ class OutcomeKind(enum.StrEnum):
 OUTCOME_LABELS = tuple(kind.value for kind in OutcomeKind if kind is not OutcomeKind.UNSTARTED)
 
 
+class ResultDropped(enum.StrEnum):
+    """Why a handler's return value was not stored (the job's outcome still is); the `reason` label of
+    `notifyq_results_dropped`."""
+
+    NOT_JSON = "not_json"  # orjson cannot encode it (a set, an object, NaN)
+    TOO_LARGE = "too_large"  # over outcomes.MAX_RESULT_BYTES of JSON
+    NOT_STORABLE = "not_storable"  # JSON that jsonb refuses (a \u0000 in a string)
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One job as its handler sees it. `attempt` counts from 1 and includes this run.
@@ -103,6 +112,7 @@ class RescuedJob:
     task: str
     state: str
     attempts: int
+    started: bool  # False: it waited in a prefetch buffer and goes back with no attempt spent
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import orjson
 
 from notifyq import queries
 from notifyq.config import redact_dsn
-from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, QueryError
+from notifyq.errors import ConfigError, DatabaseConfigError, DatabaseUnavailable, QueryError
 from notifyq.models import (
     Claim,
     HealthStats,
@@ -80,6 +80,10 @@ def describe(exc: BaseException) -> str:
 
 def map_error(exc: BaseException) -> BaseException:
     """The notifyq error for a driver error; anything that is not a driver error is returned as is."""
+    if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):
+        # An InterfaceError, but no retry mends it (an sslmode or a PG* variable asyncpg refuses): a
+        # configuration error, which stops start-up instead of being waited out as an outage.
+        return ConfigError(f"invalid connection settings: {describe(exc)}")
     if isinstance(exc, _FATAL):
         return DatabaseConfigError(describe(exc))
     if isinstance(exc, _UNAVAILABLE):
@@ -93,6 +97,14 @@ async def connect(dsn: str | None, *, connect_timeout: float = 10.0, **kwargs: A
     """One direct connection, with driver errors mapped and the DSN kept out of messages."""
     try:
         return await asyncpg.connect(dsn, timeout=connect_timeout, **kwargs)
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, asyncpg.exceptions.InterfaceError):
+            raise map_error(exc) from None
+        # From parsing the DSN or a PG* variable (int() of a port, a port beyond 65535); the text may
+        # quote a piece of the DSN, so it is not repeated.
+        raise ConfigError(
+            f"invalid connection settings: the DSN or a PG* variable: {type(exc).__name__}"
+        ) from None
     except BaseException as exc:
         mapped = map_error(exc)
         if mapped is exc:
@@ -228,6 +240,11 @@ class Store:
         self.writable = True
         return [_claim_from_row(r) for r in rows]
 
+    async def begin(self, claims: Sequence[Claim]) -> set[int]:
+        """Start buffered jobs (count their attempt) whose lease is still current; returns their ids."""
+        rows = await self._fetch("begin_jobs", [c.job.id for c in claims], [c.lease_token for c in claims])
+        return {r[0] for r in rows}
+
     async def record(self, outcomes: Sequence[Outcome]) -> set[int]:
         """Write outcomes in fenced statements (plain successes in one, the rest in another); returns
         the ids actually written."""
@@ -319,6 +336,7 @@ class Store:
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
 
 
 def _claim_from_row(r: asyncpg.Record) -> Claim:
@@ -326,7 +344,7 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
     error: str | None = None
     try:
         payload = decode_payload(r["payload"])
-    except (ValueError, RecursionError) as exc:  # e.g. JSON nested deeper than Python's recursion limit
+    except (ValueError, RecursionError) as exc:  # nested deeper than Python's recursion limit, not UTF-8
         error = type(exc).__name__
     job = Job(
         id=r["id"],
@@ -345,11 +363,16 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
     )
 
 
-def decode_payload(text: str) -> Any:
+def decode_payload(text: str | bytes) -> Any:
     """JSON text from jsonb to Python, exactly. orjson is fast but turns integers beyond 64 bits into
     floats and refuses numbers beyond a double (1e400), both valid jsonb; any text with a 19-digit run
-    takes the standard library's exact path instead, so no stored payload is altered or stops a claim."""
-    if _LONG_DIGITS.search(text) is None:
+    takes the standard library's exact path instead, so no stored payload is altered or stops a claim.
+    Bytes that are not UTF-8 raise UnicodeDecodeError (a ValueError)."""
+    if isinstance(text, bytes):
+        exact = _LONG_DIGITS_BYTES.search(text) is not None
+    else:
+        exact = _LONG_DIGITS.search(text) is not None
+    if not exact:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

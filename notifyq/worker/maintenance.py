@@ -73,6 +73,7 @@ class Maintenance:
                 queue=row.queue,
                 attempt=row.attempts,
                 state=row.state,
+                started=row.started,
             )
         if rows:
             self._on_rescued()

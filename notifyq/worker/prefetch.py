@@ -86,6 +86,10 @@ class Prefetch:
                         self._waiting.remove(waiter)
         return True
 
+    def oldest_claimed_at(self) -> float | None:
+        """When the job longest in the buffer was claimed (monotonic clock); None when it is empty."""
+        return self._buffer[0][1] if self._buffer else None
+
     def pop(self) -> Claim | None:
         """The oldest buffered job, if any is left."""
         return self._buffer.popleft()[0] if self._buffer else None

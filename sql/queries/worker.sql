@@ -16,26 +16,50 @@ LIMIT $4
 FOR NO KEY UPDATE SKIP LOCKED
 
 -- name: claim_lease :fragment
--- What both claims do to the rows they picked (a CTE named `picked`): running, one more attempt (counted
--- here, at claim, so a job that kills its worker cannot retry forever), the task's max_attempts override
--- when there is one, a fresh lease token. $2 tasks, $3 max_attempts overrides (NULL = keep the row's),
--- $5 lease seconds, $6 worker id.
+-- What both claims do to the rows they picked (a CTE named `picked`): running under a fresh lease token,
+-- reserved for this daemon but not started (started_at NULL), the task's max_attempts override when
+-- there is one. The attempt is counted by begin_jobs, just before the handler runs, so that a job
+-- claimed into the prefetch buffer and lost with its daemon loses no attempt. $2 tasks, $3 max_attempts
+-- overrides (NULL = keep the row's), $5 lease seconds, $6 worker id.
+-- Times come back clamped to what every driver decodes (Python's datetime: years 1 to 9999) and the
+-- payload as bytes: one row the driver cannot decode (a run_at before year 1, text a SQL_ASCII database
+-- holds in another encoding) must not fail the claim of all the others.
 UPDATE notifyq.jobs AS j
 SET state = 'running',
-    attempts = j.attempts + 1,
     max_attempts = coalesce(
+        -- The producer's value when it gave one (NULL: it did not), else the task's, else the default;
+        -- written into the row, which then keeps it from its first claim on.
+        j.max_attempts,
         (SELECT o.max_attempts FROM unnest($2::text[], $3::int[]) AS o(task, max_attempts)
          WHERE o.task = j.task),
-        j.max_attempts),
+        notifyq.default_max_attempts()),
     lease_token = gen_random_uuid(),
     leased_until = notifyq.now() + make_interval(secs => $5::float8),
     worker_id = $6::uuid,
-    started_at = notifyq.now()
+    started_at = NULL
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.attempts,
-          j.max_attempts, j.created_at, j.lease_token,
+RETURNING j.id, j.queue, j.task, textsend(j.payload::text) AS payload, j.priority,
+          least(greatest(j.run_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS run_at,
+          j.attempts + 1 AS attempts, j.max_attempts,
+          least(greatest(j.created_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS created_at, j.lease_token,
           greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
+
+-- name: begin_jobs :many
+-- Start buffered jobs: count the attempt and stamp started_at, right before their handlers run, only
+-- while this daemon's lease is current and not yet expired (a daemon frozen past its lease must not
+-- start jobs another daemon may have run meanwhile). Returns the ids that may start.
+-- $1 ids, $2 lease tokens.
+UPDATE notifyq.jobs AS j
+SET attempts = j.attempts + 1,
+    started_at = notifyq.now()
+FROM unnest($1::bigint[], $2::uuid[]) AS b(id, token)
+WHERE j.id = b.id
+  AND j.lease_token = b.token
+  AND j.state = 'running'
+  AND j.started_at IS NULL
+  AND j.leased_until > notifyq.now()
+RETURNING j.id;
 
 -- name: claim_jobs :many
 -- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
@@ -99,10 +123,12 @@ WITH picked AS (
 -- name: record_outcomes :many
 -- One fenced statement per batch: a row is written only by the holder of its current lease.
 -- $1 ids, $2 lease tokens, $3 new states, $4 delay seconds (queued only), $5 attempts to give back
--- (1 for a snooze or a shutdown release), $6 errors, $7 results as JSON text.
+-- (1 for a snooze, a shutdown release or a job given back unstarted), $6 errors, $7 results as JSON
+-- text. Only a started row has an attempt to give back: a job given back from the prefetch buffer
+-- usually never had one counted.
 UPDATE notifyq.jobs AS j
 SET state = o.state::notifyq.job_state,
-    attempts = j.attempts - o.refund,
+    attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE o.refund END,
     run_at = CASE WHEN o.state = 'queued' THEN notifyq.now() + make_interval(secs => o.delay) ELSE j.run_at END,
     last_error = coalesce(o.error, j.last_error),
     result = o.result::jsonb,
@@ -157,7 +183,9 @@ DELETE FROM notifyq.workers WHERE id = $1::uuid;
 
 -- name: rescue_expired :many
 -- Requeue (or fail, when attempts are spent) jobs whose lease ran out: their daemon crashed, froze or
--- lost the database. SKIP LOCKED lets every daemon run this at once without waiting on each other.
+-- lost the database. A job that never started (still reserved in a prefetch buffer: started_at NULL)
+-- goes back exactly as it was, attempt and error untouched: it took no part in the crash. SKIP LOCKED
+-- lets every daemon run this at once without waiting on each other.
 WITH expired AS (
     SELECT j.id
     FROM notifyq.jobs AS j
@@ -167,17 +195,19 @@ WITH expired AS (
     FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE notifyq.jobs AS j
-SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END::notifyq.job_state,
-    last_error = 'LeaseExpired: worker ' || coalesce(j.worker_id::text, 'unknown')
-        || ' stopped heartbeating during attempt ' || j.attempts,
-    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN notifyq.now() END,
-    run_at = notifyq.now(),
+SET state = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts THEN 'failed'
+                 ELSE 'queued' END::notifyq.job_state,
+    last_error = CASE WHEN j.started_at IS NULL THEN j.last_error
+                      ELSE 'LeaseExpired: worker ' || coalesce(j.worker_id::text, 'unknown')
+                           || ' stopped heartbeating during attempt ' || j.attempts END,
+    finished_at = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts THEN notifyq.now() END,
+    run_at = CASE WHEN j.started_at IS NULL THEN j.run_at ELSE notifyq.now() END,
     lease_token = NULL,
     leased_until = NULL,
     worker_id = NULL
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.queue, j.task, j.state::text AS state, j.attempts;
+RETURNING j.id, j.queue, j.task, j.state::text AS state, j.attempts, j.started_at IS NOT NULL AS started;
 
 -- name: prune_workers :exec
 -- Forget daemons silent for ten of their leases, and never sooner than $1 seconds.

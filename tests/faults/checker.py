@@ -12,15 +12,20 @@ the checker proves, or reports as violations:
   a row once it is final (a stale or late writer would show there);
 - success recorded by its runner: the lease under which a job succeeded is the lease of a handler run
   that completed;
-- no job ends `failed` without having started: its last lease has a handler run (recorded tasks);
+- no job ends `failed` without having started: its last lease was begun (its attempt counted, every
+  task) and has a handler run (recorded tasks);
 - leases never overlapped, and each claim has a fresh token: per job, claims and releases alternate, no
   token is claimed twice, and a running row never changes token without a release;
 - runs never overlapped, finished or not: a run ends when it returns, raises or is cancelled, or when its
-  process dies; two runs of one job overlap only where the older one lost its lease and was cancelled,
-  in another process (reported as a note, not a violation);
-- no run (and no claim) starts before its `run_at`;
-- attempts: each claim adds one, never beyond `max_attempts`; only a release back to `queued` gives one
-  back; the row's attempts equal claims minus refunds; every run belongs to a claim, one run per claim;
+  process dies; two runs of one job overlap only where the older one had lost its lease before the newer
+  began, in another process (a frozen process runs on until its heartbeat learns it: reported as a
+  note, not a violation); in one daemon, never;
+- no run (and no claim) starts before its `run_at`, and no run starts after its lease ended (a daemon
+  frozen past its lease must not start buffered jobs another daemon may have run meanwhile);
+- attempts: a claim adds none; each begin (the start of a claimed job) adds one, never beyond
+  `max_attempts`, at most once per lease; only a release back to `queued` gives one back, and only one
+  that was counted; the row's attempts equal begins minus refunds; every run belongs to a begun lease,
+  one run per lease;
 - rescue is prompt: a job whose lease expired is rescued within the scenario's bound (measured);
 - deletes are only of finished rows older than the retention, and only where the scenario has one.
 """
@@ -71,6 +76,10 @@ BEGIN
         VALUES (NEW.id, 'release', OLD.lease_token, NEW.state::text, OLD.attempts, NEW.attempts,
                 NEW.max_attempts, NEW.run_at, OLD.leased_until,
                 CASE WHEN NEW.last_error IS DISTINCT FROM OLD.last_error THEN left(NEW.last_error, 40) END);
+    ELSIF OLD.state = 'running' AND NEW.lease_token IS NOT DISTINCT FROM OLD.lease_token
+          AND OLD.started_at IS NULL AND NEW.started_at IS NOT NULL THEN
+        INSERT INTO test_audit (job_id, event, token, state, attempts_before, attempts_after, max_attempts)
+        VALUES (NEW.id, 'begin', NEW.lease_token, 'running', OLD.attempts, NEW.attempts, NEW.max_attempts);
     ELSIF OLD.state = 'running' AND NEW.lease_token IS DISTINCT FROM OLD.lease_token THEN
         -- A running row that changes hands without a release: two leases would be live at once.
         INSERT INTO test_audit (job_id, event, token, state)
@@ -206,11 +215,13 @@ async def check(
         events = by_job.get(job_id, [])
         job_runs = runs_by_job.get(job_id, [])
         claims = [e for e in events if e["event"] == "claim"]
+        begins = [e for e in events if e["event"] == "begin"]
         claims_total += len(claims)
         _leases(v, job_id, events)
         _attempts(v, job_id, events, jobs.get(job_id), deleted.get(job_id))
-        _runs_against_claims(v, job_id, job_runs, claims)
-        _overlaps(v, report.notes, job_id, job_runs)
+        _runs_against_begins(v, job_id, job_runs, begins)
+        _runs_within_leases(v, job_id, job_runs, events)
+        _overlaps(v, report.notes, job_id, job_runs, events)
         touched = [e for e in events if e["event"] == "final_touched"]
         if touched:
             v.append(f"job {job_id}: written after it was final ({touched[0]['state']})")
@@ -222,10 +233,13 @@ async def check(
         finals = [e for e in releases if e["state"] in ("succeeded", "failed")]
         if job_id in final and states[job_id] != "cancelled" and len(finals) != 1:
             v.append(f"job {job_id}: outcome written {len(finals)} times")
-        started = {r.token for r in job_runs}
+        ran = {r.token for r in job_runs}
+        begun = {e["token"] for e in begins}
+        if states.get(job_id) == "failed" and (not claims or claims[-1]["token"] not in begun):
+            v.append(f"job {job_id}: failed, but its last lease never started")
         recorded_failure = states.get(job_id) == "failed" and tasks.get(job_id) in RECORDED
-        if recorded_failure and (not claims or claims[-1]["token"] not in started):
-            v.append(f"job {job_id}: failed, but its last attempt never started")
+        if recorded_failure and (not claims or claims[-1]["token"] not in ran):
+            v.append(f"job {job_id}: failed, but its last attempt never ran")
         for e in releases:
             if (e["error"] or "").startswith("LeaseExpired") and e["leased_until"] is not None:
                 lateness.append(e["at"] - e["leased_until"])
@@ -310,34 +324,42 @@ def _leases(v: list[str], job_id: int, events: list[asyncpg.Record]) -> None:
 def _attempts(
     v: list[str], job_id: int, events: list[asyncpg.Record], row: asyncpg.Record | None, gone: Any
 ) -> None:
-    claims = refunds = 0
+    begins = refunds = 0
+    begun = False  # the current lease was begun: only then has it an attempt to give back
     for e in events:
         before, after = e["attempts_before"], e["attempts_after"]
         if e["event"] == "claim":
-            claims += 1
-            if after != before + 1:
+            begun = False
+            if after != before:
                 v.append(f"job {job_id}: a claim took attempts from {before} to {after}")
+        elif e["event"] == "begin":
+            begins += 1
+            if begun:
+                v.append(f"job {job_id}: one lease begun twice")
+            begun = True
+            if after != before + 1:
+                v.append(f"job {job_id}: a begin took attempts from {before} to {after}")
             if after > e["max_attempts"]:
-                v.append(f"job {job_id}: claimed for attempt {after} of {e['max_attempts']}")
+                v.append(f"job {job_id}: started attempt {after} of {e['max_attempts']}")
         elif e["event"] == "release":
-            if after == before - 1 and e["state"] == "queued":
+            if after == before - 1 and e["state"] == "queued" and begun:
                 refunds += 1
             elif after != before:
                 v.append(f"job {job_id}: a release to {e['state']} took attempts from {before} to {after}")
     attempts = row["attempts"] if row is not None else gone["attempts_before"] if gone is not None else None
-    if attempts is not None and attempts != claims - refunds:
-        v.append(f"job {job_id}: attempts {attempts}, but {claims} claims and {refunds} given back")
+    if attempts is not None and attempts != begins - refunds:
+        v.append(f"job {job_id}: attempts {attempts}, but {begins} begins and {refunds} given back")
 
 
-def _runs_against_claims(v: list[str], job_id: int, runs: list[_Run], claims: list[asyncpg.Record]) -> None:
-    attempt_of = {c["token"]: c["attempts_after"] for c in claims}
+def _runs_against_begins(v: list[str], job_id: int, runs: list[_Run], begins: list[asyncpg.Record]) -> None:
+    attempt_of = {b["token"]: b["attempts_after"] for b in begins}
     per_token: dict[Any, int] = {}
     for r in runs:
         per_token[r.token] = per_token.get(r.token, 0) + 1
         if r.token not in attempt_of:
-            v.append(f"job {job_id}: a run in pid {r.pid} under lease {r.token}, which was never claimed")
+            v.append(f"job {job_id}: a run in pid {r.pid} under lease {r.token}, which never began")
         elif attempt_of[r.token] != r.attempt:
-            v.append(f"job {job_id}: a run saw attempt {r.attempt}, its claim counted {attempt_of[r.token]}")
+            v.append(f"job {job_id}: a run saw attempt {r.attempt}, its begin counted {attempt_of[r.token]}")
         if r.run_at is not None and r.started < r.run_at:
             v.append(f"job {job_id}: a run started {r.run_at - r.started:.3f}s before its run_at")
     doubled = [t for t, n in per_token.items() if n > 1]
@@ -345,15 +367,29 @@ def _runs_against_claims(v: list[str], job_id: int, runs: list[_Run], claims: li
         v.append(f"job {job_id}: {len(doubled)} lease(s) ran more than once")
 
 
-def _overlaps(v: list[str], notes: list[str], job_id: int, runs: list[_Run]) -> None:
+def _runs_within_leases(v: list[str], job_id: int, runs: list[_Run], events: list[asyncpg.Record]) -> None:
+    ended = {e["token"]: e["at"] for e in events if e["event"] == "release"}
+    for r in runs:
+        if r.token in ended and r.started > ended[r.token]:
+            v.append(
+                f"job {job_id}: a run in pid {r.pid} began {r.started - ended[r.token]:.3f}s after its lease ended"
+            )
+
+
+def _overlaps(
+    v: list[str], notes: list[str], job_id: int, runs: list[_Run], events: list[asyncpg.Record]
+) -> None:
+    lease_ended = {e["token"]: e["at"] for e in events if e["event"] == "release"}
     for a, b in itertools.combinations(runs, 2):  # sorted by start: a started first
         if a.ended is not None and a.ended <= b.started:
             continue
+        lost_first = a.token in lease_ended and lease_ended[a.token] <= b.started
         if a.ended is None:
             v.append(f"job {job_id}: a run in pid {a.pid} never ended, and another began in pid {b.pid}")
-        elif a.cancelled and a.pid != b.pid:
+        elif lost_first and a.pid != b.pid:
+            how = "was cancelled" if a.cancelled else "ran on (its outcome fenced)"
             notes.append(
-                f"job {job_id}: the run in pid {a.pid} lost its lease and was cancelled"
+                f"job {job_id}: the run in pid {a.pid} had lost its lease and {how}"
                 f" {a.ended - b.started:.3f}s after the next run began in pid {b.pid}"
             )
         else:

@@ -121,7 +121,11 @@ async def test_job_longer_than_its_lease_runs_once_on_a_healthy_daemon(
     for event in lost:
         assert d.events(event) == [], f"{event} on a healthy daemon"
     audit = await db.fetch("SELECT event, state FROM test_audit WHERE job_id = $1 ORDER BY seq", job_id)
-    assert [(a["event"], a["state"]) for a in audit] == [("claim", "running"), ("release", "succeeded")]
+    assert [(a["event"], a["state"]) for a in audit] == [
+        ("claim", "running"),
+        ("begin", "running"),
+        ("release", "succeeded"),
+    ]
     assert_clean(await checker.check(db, {job_id}, checker.Report("lease_outlived")))
 
 

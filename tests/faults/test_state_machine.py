@@ -1,7 +1,7 @@
 """A Hypothesis state machine over the job lifecycle, against real Postgres, with time passed in.
 
-Rules drive the daemon's own named statements (`claim_head`, `claim_jobs`, `extend_leases`,
-`complete_succeeded`, `record_outcomes`, `rescue_expired`) and the producer/operator ones (enqueue,
+Rules drive the daemon's own named statements (`claim_head`, `claim_jobs`, `begin_jobs`,
+`extend_leases`, `complete_succeeded`, `record_outcomes`, `rescue_expired`) and the producer/operator ones (enqueue,
 cancel, retry) over two queues and two tasks, while a model predicts every column the lifecycle writes
 of every row. The clock only moves when the `advance` rule says so: every statement reads
 `notifyq.now()`, which this session pins with `SET notifyq.now`. After each step the table must equal
@@ -11,12 +11,14 @@ the model, which checks the invariants:
   first: `claim_head` from the head of one queue; `claim_jobs` over one or both queues, each from its
   head or after a position (the previous claim's last row there, or any job's key): the same priority
   strictly after (run_at, id), then the lower priorities, never a higher one;
-- attempts count at claim, and a per-task max_attempts override replaces the row's value, for the rows
-  of that task only;
+- a claim reserves (no attempt counted); `begin_jobs` counts the attempt, once, only under the current
+  token of a lease that has not run out; a row that did not set max_attempts takes its task's override
+  (else the default) at its first claim, and a row that did keeps its own;
 - only the current lease token heartbeats or finishes a job: in a batch the current tokens write and the
   wrong ones (stale, or another job's) write nothing, whatever else the batch holds;
-- rescue takes exactly the expired leases (lowest ids first, up to its limit) and fails the jobs that
-  are out of attempts.
+- rescue takes exactly the expired leases (lowest ids first, up to its limit), puts a job that never
+  started back as it was, and fails a started job that is out of attempts; an attempt is given back
+  only if it was counted.
 
 `NOTIFYQ_STATE_MACHINE_EXAMPLES` sets the number of examples (the mutation gate runs 40), and
 `NOTIFYQ_STATE_MACHINE_SHRINK=0` skips shrinking a failure.
@@ -48,11 +50,12 @@ TASKS = ["t", "u"]
 QUEUE_SETS = [["default"], ["other"], ["default", "other"], ["other", "default"]]
 TASK_SETS = [["t"], ["u"], ["t", "u"], ["u", "t"]]
 OVERRIDES = st.sampled_from([None, 1, 2, 5])
+DEFAULT_MAX_ATTEMPTS = 20  # notifyq.default_max_attempts()
 # A job to enqueue: run_in (-5: backdated, so it sorts before rows already claimed), max_attempts,
 # priority, queue, task.
 JOBS = st.tuples(
     st.sampled_from([-5, 0, 10, 100]),
-    st.integers(1, 3),
+    st.one_of(st.none(), st.integers(1, 3)),
     st.integers(0, 2),
     st.sampled_from(QUEUES),
     st.sampled_from(TASKS),
@@ -96,7 +99,7 @@ class Outcome:
 class Model:
     state: str
     attempts: int
-    max_attempts: int
+    max_attempts: int | None
     run_at: datetime
     priority: int = 0
     queue: str = "default"
@@ -108,9 +111,6 @@ class Model:
     finished_at: datetime | None = None
     error: str | None = None
     result: str | None = None
-    # An override lowered max_attempts below the attempts spent: a snooze then leaves the job queued
-    # with no attempt left (the claim runs it all the same). Cleared by an operator retry.
-    over_cap: bool = False
 
 
 def order(item: tuple[int, Model]) -> tuple[int, datetime, int]:
@@ -135,7 +135,7 @@ class JobLifecycle(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     @initialize(backlog=st.lists(JOBS, max_size=8))
-    def reset(self, backlog: list[tuple[int, int, int, str, str]]) -> None:
+    def reset(self, backlog: list[tuple[int, int | None, int, str, str]]) -> None:
         # DELETE, not TRUNCATE: on a table this small it is a fifth of the cost.
         self.run(
             self.conn.execute(
@@ -153,7 +153,7 @@ class JobLifecycle(RuleBasedStateMachine):
     # -- rules --------------------------------------------------------------------------------
 
     @rule(jobs=st.lists(JOBS, min_size=1, max_size=3))
-    def enqueue(self, jobs: list[tuple[int, int, int, str, str]]) -> None:
+    def enqueue(self, jobs: list[tuple[int, int | None, int, str, str]]) -> None:
         for job in jobs:
             self.add(*job)
 
@@ -214,6 +214,36 @@ class JobLifecycle(RuleBasedStateMachine):
         expected = self.runnable(queue, tasks)[:n]
         rows = self.run(self.conn.fetch(queries.get("claim_head"), queue, tasks, overrides, n, LEASE, worker))
         self.claimed(rows, expected, worker, dict(zip(tasks, overrides, strict=True)))
+
+    @precondition(lambda self: self.running() or self.stale)
+    @rule(data=st.data())
+    def begin(self, data: st.DataObject) -> None:
+        """Runners start jobs: some running ones (reserved or already started) under their current
+        tokens, and wrong tokens. Only a reserved job under its current, unexpired lease starts."""
+        running = [i for i, _ in self.running()]
+        ask = (
+            [(i, self.jobs[i].token) for i in data.draw(st.lists(st.sampled_from(running), unique=True))]
+            if running
+            else []
+        )
+        wrong = self.wrong_tokens()
+        if wrong:
+            ask += data.draw(st.lists(st.sampled_from(wrong), max_size=2, unique=True))
+        ask = data.draw(st.permutations(ask))
+        rows = self.run(self.conn.fetch(queries.get("begin_jobs"), [i for i, _ in ask], [t for _, t in ask]))
+        expected = set()
+        for job_id, token in ask:
+            m = self.jobs[job_id]
+            leased = m.leased_until is not None and m.leased_until > self.clock
+            if m.token == token and m.started_at is None and leased:
+                expected.add(job_id)
+        assert sorted(r["id"] for r in rows) == sorted(expected), (
+            "only reserved, current, unexpired leases start"
+        )
+        for job_id in expected:
+            m = self.jobs[job_id]
+            m.attempts += 1
+            m.started_at = self.clock
 
     @precondition(lambda self: self.running())
     @rule(data=st.data(), worker=st.sampled_from(WORKERS))
@@ -308,13 +338,7 @@ class JobLifecycle(RuleBasedStateMachine):
         else:
             state = self.run(self.conn.fetchval(queries.get("retry_job"), job_id))
             if m.state in ("failed", "cancelled"):
-                m.state, m.attempts, m.run_at, m.finished_at, m.over_cap = (
-                    "queued",
-                    0,
-                    self.clock,
-                    None,
-                    False,
-                )
+                m.state, m.attempts, m.run_at, m.finished_at = "queued", 0, self.clock, None
         assert state == m.state
 
     # The lease is 30 s: the steps probe its edge. Then the daemon's rescue loop may run (limit 1: it
@@ -330,13 +354,17 @@ class JobLifecycle(RuleBasedStateMachine):
         assert sorted(r["id"] for r in rows) == expired, "exactly the expired leases, lowest ids first"
         for job_id in expired:
             m = self.jobs[job_id]
+            if m.started_at is None:  # reserved, never started: back as it was
+                self.release(job_id, "queued")
+                continue
             m.error = f"LeaseExpired: worker {m.worker} stopped heartbeating during attempt {m.attempts}"
+            assert m.max_attempts is not None  # set by its claim
             self.release(job_id, "failed" if m.attempts >= m.max_attempts else "queued")
             m.run_at = self.clock
 
     # -- helpers and the invariant --------------------------------------------------------------
 
-    def add(self, run_in: int, max_attempts: int, priority: int, queue: str, task: str) -> None:
+    def add(self, run_in: int, max_attempts: int | None, priority: int, queue: str, task: str) -> None:
         job_id = self.run(
             self.conn.fetchval(
                 queries.get("enqueue"),
@@ -391,14 +419,17 @@ class JobLifecycle(RuleBasedStateMachine):
         assert sorted(r["id"] for r in rows) == sorted(i for i, _ in expected), "exactly the best runnable"
         for r in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
             m = self.jobs[r["id"]]
-            m.state, m.attempts, m.token, m.worker = "running", m.attempts + 1, r["lease_token"], worker
+            m.state, m.token, m.worker = "running", r["lease_token"], worker
             m.leased_until = self.clock + timedelta(seconds=LEASE)
-            m.started_at = self.clock
-            override = overrides.get(m.task)
-            if override is not None:
-                m.max_attempts = override
-            m.over_cap = m.over_cap or m.attempts > m.max_attempts
-            assert (r["attempts"], r["max_attempts"]) == (m.attempts, m.max_attempts), ("claimed", r["id"])
+            m.started_at = None  # reserved until begin_jobs
+            if m.max_attempts is None:  # the producer left it to the task, else the default
+                override = overrides.get(m.task)
+                m.max_attempts = override if override is not None else DEFAULT_MAX_ATTEMPTS
+            # The attempt it will be, once started.
+            assert (r["attempts"], r["max_attempts"]) == (m.attempts + 1, m.max_attempts), (
+                "claimed",
+                r["id"],
+            )
             self.after[m.queue] = (m.priority, m.run_at, r["id"])
 
     def wrong_tokens(self) -> list[tuple[int, uuid.UUID]]:
@@ -413,7 +444,8 @@ class JobLifecycle(RuleBasedStateMachine):
     def outcome(self, data: st.DataObject, job_id: int, token: uuid.UUID | None, kind: str) -> Outcome:
         m = self.jobs[job_id]
         if kind == "error":
-            state = "failed" if m.token == token and m.attempts >= m.max_attempts else "queued"
+            spent = m.max_attempts is not None and m.attempts >= m.max_attempts
+            state = "failed" if m.token == token and spent else "queued"
         else:
             state = {"result": "succeeded", "snooze": "queued"}.get(kind, kind)
         error = "boom" if kind in ("error", "failed") else None
@@ -427,8 +459,9 @@ class JobLifecycle(RuleBasedStateMachine):
         assert sorted(r["id"] for r in rows) == sorted(o.id for o in current), "only current tokens write"
         for o in current:
             m = self.jobs[o.id]
+            if m.started_at is not None:  # only a counted attempt is given back
+                m.attempts -= o.refund
             self.release(o.id, o.state)
-            m.attempts -= o.refund
             m.result = o.result
             m.error = o.error or m.error
             if o.state == "queued":
@@ -460,8 +493,10 @@ class JobLifecycle(RuleBasedStateMachine):
             got = tuple(r[1:])
             diff = {c: (g, w) for c, g, w in zip(COLUMNS, got, want, strict=True) if g != w}
             assert not diff, (r["id"], "column: (table, model)", diff)
-            # A queued job has an attempt left, unless an override cut max_attempts below those spent.
-            assert r["state"] != "queued" or r["attempts"] < r["max_attempts"] or m.over_cap, r["id"]
+            # A queued job has an attempt left.
+            assert r["state"] != "queued" or r["max_attempts"] is None or r["attempts"] < r["max_attempts"], (
+                r["id"]
+            )
 
 
 def test_job_lifecycle_state_machine(db_dsn: str, soak: bool) -> None:

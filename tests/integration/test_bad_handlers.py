@@ -47,13 +47,21 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
     async def nul_error(job: Job) -> None:
         raise ValueError("bad\x00byte and a lone \ud800 surrogate")
 
-    @registry.task("snooze.forever")
+    @registry.task("snooze.forever", max_attempts=1)
     async def snooze_forever(job: Job) -> None:
         raise Snooze(float("inf"))
 
-    @registry.task("retry.far")
+    @registry.task("retry.far", max_attempts=1)
     async def retry_far(job: Job) -> None:
         raise Retry("much later", delay=1e13)
+
+    @registry.task("snooze.long")
+    async def snooze_long(job: Job) -> None:
+        raise Snooze(9 * 365 * 86400)
+
+    @registry.task("retry.long")
+    async def retry_long(job: Job) -> None:
+        raise Retry("much later", delay=9 * 365 * 86400)
 
     class Unprintable(Exception):
         def __str__(self) -> str:
@@ -79,6 +87,8 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
             "nul.error",
             "snooze.forever",
             "retry.far",
+            "snooze.long",
+            "retry.long",
             "unprintable",
             "sys.exit",
         )
@@ -89,15 +99,22 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
         nul_err = await wait_done(conn, ids["nul.error"], ("failed",))
         unprintable_row = await wait_done(conn, ids["unprintable"], ("failed",))
         exited = await wait_done(conn, ids["sys.exit"], ("failed",))
-        snoozed = await wait_for(lambda: _requeued(conn, ids["snooze.forever"]), 10, "snooze written")
-        far = await wait_for(lambda: _requeued(conn, ids["retry.far"]), 10, "retry written")
+        forever = await wait_done(conn, ids["snooze.forever"], ("failed",))
+        too_far = await wait_done(conn, ids["retry.far"], ("failed",))
+        snoozed = await wait_for(lambda: _requeued(conn, ids["snooze.long"]), 10, "snooze written")
+        far = await wait_for(lambda: _requeued(conn, ids["retry.long"]), 10, "retry written")
         # The daemon is still alive and working.
         after = await enqueue(conn, "fine")
         await wait_done(conn, after, ("succeeded",))
     assert cancelled["attempts"] == 2 and cancelled["last_error"].startswith("CancelledError")
     assert nul_ok["result"] is None, "a result jsonb cannot hold is dropped, the success kept"
     assert nul_err["last_error"].startswith("ValueError: badbyte and a lone ? surrogate")
-    assert unprintable_row["last_error"].startswith("Unprintable: <unprintable>")
+    assert unprintable_row["last_error"].startswith(
+        "Unprintable: <unprintable: its __str__ raised RuntimeError>"
+    )
+    # Out-of-range delays fail the attempt in the handler, with the argument and its limit named.
+    assert forever["last_error"].startswith("ValueError: Snooze(seconds) must be between 0 and 315360000")
+    assert too_far["last_error"].startswith("ValueError: Retry(delay) must be between 0 and 315360000")
     assert exited["last_error"].startswith("SystemExit: 3")
     assert snoozed["attempts"] == 0 and snoozed["delay_days"] > 3000
     assert far["attempts"] == 1 and far["delay_days"] > 3000

@@ -1,5 +1,5 @@
-"""Lease fencing of every statement that writes a claimed row: complete_succeeded, record_outcomes,
-extend_leases (the heartbeat) and rescue_expired.
+"""Lease fencing of every statement that writes a claimed row: begin_jobs, complete_succeeded,
+record_outcomes, extend_leases (the heartbeat) and rescue_expired.
 
 The statements run exactly as the daemon runs them (`queries.get`), on one session whose database clock
 is pinned with `notifyq.now`, so leases expire by moving that clock instead of waiting. A write is
@@ -49,17 +49,35 @@ async def insert_job(conn: asyncpg.Connection, task: str = "t", max_attempts: in
     return job_id
 
 
+async def begin(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
+    """The daemon's start of a claimed job (counts its attempt), as a runner sends it."""
+    rows = await conn.fetch(queries.get("begin_jobs"), [job_id], [token])
+    return [r["id"] for r in rows]
+
+
 async def claim_head(
-    conn: asyncpg.Connection, task: str = "t", lease: float = LEASE, max_attempts: int | None = None
+    conn: asyncpg.Connection,
+    task: str = "t",
+    lease: float = LEASE,
+    max_attempts: int | None = None,
+    start: bool = True,
 ) -> asyncpg.Record:
+    """Claim one job and (unless `start` is False) start it, as a daemon's runner would."""
     rows = await conn.fetch(queries.get("claim_head"), "default", [task], [max_attempts], 1, lease, WORKER)
     assert len(rows) == 1, rows
+    if start:
+        assert await begin(conn, rows[0]["id"], rows[0]["lease_token"]) == [rows[0]["id"]]
     return rows[0]
 
 
 async def claim_jobs(
-    conn: asyncpg.Connection, task: str = "t", lease: float = LEASE, max_attempts: int | None = None
+    conn: asyncpg.Connection,
+    task: str = "t",
+    lease: float = LEASE,
+    max_attempts: int | None = None,
+    start: bool = True,
 ) -> asyncpg.Record:
+    """claim_head through claim_jobs."""
     rows = await conn.fetch(
         queries.get("claim_jobs"),
         ["default"],
@@ -73,6 +91,8 @@ async def claim_jobs(
         [None],
     )
     assert len(rows) == 1, rows
+    if start:
+        assert await begin(conn, rows[0]["id"], rows[0]["lease_token"]) == [rows[0]["id"]]
     return rows[0]
 
 
@@ -316,11 +336,11 @@ async def test_a_hand_cancelled_job_is_never_overwritten_by_a_late_write(
 async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection) -> None:
     await set_clock(conn, T0)
     tasks = ["expired", "spent", "live", "edge", "queued", "succeeded", "failed", "cancelled"]
-    ids = {task: await insert_job(conn, task, max_attempts=3) for task in tasks}
+    ids = {task: await insert_job(conn, task, max_attempts=1 if task == "spent" else 3) for task in tasks}
     await conn.execute("UPDATE notifyq.jobs SET run_at = $1 WHERE task = 'queued'", T0 - timedelta(days=400))
 
     await claim_head(conn, "expired", lease=10)  # expires at T0+10
-    spent = await claim_jobs(conn, "spent", lease=10, max_attempts=1)  # expires, attempts spent
+    spent = await claim_jobs(conn, "spent", lease=10)  # expires, attempts spent
     assert spent["attempts"] == spent["max_attempts"] == 1
     await claim_head(conn, "live", lease=100)  # live at T0+50
     await claim_jobs(conn, "edge", lease=50)  # leased until exactly T0+50: not yet expired
@@ -382,3 +402,62 @@ async def extend(conn: asyncpg.Connection, held: dict[int, uuid.UUID], lease: fl
         10,
     )
     return [r["id"] for r in rows]
+
+
+# -- begin: starting a buffered job ----------------------------------------------------------------------
+
+
+async def test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease(
+    conn: asyncpg.Connection,
+) -> None:
+    job_id, stale, current = await stale_and_current_tokens(conn)
+    # stale_and_current_tokens started both claims: the current one is started already.
+    assert await begin(conn, job_id, current) == []
+    assert await begin(conn, job_id, stale) == []
+    assert (await snapshot(conn, job_id))["attempts"] == 2
+
+    # A reserved (claimed, not started) job whose lease ran out is not started, even by its holder:
+    # a daemon frozen past its lease must not start what another may have run meanwhile.
+    await set_clock(conn, T0)
+    other = await insert_job(conn, "u")
+    claim = await claim_head(conn, "u", lease=10, start=False)
+    await set_clock(conn, at(10))  # leased until exactly now: no longer current
+    await assert_writes_nothing(conn, begin, other, claim["lease_token"])
+    await set_clock(conn, at(9))
+    assert await begin(conn, other, claim["lease_token"]) == [other]
+    row = await snapshot(conn, other)
+    assert (row["attempts"], row["started_at"]) == (1, at(9))
+
+
+async def test_rescue_puts_an_unstarted_job_back_as_it_was(conn: asyncpg.Connection) -> None:
+    await set_clock(conn, T0)
+    job_id = await insert_job(conn, max_attempts=1)
+    await conn.execute("UPDATE notifyq.jobs SET last_error = 'earlier' WHERE id = $1", job_id)
+    queued = await snapshot(conn, job_id)
+    claim = await claim_head(conn, lease=10, start=False)
+    assert claim["attempts"] == 1  # the attempt it will be, once started
+    reserved = await snapshot(conn, job_id)
+    assert (reserved["state"], reserved["attempts"], reserved["started_at"]) == ("running", 0, None)
+
+    await set_clock(conn, at(11))
+    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    assert [(r["id"], r["state"], r["attempts"], r["started"]) for r in rows] == [
+        (job_id, "queued", 0, False)
+    ]
+    back = await snapshot(conn, job_id)
+    assert back["state"] == "queued"  # not failed, although max_attempts is 1
+    for column in ("attempts", "run_at", "last_error", "finished_at", "lease_token", "worker_id"):
+        assert back[column] == queued[column], column
+
+
+async def test_giving_back_refunds_only_a_counted_attempt(conn: asyncpg.Connection) -> None:
+    await set_clock(conn, T0)
+    unstarted_id = await insert_job(conn, "a")
+    started_id = await insert_job(conn, "b")
+    unstarted = await claim_head(conn, "a", start=False)
+    started = await claim_head(conn, "b")  # begun, but its answer lost: given back as unstarted
+    give_back = record("queued", 0.0, 1, None, None)
+    assert await give_back(conn, unstarted_id, unstarted["lease_token"]) == [unstarted_id]
+    assert await give_back(conn, started_id, started["lease_token"]) == [started_id]
+    assert (await snapshot(conn, unstarted_id))["attempts"] == 0
+    assert (await snapshot(conn, started_id))["attempts"] == 0
