@@ -20,7 +20,7 @@ async def test_plain_insert_is_enough(conn: asyncpg.Connection) -> None:
     assert row["queue"] == "default"
     assert row["state"] == "queued"
     assert row["attempts"] == 0
-    assert row["max_attempts"] == 20
+    assert row["max_attempts"] is None  # not given: the task's max_attempts, else 20, applies at its claim
     assert row["priority"] == 0
     assert row["lease_token"] is None
 
@@ -37,6 +37,8 @@ async def test_plain_insert_is_enough(conn: asyncpg.Connection) -> None:
         ("task, payload", "'t', jsonb_build_object('x', repeat('a', 1048577))", "payload", "1048576 bytes"),
         ("task, max_attempts", "'t', 0", "max_attempts", "between 1 and 1000"),
         ("task, max_attempts", "'t', -5", "max_attempts", "between 1 and 1000"),
+        ("task, run_at", "'t', '0001-01-01 00:00:00+00'", "run_at", "between 0001-01-02 00:00:00+00 and"),
+        ("task, run_at", "'t', '10000-01-01 00:00:00+00'", "run_at", "and 9999-12-31 00:00:00+00"),
         ("task, state", "'t', 'running'", "state", "only insert queued"),
         ("task, state", "'t', 'succeeded'", "state", "only insert queued"),
         ("task, lease_token, leased_until", "'t', gen_random_uuid(), now()", "lease_token", "lease"),
@@ -190,4 +192,4 @@ async def test_enqueue_many_from_plain_sql_uses_the_defaults(conn: asyncpg.Conne
     rows = await conn.fetch("SELECT pos, id FROM notifyq.enqueue_many(ARRAY['a', 'b'])")
     assert [r["pos"] for r in rows] == [1, 2]
     job = await conn.fetchrow("SELECT * FROM notifyq.jobs WHERE id = $1", rows[1]["id"])
-    assert (job["task"], job["queue"], job["priority"], job["max_attempts"]) == ("b", "default", 0, 20)
+    assert (job["task"], job["queue"], job["priority"], job["max_attempts"]) == ("b", "default", 0, None)

@@ -28,9 +28,9 @@ BEGIN
             coalesce(enqueue.payload, '{}'),
             coalesce(enqueue.queue, 'default'),
             coalesce(enqueue.run_at, notifyq.now() + enqueue.run_in, notifyq.now()),
-            enqueue.priority,
+            coalesce(enqueue.priority, 0),
             enqueue.dedup_key,
-            coalesce(enqueue.max_attempts, notifyq.default_max_attempts())
+            enqueue.max_attempts
         )
         ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running')
         DO NOTHING
@@ -87,7 +87,7 @@ BEGIN
                END,
                coalesce(r.priority, 0),
                r.dedup_key,
-               coalesce(r.max_attempts, notifyq.default_max_attempts())
+               r.max_attempts
         FROM unnest(tasks, payloads, queues, run_ats, priorities, dedup_keys, max_attempts, run_ins)
             WITH ORDINALITY AS r(task, payload, queue, run_at, priority, dedup_key, max_attempts, run_in, pos)
         ORDER BY r.pos
@@ -141,25 +141,38 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value';
 END
 $$;
-CREATE FUNCTION notifyq.jobs_guard_insert() RETURNS trigger
-    LANGUAGE plpgsql
+CREATE FUNCTION notifyq.jobs_guard() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 BEGIN
-    IF NEW.state IS DISTINCT FROM 'queued' THEN
-        RAISE EXCEPTION 'notifyq.jobs.state: producers may only insert queued jobs (got %)', NEW.state
-            USING ERRCODE = 'check_violation', COLUMN = 'state', CONSTRAINT = 'jobs_guard_state',
-                  SCHEMA = 'notifyq', TABLE = 'jobs';
-    END IF;
-    IF NEW.lease_token IS NOT NULL OR NEW.leased_until IS NOT NULL OR NEW.worker_id IS NOT NULL THEN
-        RAISE EXCEPTION 'notifyq.jobs.lease_token: producers may not insert a lease (lease_token, leased_until and worker_id must be NULL)'
-            USING ERRCODE = 'check_violation', COLUMN = 'lease_token', CONSTRAINT = 'jobs_guard_lease',
-                  SCHEMA = 'notifyq', TABLE = 'jobs';
-    END IF;
-    IF NEW.attempts IS DISTINCT FROM 0 THEN
-        RAISE EXCEPTION 'notifyq.jobs.attempts: must be 0 on insert (got %)', NEW.attempts
-            USING ERRCODE = 'check_violation', COLUMN = 'attempts', CONSTRAINT = 'jobs_guard_attempts',
-                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.state IS DISTINCT FROM 'queued' THEN
+            RAISE EXCEPTION 'notifyq.jobs.state: producers may only insert queued jobs (got %)', NEW.state
+                USING ERRCODE = 'check_violation', COLUMN = 'state', CONSTRAINT = 'jobs_guard_state',
+                      SCHEMA = 'notifyq', TABLE = 'jobs';
+        END IF;
+        IF NEW.lease_token IS NOT NULL OR NEW.leased_until IS NOT NULL OR NEW.worker_id IS NOT NULL THEN
+            RAISE EXCEPTION 'notifyq.jobs.lease_token: producers may not insert a lease (lease_token, leased_until and worker_id must be NULL)'
+                USING ERRCODE = 'check_violation', COLUMN = 'lease_token', CONSTRAINT = 'jobs_guard_lease',
+                      SCHEMA = 'notifyq', TABLE = 'jobs';
+        END IF;
+        IF NEW.attempts IS DISTINCT FROM 0 THEN
+            RAISE EXCEPTION 'notifyq.jobs.attempts: must be 0 on insert (got %)', NEW.attempts
+                USING ERRCODE = 'check_violation', COLUMN = 'attempts', CONSTRAINT = 'jobs_guard_attempts',
+                      SCHEMA = 'notifyq', TABLE = 'jobs';
+        END IF;
+        -- An id the identity did not hand out (OVERRIDING SYSTEM VALUE, or COPY, which always writes the
+        -- id it is given) would be handed out later to another job, whose insert would then fail on the
+        -- primary key. The identity calls nextval() for the row before this trigger runs, so its own ids
+        -- are never beyond the sequence's last value; an explicit one at or below it can only clash
+        -- with an existing row, which the primary key refuses at once.
+        IF NEW.id > coalesce(pg_sequence_last_value('notifyq.jobs_id_seq'::regclass), 0) THEN
+            RAISE EXCEPTION 'notifyq.jobs.id: must come from the identity sequence; an explicit id beyond it (got %) would collide with a later job',
+                NEW.id
+                USING ERRCODE = 'check_violation', COLUMN = 'id', CONSTRAINT = 'jobs_guard_id',
+                      SCHEMA = 'notifyq', TABLE = 'jobs';
+        END IF;
     END IF;
     IF NEW.task IS NULL OR char_length(NEW.task) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'notifyq.jobs.task: must be 1 to 200 characters (got %)',
@@ -184,9 +197,16 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'run_at', CONSTRAINT = 'jobs_run_at_finite',
                   SCHEMA = 'notifyq', TABLE = 'jobs';
     END IF;
-    IF NEW.max_attempts IS NULL OR NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN
-        RAISE EXCEPTION 'notifyq.jobs.max_attempts: must be between 1 and 1000 (got %)',
-            coalesce(NEW.max_attempts::text, 'NULL')
+    IF NEW.run_at NOT BETWEEN notifyq.min_run_at() AND notifyq.max_run_at() THEN
+        RAISE EXCEPTION 'notifyq.jobs.run_at: must be between 0001-01-02 00:00:00+00 and 9999-12-31 00:00:00+00, the times every client can read back (got %)',
+            NEW.run_at
+            USING ERRCODE = 'check_violation', COLUMN = 'run_at', CONSTRAINT = 'jobs_run_at_range',
+                  SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    -- NULL: not given; the claim uses the task's max_attempts, else notifyq.default_max_attempts().
+    IF NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'notifyq.jobs.max_attempts: must be between 1 and 1000, or NULL for the task''s or the default (got %)',
+            NEW.max_attempts
             USING ERRCODE = 'check_violation', COLUMN = 'max_attempts',
                   CONSTRAINT = 'jobs_max_attempts_range', SCHEMA = 'notifyq', TABLE = 'jobs';
     END IF;
@@ -202,6 +222,15 @@ BEGIN
             char_length(NEW.dedup_key)
             USING ERRCODE = 'check_violation', COLUMN = 'dedup_key',
                   CONSTRAINT = 'jobs_dedup_key_length', SCHEMA = 'notifyq', TABLE = 'jobs';
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        -- A lease that never ends can never be rescued: its job would stay running for ever.
+        IF NOT isfinite(NEW.leased_until) THEN
+            RAISE EXCEPTION 'notifyq.jobs.leased_until: must be NULL or a finite time (got %)', NEW.leased_until
+                USING ERRCODE = 'check_violation', COLUMN = 'leased_until',
+                      CONSTRAINT = 'jobs_leased_until_finite', SCHEMA = 'notifyq', TABLE = 'jobs';
+        END IF;
+        RETURN NEW;
     END IF;
     NEW.created_at := now();
     NEW.started_at := NULL;
@@ -231,6 +260,12 @@ BEGIN
     RETURN NULL;
 END
 $$;
+CREATE FUNCTION notifyq.max_run_at() RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$SELECT '9999-12-31 00:00:00+00'::timestamptz$$;
+CREATE FUNCTION notifyq.min_run_at() RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$SELECT '0001-01-02 00:00:00+00'::timestamptz$$;
 CREATE FUNCTION notifyq.now() RETURNS timestamp with time zone
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$SELECT coalesce(nullif(pg_catalog.current_setting('notifyq.now', true), '')::timestamptz,
@@ -244,7 +279,7 @@ CREATE TABLE notifyq.jobs (
     run_at timestamp with time zone DEFAULT notifyq.now() NOT NULL,
     state notifyq.job_state DEFAULT 'queued'::notifyq.job_state NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
-    max_attempts integer DEFAULT notifyq.default_max_attempts() NOT NULL,
+    max_attempts integer,
     lease_token uuid,
     leased_until timestamp with time zone,
     worker_id uuid,
@@ -257,10 +292,12 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_attempts_range CHECK ((attempts >= 0)),
     CONSTRAINT jobs_dedup_key_length CHECK (((dedup_key IS NULL) OR ((char_length(dedup_key) >= 1) AND (char_length(dedup_key) <= 200)))),
     CONSTRAINT jobs_lease_only_when_running CHECK (((state = 'running'::notifyq.job_state) = ((lease_token IS NOT NULL) AND (leased_until IS NOT NULL)))),
+    CONSTRAINT jobs_leased_until_finite CHECK (isfinite(leased_until)),
     CONSTRAINT jobs_max_attempts_range CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
     CONSTRAINT jobs_priority_range CHECK (((priority >= '-1000'::integer) AND (priority <= 1000))),
     CONSTRAINT jobs_queue_format CHECK ((queue ~ '^[a-z0-9][a-z0-9_.:-]{0,62}$'::text)),
     CONSTRAINT jobs_run_at_finite CHECK (isfinite(run_at)),
+    CONSTRAINT jobs_run_at_range CHECK (((run_at >= notifyq.min_run_at()) AND (run_at <= notifyq.max_run_at()))),
     CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200)))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
@@ -302,6 +339,8 @@ CREATE INDEX jobs_failed_idx ON notifyq.jobs USING btree (queue) WHERE (state = 
 CREATE INDEX jobs_finished_idx ON notifyq.jobs USING btree (finished_at) WHERE (state = ANY (ARRAY['succeeded'::notifyq.job_state, 'failed'::notifyq.job_state, 'cancelled'::notifyq.job_state]));
 CREATE INDEX jobs_running_idx ON notifyq.jobs USING btree (worker_id) WHERE (state = 'running'::notifyq.job_state);
 CREATE INDEX jobs_schedule_idx ON notifyq.jobs USING btree (queue, run_at) WHERE ((state = 'queued'::notifyq.job_state) AND (run_at > '-infinity'::timestamp with time zone));
-CREATE TRIGGER jobs_guard_insert BEFORE INSERT ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard_insert();
+CREATE TRIGGER jobs_guard_insert BEFORE INSERT ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard();
+CREATE TRIGGER jobs_guard_update BEFORE UPDATE ON notifyq.jobs FOR EACH ROW WHEN (((new.queue IS DISTINCT FROM old.queue) OR (new.task IS DISTINCT FROM old.task) OR (new.priority IS DISTINCT FROM old.priority) OR (new.dedup_key IS DISTINCT FROM old.dedup_key) OR ((new.run_at IS DISTINCT FROM old.run_at) AND ((new.run_at < notifyq.min_run_at()) OR (new.run_at > notifyq.max_run_at()))) OR ((new.max_attempts IS DISTINCT FROM old.max_attempts) AND ((new.max_attempts < 1) OR (new.max_attempts > 1000))) OR (NOT isfinite(new.leased_until)))) EXECUTE FUNCTION notifyq.jobs_guard();
+CREATE TRIGGER jobs_guard_update_payload BEFORE UPDATE OF payload ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard();
 CREATE CONSTRAINT TRIGGER jobs_wake_insert AFTER INSERT ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_wake();
 CREATE CONSTRAINT TRIGGER jobs_wake_requeue AFTER UPDATE OF state ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((new.state = 'queued'::notifyq.job_state) AND (old.state <> 'queued'::notifyq.job_state))) EXECUTE FUNCTION notifyq.jobs_wake();
