@@ -174,7 +174,7 @@ class JobSummary:
     task: str
     state: str
     attempts: int
-    max_attempts: int
+    max_attempts: int | None  # None: not given; the task's, else the default, is written at its claim
     run_at: datetime
     finished_at: datetime | None
     error: str | None
@@ -192,7 +192,7 @@ class JobDetail:
     run_at: datetime
     state: str
     attempts: int
-    max_attempts: int
+    max_attempts: int | None  # None: not given; the task's, else the default, is written at its claim
     worker_id: uuid.UUID | None
     leased_until: datetime | None
     dedup_key: str | None

@@ -128,7 +128,8 @@ async def job_rows(
             r.queue,
             r.task,
             r.state,
-            f"{r.attempts}/{r.max_attempts}",
+            # "-": the producer gave no max_attempts; the task's, else the default, applies at its claim.
+            f"{r.attempts}/{'-' if r.max_attempts is None else r.max_attempts}",
             r.run_at.strftime("%Y-%m-%d %H:%M:%S"),
             r.error or "",
         ]
