@@ -7,12 +7,15 @@ Precedence: explicit values (CLI flags) over `NOTIFYQ_*` environment variables o
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +26,9 @@ from pydantic_settings import (
 
 from notifyq.errors import ConfigError
 
+# Now minus a century is still a valid timestamptz, and no one keeps finished jobs longer.
+MAX_RETENTION_SECONDS = 100 * 365 * 86400.0
+
 QUEUE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,62}$")
 APP_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -30,8 +36,10 @@ APP_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 class Settings(BaseSettings):
     """Every setting of the daemon and the CLI. Frozen once built."""
 
+    # allow_inf_nan=False: a NaN passes no range check and an infinity passes any open-ended one; both
+    # once reached the SQL (make_interval) and failed there on every turn, long after start-up.
     model_config = SettingsConfigDict(
-        env_prefix="NOTIFYQ_", frozen=True, extra="forbid", validate_default=True
+        env_prefix="NOTIFYQ_", frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False
     )
 
     dsn: str | None = Field(default=None, description="Postgres DSN; PG* variables when unset.")
@@ -65,7 +73,10 @@ class Settings(BaseSettings):
         default=10.0, ge=0.1, le=3600.0, description="Listener self-probe period."
     )
     retention_seconds: float = Field(
-        default=7 * 86400.0, ge=0.0, description="Finished jobs older than this are pruned."
+        default=7 * 86400.0,
+        ge=0.0,
+        le=MAX_RETENTION_SECONDS,
+        description="Finished jobs older than this are pruned.",
     )
     stats_interval_seconds: float = Field(
         default=15.0, ge=1.0, le=3600.0, description="Refresh period of the database gauges."
@@ -77,7 +88,17 @@ class Settings(BaseSettings):
             " crash can re-run a job, never lose one; producers' inserts are not affected."
         ),
     )
-    statement_cache_size: int = Field(default=100, ge=0, description="0 for PgBouncer in transaction mode.")
+    statement_cache_size: int = Field(
+        default=100, ge=0, le=100_000, description="0 for PgBouncer in transaction mode."
+    )
+
+    @field_validator("dsn", "listen_dsn")
+    @classmethod
+    def _check_dsn(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            return None  # NOTIFYQ_DSN= (empty) means unset, as for libpq
+        check_dsn(value, f"NOTIFYQ_{(info.field_name or 'dsn').upper()}")
+        return value
 
     @field_validator("queues", mode="before")
     @classmethod
@@ -167,7 +188,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise ConfigError(f"config: file {str(path)!r} does not exist")
         _toml_path = path
     try:
-        return Settings(**given)
+        settings = Settings(**given)
+        _check_libpq_environment(settings, os.environ)
+        return settings
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except ValueError as exc:  # TOML syntax errors and the like
@@ -185,18 +208,154 @@ def _describe(exc: ValidationError) -> str:
     return f"invalid setting {name}: {message}"
 
 
-_URL_USERINFO = re.compile(r"^(?P<user>[^:@/]*):(?P<pw>[^@]*)@")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# What a DSN must look like, for the messages that refuse one; they never echo the DSN itself, since
+# any part of a malformed one may be a piece of its password.
+_DSN_FORM = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_IPV6_ADVICE = "malformed host: an IPv6 address goes in brackets, as in postgresql://[::1]:5432/db"
+_IPV6_HOST = re.compile(r"\[[^\[\]@/]+\](?::(?P<port>[^:]*))?")
+
+
+def check_dsn(dsn: str, variable: str = "NOTIFYQ_DSN") -> bool:
+    """Raise ValueError, naming `variable` but quoting nothing of `dsn`, unless asyncpg can parse it and
+    its password is unambiguous; return whether it names a port (else libpq's PGPORT applies)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        raise ValueError(
+            f"not a URL (key=value connection strings are not supported): set {variable} to {_DSN_FORM}"
+        )
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"the scheme must be postgresql:// or postgres://: set {variable} to {_DSN_FORM}")
+    if any(c.isspace() for c in dsn):  # a space would also end the DSN where logs scrub it from text
+        raise ValueError("white space in a DSN must be percent-encoded (%20)")
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:  # an unbalanced bracket
+        raise ValueError(_IPV6_ADVICE) from None
+    # asyncpg (like libpq) ends the password at the first '@' and the host at the first '/', '?' or '#';
+    # a password holding one of those would be cut, and its tail taken for a host or a database name.
+    if rest.count("@") > 1 or ("@" in rest and "@" not in parts.netloc):
+        raise ValueError(
+            "'@' must appear once, between USER:PASSWORD and the host: percent-encode '@', '/', '?' and"
+            " '#' in the user name, password and database name (%40, %2F, %3F, %23)"
+        )
+    hosts = parts.netloc.rpartition("@")[2]
+    named_port = False
+    for host in hosts.split(",") if hosts else []:
+        if not host:
+            raise ValueError("an empty host in the list of hosts")
+        if host.startswith("["):
+            bracketed = _IPV6_HOST.fullmatch(host)
+            if bracketed is None:
+                raise ValueError("malformed IPv6 host: write it as [ADDRESS] or [ADDRESS]:PORT")
+            port = bracketed["port"]
+        elif host.count(":") > 1:
+            raise ValueError(_IPV6_ADVICE)
+        else:
+            port = host.partition(":")[2]
+        if port:
+            _check_port(port)
+            named_port = True
+    try:
+        query = parse_qs(parts.query, strict_parsing=True) if parts.query else {}
+    except ValueError:
+        raise ValueError("malformed query string: expected KEY=VALUE pairs joined by '&'") from None
+    for port in query.get("port", [])[-1:]:
+        for one in port.split(","):
+            _check_port(one)
+        named_port = True
+    for mode in query.get("sslmode", [])[-1:]:
+        if mode not in _SSLMODES:
+            raise ValueError(f"sslmode must be one of {', '.join(_SSLMODES)}")
+    return named_port
+
+
+def _check_port(text: str) -> None:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError("the port must be a number from 1 to 65535")
+
+
+def _check_libpq_environment(settings: Settings, environ: Mapping[str, str]) -> None:
+    """The libpq variables asyncpg reads, where it would use them: a bad PGPORT once gave a traceback."""
+    dsns = [d for d in (settings.dsn, settings.listen_dsn) if d]
+    if "PGPORT" in environ and not (dsns and all(check_dsn(d) for d in dsns)):
+        try:
+            for port in environ["PGPORT"].split(","):
+                _check_port(port)
+        except ValueError as exc:
+            raise ConfigError(f"invalid environment variable PGPORT: {exc}") from None
+    if environ.get("PGSSLMODE", "prefer") not in _SSLMODES:
+        raise ConfigError(f"invalid environment variable PGSSLMODE: must be one of {', '.join(_SSLMODES)}")
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced, in URL userinfo, a `?password=` query or key=value form."""
-    if "://" not in dsn:
+    """The DSN with its passwords hidden: in the URL's userinfo, in `?password=` (or `sslpassword`), or
+    in key=value form.
+
+    The userinfo is taken to end at the last '@' of the URL, so a password with an unencoded '@', '/',
+    '?' or '#' is hidden whole; an '@' later in the DSN then hides more than the password, never less.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
         return _KV_PASSWORD.sub(r"\1***", dsn)
-    parts = urlsplit(dsn)
-    netloc = _URL_USERINFO.sub(lambda m: f"{m.group('user')}:***@", parts.netloc)
-    query = urlencode(
-        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
-        safe="*",
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    userinfo, at, after = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.partition(':')[0]}:***@{after}"
+    head, mark, query = rest.partition("?")
+    if mark:
+        fields = query.split("&")
+        secret = False
+        for i, field in enumerate(fields):
+            key, equals, _ = field.partition("=")
+            name = unquote_plus(key).strip().lower()
+            if name in _SECRET_PARAMETERS:
+                fields[i], secret = f"{key}{equals}***", True
+            elif secret and name not in _CONNECTION_PARAMETERS:
+                # An unencoded '&' in a password splits it into more fields: after a secret, only the
+                # names of real parameters are safe to show.
+                fields[i] = "***"
+        query = "&".join(fields)
+    return f"{scheme}://{head}{mark}{query}"
+
+
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+_CONNECTION_PARAMETERS = frozenset(
+    {
+        "host", "hostaddr", "port", "user", "dbname", "database", "passfile", "connect_timeout",
+        "application_name", "options", "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl",
+        "ssl_min_protocol_version", "ssl_max_protocol_version", "sslnegotiation", "service",
+        "target_session_attrs", "krbsrvname", "gsslib",
+    }
+)  # fmt: skip
+_KV_PASSWORD = re.compile(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def misspelled_environment(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`NOTIFYQ_*` variables that are no setting but look like one, each with the variable it is near.
+
+    Only near misses are reported: other tools may use the prefix (this project's test suite does)."""
+    names = [*Settings.model_fields, "config"]  # NOTIFYQ_CONFIG is the CLI's --config
+    known = {f"NOTIFYQ_{n.upper()}" for n in names}
+    # The short form of a *_seconds setting catches NOTIFYQ_RETENTION as well as NOTIFYQ_RETENTION_SECS.
+    candidates = {n: n for n in names} | {n.removesuffix("_seconds"): n for n in names}
+    found = []
+    for variable in sorted(environ):
+        upper = variable.upper()  # pydantic-settings matches the prefix in any case
+        if not upper.startswith("NOTIFYQ_") or upper in known:
+            continue
+        close = difflib.get_close_matches(upper.removeprefix("NOTIFYQ_").lower(), candidates, 1, 0.75)
+        if close:
+            found.append((variable, f"NOTIFYQ_{candidates[close[0]].upper()}"))
+    return found
+
+
+_DSN_IN_TEXT = re.compile(r"postgres(?:ql)?://\S+")
+
+
+def scrub_secrets(text: str) -> str:
+    """`text` with the password of any DSN in it hidden, in URL or key=value form (for log lines)."""
+    if "://" in text:
+        text = _DSN_IN_TEXT.sub(lambda m: redact_dsn(m.group()), text)
+    if "ssword" in text or "SSWORD" in text:
+        text = _KV_PASSWORD.sub(r"\1***", text)
+    return text

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import orjson
 import structlog
+
+from notifyq.config import scrub_secrets
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -22,6 +25,14 @@ _LEVELS = {
 
 
 _current = [logging.INFO]  # the configured level
+
+
+def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Hide DSN passwords in every text of a line: a driver's message or a traceback may quote one."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = scrub_secrets(value)
+    return event
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -45,6 +56,7 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
+            _scrub,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -62,6 +74,7 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
                 structlog.stdlib.add_logger_name,
                 timestamper,
                 structlog.processors.format_exc_info,
+                _scrub,
             ],
         )
     )
