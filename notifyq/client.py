@@ -7,6 +7,9 @@ producers in other languages call, so validation and dedup behave the same every
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,7 +37,7 @@ async def enqueue(
     `run_at` is an aware datetime, or a timedelta counted from the database's clock.
     """
     at, delay = _when(run_at, "run_at")
-    body = orjson.dumps({} if payload is None else payload).decode()
+    body = _dumps(payload, "payload")
     job_id: int = await conn.fetchval(
         queries.get("enqueue"), task, body, queue, at, priority, dedup_key, max_attempts, delay
     )
@@ -65,7 +68,7 @@ async def enqueue_many(
     for pos, job in enumerate(batch):
         at, delay = _when(job.run_at, f"jobs[{pos}].run_at")
         try:
-            payloads.append(orjson.dumps({} if job.payload is None else job.payload).decode())
+            payloads.append(_dumps(job.payload, f"jobs[{pos}].payload"))
         except TypeError as exc:
             raise ValueError(f"jobs[{pos}].payload: not JSON-serializable: {exc}") from None
         tasks.append(job.task)
@@ -79,6 +82,38 @@ async def enqueue_many(
         return []
     rows = await conn.fetch(queries.get("enqueue_many"), *columns)
     return [r["id"] for r in rows]
+
+
+def _dumps(payload: Any, field: str) -> str:
+    """The payload as JSON text. orjson writes NaN and the infinities as `null`, silently changing the
+    data, where Postgres refuses them in jsonb: refuse them too, naming where they are."""
+    data = orjson.dumps({} if payload is None else payload)
+    if b"null" in data:  # only then can a non-finite float hide in it: the common case costs nothing more
+        where = _non_finite(payload, field)
+        if where is not None:
+            raise ValueError(f"{where}: NaN and Infinity are not JSON; Postgres refuses them too")
+    return data.decode()
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinite float in `value` (as orjson walks it), or None."""
+    # Iterative, so that a payload nested deeper than the recursion limit cannot crash the check.
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, enum.Enum):
+            item = item.value
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend((v, f"{where}[{k!r}]") for k, v in reversed(list(item.items())))
+        elif isinstance(item, list | tuple):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            fields = dataclasses.fields(item)
+            stack.extend((getattr(item, f.name), f"{where}.{f.name}") for f in reversed(fields))
+    return None
 
 
 def _when(run_at: datetime | timedelta | None, field: str) -> tuple[datetime | None, timedelta | None]:

@@ -33,6 +33,11 @@ class TaskSpec:
 
 
 _TASK_NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
+# The longest timeout or backoff delay accepted: a year is already a mistake, and far larger numbers
+# overflow the SQL interval of a retry's run_at or the event loop's deadline, long after start-up.
+MAX_SECONDS = 365 * 86400.0
+# The steepest backoff growth accepted: factor ** 64 (where the floor stops growing) must stay a float.
+MAX_BACKOFF_FACTOR = 100.0
 
 
 class Registry:
@@ -40,7 +45,7 @@ class Registry:
 
     def __init__(self, *, backoff: Backoff | None = None) -> None:
         self._tasks: dict[str, TaskSpec] = {}
-        self._backoff = backoff or Backoff()
+        self._backoff = _check_backoff(backoff or Backoff(), "Registry")
 
     def task(
         self,
@@ -53,14 +58,30 @@ class Registry:
         """Register the decorated function (async, or sync to run in a thread) as the handler of `name`."""
         if not _TASK_NAME.match(name):
             raise ValueError(f"task name must be 1 to 200 printable characters, got {name!r}")
-        if max_attempts is not None and not 1 <= max_attempts <= 1000:
-            raise ValueError(f"max_attempts must be between 1 and 1000, got {max_attempts}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        # Checked here, at import of the app, so that `serve` refuses them at start: the range tests
+        # are written so that NaN fails them (every comparison with NaN is false) and so is infinity.
+        if max_attempts is not None and not (_is_int(max_attempts) and 1 <= max_attempts <= 1000):
+            raise ValueError(
+                f"task {name!r}: max_attempts must be an int from 1 to 1000, got {max_attempts!r}"
+            )
+        if timeout is not None and not (_is_number(timeout) and 0 < timeout <= MAX_SECONDS):
+            raise ValueError(
+                f"task {name!r}: timeout must be a number of seconds above 0 and at most {MAX_SECONDS:.15g},"
+                f" got {timeout!r}"
+            )
+        if backoff is not None:
+            _check_backoff(backoff, f"task {name!r}")
 
         def register(fn: H) -> H:
             if name in self._tasks:
                 raise ValueError(f"task {name!r} is registered twice")
+            if _is_generator(fn):
+                # Calling it returns a generator without running a line of its body, and that was
+                # recorded as a success.
+                raise ValueError(
+                    f"handler of task {name!r} is a generator function (it contains yield): calling it"
+                    " runs none of its body; return the result instead"
+                )
             self._tasks[name] = TaskSpec(
                 name=name,
                 handler=fn,
@@ -92,6 +113,38 @@ class Registry:
     @property
     def names(self) -> list[str]:
         return sorted(self._tasks)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_backoff(backoff: Backoff, owner: str) -> Backoff:
+    """A Backoff whose every delay is a finite number of seconds within MAX_SECONDS."""
+    if not isinstance(backoff, Backoff):
+        raise ValueError(f"{owner}: backoff must be a notifyq.Backoff, got {type(backoff).__name__}")
+    fields = {
+        "base_seconds": (backoff.base_seconds, 0.0, MAX_SECONDS),
+        "cap_seconds": (backoff.cap_seconds, 0.0, MAX_SECONDS),
+        "factor": (backoff.factor, 1.0, MAX_BACKOFF_FACTOR),
+        "jitter": (backoff.jitter, 0.0, 1.0),
+    }
+    for field, (value, low, high) in fields.items():
+        if not (_is_number(value) and low <= value <= high):
+            raise ValueError(
+                f"{owner}: backoff {field} must be a number from {low:.15g} to {high:.15g}, got {value!r}"
+            )
+    return backoff
+
+
+def _is_generator(fn: Any) -> bool:
+    """Generator functions, sync or async, and callable objects whose __call__ is one."""
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - we want the method, not callable()
+    return any(inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f) for f in (fn, call))
 
 
 def _is_async(fn: Any) -> bool:
@@ -126,7 +179,11 @@ def load_app(spec: str) -> Registry:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise AppLoadError(f"invalid setting app: cannot import {module_name!r}: {exc}") from exc
+        raise AppLoadError(f"invalid setting app: cannot import {module_name!r}: {_first_line(exc)}") from exc
+    except (Exception, SystemExit) as exc:  # the app's own code failed: a SyntaxError, a bad task option
+        raise AppLoadError(
+            f"invalid setting app: cannot import {module_name!r}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
@@ -136,4 +193,11 @@ def load_app(spec: str) -> Registry:
         raise AppLoadError(
             f"invalid setting app: {spec!r} is a {type(target).__name__}, not a notifyq.Registry"
         )
+    if len(target) == 0:
+        raise AppLoadError(f"invalid setting app: {spec!r} has no tasks; register at least one handler")
     return target
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
