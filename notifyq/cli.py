@@ -6,6 +6,10 @@ error; 3 `check` found a problem.
 
 from __future__ import annotations
 
+import errno
+import math
+import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,7 +20,7 @@ import click
 import orjson
 
 from notifyq import logs
-from notifyq.config import Settings, load_settings
+from notifyq.config import Settings, load_settings, misspelled_environment
 from notifyq.errors import AppLoadError, ConfigError, NotifyqError, QueryError, SchemaError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,6 +28,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_CHECK = 3
+
+# The producer contract's ranges (docs/design.md, section 2), checked here so that a value the driver
+# cannot even send (beyond 32 bits) is refused naming the flag rather than a query argument.
+PRIORITY_RANGE = (-1000, 1000)
+MAX_ATTEMPTS_RANGE = (1, 1000)
 
 
 def _default(name: str) -> str:
@@ -39,12 +48,24 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _settings(config: str | None, **flags: Any) -> Settings:
+def _settings(config: str | None, *, logged: bool = False, **flags: Any) -> Settings:
+    """Settings from flags, environment and file, or exit 2 with one line.
+
+    A NOTIFYQ_* variable that is close to a setting's name is a typo that would be ignored silently:
+    it is warned about, on stderr, or in the log when `logged` (serve's log is configured by then)."""
     try:
-        return load_settings(config, **flags)
+        settings = load_settings(config, **flags)
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
         raise  # unreachable; keeps type checkers honest
+    if logged:
+        logs.configure(settings.log_format, settings.log_level)
+    for variable, near in misspelled_environment(os.environ):
+        if logged:
+            logs.get("config").warning("unknown_setting", variable=variable, did_you_mean=near)
+        else:
+            click.echo(f"notifyq: warning: {variable} is not a setting; did you mean {near}?", err=True)
+    return settings
 
 
 def _run(fn: Callable[[], Awaitable[Any]], backend_options: dict[str, bool] | None = None) -> Any:
@@ -132,8 +153,7 @@ def serve(config: str | None, **flags: Any) -> None:
     from notifyq.daemon import Daemon, loop_options
     from notifyq.registry import load_app
 
-    settings = _settings(config, **flags)
-    logs.configure(settings.log_format, settings.log_level)
+    settings = _settings(config, logged=True, **flags)
     if settings.app is None:
         _fail("invalid setting app: required (--app MODULE:ATTR or NOTIFYQ_APP)", EXIT_USAGE)
     try:
@@ -141,7 +161,36 @@ def serve(config: str | None, **flags: Any) -> None:
     except AppLoadError as exc:
         _fail(str(exc), EXIT_USAGE)
         return
+    _check_http_address(settings)
     _run(Daemon(settings, registry).run, loop_options())
+
+
+def _check_http_address(settings: Settings) -> None:
+    """Bind the metrics address once before the daemon does, as it will (every address the host names,
+    SO_REUSEADDR), so that a port in use is one line naming the setting, not an OSError of no origin."""
+    address = settings.http_host_port
+    if address is None:
+        return
+    host, port = address
+    try:
+        found = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+        )
+        for family, kind, proto, _, where in found:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(where)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:  # another process, perhaps a daemon still stopping: not a typo
+            _fail(
+                f"http_address {settings.http_address} is in use ({reason}): stop what holds it, or set"
+                " --http-address / NOTIFYQ_HTTP_ADDRESS to a free HOST:PORT or 'off'",
+                EXIT_RUNTIME,
+            )
+        _fail(f"invalid setting http_address: cannot listen on {settings.http_address}: {reason}", EXIT_USAGE)
 
 
 @main.command()
@@ -233,6 +282,8 @@ def enqueue(
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         _fail(f"--payload is not valid JSON: {exc}", EXIT_USAGE)
+    _check_range("--priority", priority, PRIORITY_RANGE)
+    _check_range("--max-attempts", max_attempts, MAX_ATTEMPTS_RANGE)
     when = _parse_when(run_at)
 
     async def go() -> int:
@@ -248,6 +299,8 @@ def enqueue(
                 dedup_key=dedup_key,
                 max_attempts=max_attempts,
             )
+        except ValueError as exc:  # refused by the client before anything is sent
+            raise ConfigError(str(exc).splitlines()[0]) from None
         except Exception as exc:
             if isinstance(map_error(exc), QueryError):  # refused by the producer contract: a usage error
                 raise ConfigError(str(exc).splitlines()[0]) from None
@@ -317,6 +370,8 @@ def jobs_cancel(config: str | None, job_id: int, **flags: Any) -> None:
 
 
 def _steer(config: str | None, job_id: int, action: str, wanted: str, flags: dict[str, Any]) -> None:
+    import asyncpg
+
     from notifyq import client
     from notifyq.store import connect
 
@@ -327,6 +382,11 @@ def _steer(config: str | None, job_id: int, action: str, wanted: str, flags: dic
         try:
             step = client.retry if action == "retry" else client.cancel
             return await step(conn, job_id)
+        except asyncpg.exceptions.UniqueViolationError:
+            # Only a retry makes a job queued again, and only the dedup index can refuse that.
+            raise NotifyqError(
+                f"job {job_id} cannot be retried: another queued or running job holds its dedup_key"
+            ) from None
         finally:
             await conn.close()
 
@@ -338,6 +398,11 @@ def _steer(config: str | None, job_id: int, action: str, wanted: str, flags: dic
     click.echo(f"job {job_id} {state}")
 
 
+def _check_range(flag: str, value: int | None, limits: tuple[int, int]) -> None:
+    if value is not None and not limits[0] <= value <= limits[1]:
+        _fail(f"{flag}: must be between {limits[0]} and {limits[1]} (got {value})", EXIT_USAGE)
+
+
 def _parse_when(text: str | None) -> datetime | timedelta | None:
     if text is None:
         return None
@@ -345,9 +410,14 @@ def _parse_when(text: str | None) -> datetime | timedelta | None:
         units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
         number, unit = (text[1:-1], text[-1]) if text[-1] in units else (text[1:], "s")
         try:
-            return timedelta(seconds=float(number) * units[unit])
+            seconds = float(number) * units[unit]
+            if not math.isfinite(seconds):
+                raise ValueError("not finite")
+            return timedelta(seconds=seconds)
         except ValueError:
             _fail(f"--run-at {text!r}: expected +SECONDS, +Nm, +Nh or +Nd", EXIT_USAGE)
+        except OverflowError:  # beyond timedelta's 999,999,999 days
+            _fail(f"--run-at {text!r}: too far in the future", EXIT_USAGE)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

@@ -64,7 +64,7 @@ async def test_enqueue_from_the_cli(conn: asyncpg.Connection, db_dsn: str) -> No
     [
         (["--payload", "{not json"], "--payload is not valid JSON"),
         (["--queue", "Bad Queue"], "notifyq.jobs.queue: must match"),
-        (["--max-attempts", "0"], "notifyq.jobs.max_attempts: must be between 1 and 1000"),
+        (["--max-attempts", "0"], "--max-attempts: must be between 1 and 1000 (got 0)"),
         (["--run-at", "tomorrow-ish"], "--run-at 'tomorrow-ish'"),
     ],
 )
