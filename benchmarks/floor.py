@@ -25,6 +25,7 @@ def script(batch: int) -> str:
     """One claim then one complete. pgbench variables stand in for the daemon's bound parameters."""
     claim = queries.get("claim_jobs").strip().rstrip(";")
     for number, value in {
+        "$10": str(1 << 40),  # the byte budget, first: "$1" would match its start
         "$1": "'{default}'",
         "$2": "'{bench.noop}'",
         "$3": "'{NULL}'",

@@ -93,7 +93,7 @@ async def floor_latency(samples: int) -> list[float]:
             t0 = time.monotonic()
             await producer.execute("INSERT INTO notifyq.jobs (task) VALUES ('bench.wake'); NOTIFY bench")
             await claimed.wait()
-            await claimer.fetch(claim, "default", ["bench.wake"], [None], 10, 30.0, worker)
+            await claimer.fetch(claim, "default", ["bench.wake"], [None], 10, 30.0, worker, 1 << 40)
             if i >= 10:
                 out.append((time.monotonic() - t0) * 1000)
             await anyio.sleep(0.02)

@@ -39,6 +39,11 @@ class DatabaseUnavailable(NotifyqError):
     """Raised when the database cannot be reached or refuses writes; callers back off and retry."""
 
 
+class StatementTimeout(DatabaseUnavailable):
+    """Raised when a statement ran past its timeout: the database is slow, or the work too big for it (a
+    claim of large payloads shrinks after one)."""
+
+
 class QueryError(NotifyqError):
     """Raised when a statement fails for a reason other than reachability (a bug or a changed schema)."""
 

@@ -21,7 +21,7 @@ import orjson
 
 from notifyq import queries
 from notifyq.config import redact_dsn
-from notifyq.errors import ConfigError, DatabaseConfigError, DatabaseUnavailable, QueryError
+from notifyq.errors import ConfigError, DatabaseConfigError, DatabaseUnavailable, QueryError, StatementTimeout
 from notifyq.models import (
     Claim,
     HealthStats,
@@ -86,6 +86,8 @@ def map_error(exc: BaseException) -> BaseException:
         return ConfigError(f"invalid connection settings: {describe(exc)}")
     if isinstance(exc, _FATAL):
         return DatabaseConfigError(describe(exc))
+    if isinstance(exc, TimeoutError | asyncpg.exceptions.QueryCanceledError):
+        return StatementTimeout(describe(exc))
     if isinstance(exc, _UNAVAILABLE):
         return DatabaseUnavailable(describe(exc))
     if isinstance(exc, asyncpg.PostgresError):
@@ -205,10 +207,11 @@ class Store:
         limit: int,
         lease_seconds: float,
         worker_id: uuid.UUID,
+        max_bytes: int,
     ) -> list[Claim]:
-        """Claim up to `limit` jobs of one queue, from its head."""
+        """Claim up to `limit` jobs of one queue, from its head, and payloads of about `max_bytes`."""
         rows = await self._fetch(
-            "claim_head", queue, list(tasks), list(max_attempts), limit, lease_seconds, worker_id
+            "claim_head", queue, list(tasks), list(max_attempts), limit, lease_seconds, worker_id, max_bytes
         )
         self.writable = True
         return [_claim_from_row(r) for r in rows]
@@ -222,6 +225,7 @@ class Store:
         lease_seconds: float,
         worker_id: uuid.UUID,
         after: Sequence[Position],
+        max_bytes: int,
     ) -> list[Claim]:
         """Claim up to `limit` jobs across `queues`; in each, after `after[i]` (the last row of an
         earlier claim; (None, None, None) for its head)."""
@@ -236,6 +240,7 @@ class Store:
             [p for p, _, _ in after],
             [r for _, r, _ in after],
             [i for _, _, i in after],
+            max_bytes,
         )
         self.writable = True
         return [_claim_from_row(r) for r in rows]

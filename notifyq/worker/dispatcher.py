@@ -179,7 +179,9 @@ class Dispatcher:
                         # Let the runners start what was just claimed before the bookkeeping below
                         # (going idle, the next run_at): 0.04 ms off the wake-up path, measured in process.
                         await asyncio.sleep(0)
-                    mode = mode_after(claimed, wanted, self._hungry, mode is Mode.STREAM)
+                    # A claim its byte budget cut short found a backlog all the same.
+                    asked = claimed if self._claimer.filled else wanted
+                    mode = mode_after(claimed, asked, self._hungry, mode is Mode.STREAM)
                     self._wake_topic.set_idle(mode is Mode.IDLE)
                     if mode is Mode.IDLE and (claimed or sources != {WakeSource.POLL} or due is None):
                         # A safety poll that found nothing changes no schedule: anything inserted
@@ -243,11 +245,10 @@ class Dispatcher:
 
     async def _claim(self, wanted: int) -> int:
         claimed_at = time.monotonic()
-        claims = await self._claimer.claim(wanted)  # already in the prefetch buffer
+        claims = await self._claimer.claim(wanted, self._prefetch.bytes_room)  # already in the buffer
         payload_bytes = sum(c.size for c in claims) / len(claims) if claims else 0.0
-        self._prefetch.adapt(
-            self._executor.finished, time.monotonic() - claimed_at, len(claims) == wanted, payload_bytes
-        )
+        backlog = len(claims) == wanted or self._claimer.filled
+        self._prefetch.adapt(self._executor.finished, time.monotonic() - claimed_at, backlog, payload_bytes)
         return len(claims)
 
 

@@ -225,11 +225,12 @@ class Executor:
                 continue
             self._starting += 1
             try:
-                # Shielded: a claim taken out of the buffer is either started or handed back, never lost.
-                with anyio.CancelScope(shield=True):
+                if claim.job.id in self._running:
                     await self._wait_for_older_run(claim)
-                    started = await self._starter.begin(claim)
-            except BaseException:  # a handler's stray cancel of this task: hand the claim back, carry on
+                started = await self._starter.begin(claim)
+            except BaseException:
+                # Shutdown, or a handler's stray cancel of this task: a claim taken out of the buffer is
+                # handed back, never lost (its attempt given back if the begin got through after all).
                 self._hand_off(claim, outcomes.unstarted(claim))
                 raise
             finally:
@@ -244,9 +245,7 @@ class Executor:
         return None
 
     async def _wait_for_older_run(self, claim: Claim) -> None:
-        older = self._running.get(claim.job.id)
-        if older is None:
-            return
+        older = self._running[claim.job.id]
         # The newer claim proves the older lease expired and was rescued: that run is a lost lease.
         self._log.warning("job_claimed_while_running", job_id=claim.job.id, note="waiting for the older run")
         if older.ended is None:

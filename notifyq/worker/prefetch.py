@@ -39,6 +39,7 @@ class Prefetch:
         self._size = minimum
         self._metrics = metrics
         self._buffer: deque[tuple[Claim, float]] = deque()  # with when it was claimed (monotonic)
+        self.bytes = 0  # the buffered payloads' size as JSON text
         self._rate_since = (time.monotonic(), 0)
         # Idle runners wait on bare asyncio futures: an anyio.Event per wait showed in the profile. The
         # daemon always runs on asyncio (uvloop where installed), so the futures are safe to use.
@@ -64,8 +65,14 @@ class Prefetch:
         fuller."""
         return max(1, self._size // 2)
 
+    @property
+    def bytes_room(self) -> int:
+        """Payload bytes the next claim may bring (at least one job's worth: a claim always takes one)."""
+        return max(PREFETCH_BYTES - self.bytes, 1)
+
     def add(self, claims: list[Claim], claimed_at: float) -> None:
         self._buffer.extend((claim, claimed_at) for claim in claims)
+        self.bytes += sum(claim.size for claim in claims)
         for _ in range(min(len(claims), len(self._waiting))):
             _wake(self._waiting.popleft())
 
@@ -92,7 +99,11 @@ class Prefetch:
 
     def pop(self) -> Claim | None:
         """The oldest buffered job, if any is left."""
-        return self._buffer.popleft()[0] if self._buffer else None
+        if not self._buffer:
+            return None
+        claim = self._buffer.popleft()[0]
+        self.bytes -= claim.size
+        return claim
 
     def remove(self, job_id: int, token: uuid.UUID) -> Claim | None:
         """Take out the buffered job with this lease, if it is here."""
@@ -100,6 +111,7 @@ class Prefetch:
             claim = entry[0]
             if claim.job.id == job_id and claim.lease_token == token:
                 self._buffer.remove(entry)
+                self.bytes -= claim.size
                 return claim
         return None
 
@@ -112,6 +124,7 @@ class Prefetch:
     def take_all(self) -> list[Claim]:
         claims = [claim for claim, _ in self._buffer]
         self._buffer.clear()
+        self.bytes = 0
         return claims
 
     def adapt(self, finished: int, claim_seconds: float, backlog: bool, payload_bytes: float) -> None:
@@ -148,7 +161,9 @@ class Prefetch:
             return []
         taken = []
         while len(self._buffer) > self.minimum:
-            taken.append(self._buffer.pop()[0])
+            claim = self._buffer.pop()[0]
+            self.bytes -= claim.size
+            taken.append(claim)
         self._resize(self.minimum)
         return taken
 

@@ -15,6 +15,13 @@ ORDER BY j.priority DESC, j.run_at, j.id
 LIMIT $4
 FOR NO KEY UPDATE SKIP LOCKED
 
+-- name: claim_bytes :fragment
+-- A row's payload size for the claim's byte budget: the stored size for a small payload (stored inline,
+-- uncompressed, close to its text), the text's length for a large one, which may be stored compressed
+-- far below what the claim sends and the daemon holds (1 MiB of zeros is 12 KB on disk).
+CASE WHEN pg_column_size(j.payload) < 2048 THEN pg_column_size(j.payload)
+     ELSE octet_length(j.payload::text) END
+
 -- name: claim_lease :fragment
 -- What both claims do to the rows they picked (a CTE named `picked`): running under a fresh lease token,
 -- reserved for this daemon but not started (started_at NULL), the task's max_attempts override when
@@ -22,8 +29,9 @@ FOR NO KEY UPDATE SKIP LOCKED
 -- claimed into the prefetch buffer and lost with its daemon loses no attempt. $2 tasks, $3 max_attempts
 -- overrides (NULL = keep the row's), $5 lease seconds, $6 worker id.
 -- Times come back clamped to what every driver decodes (Python's datetime: years 1 to 9999) and the
--- payload as bytes: one row the driver cannot decode (a run_at before year 1, text a SQL_ASCII database
--- holds in another encoding) must not fail the claim of all the others.
+-- payload as its bytes, unconverted (convert_to the database's own encoding): one row the driver cannot
+-- decode (a run_at before year 1, bytes a SQL_ASCII database holds that are not UTF-8, which Postgres
+-- itself refuses to send as text) must not fail the claim of all the others.
 UPDATE notifyq.jobs AS j
 SET state = 'running',
     max_attempts = coalesce(
@@ -39,7 +47,8 @@ SET state = 'running',
     started_at = NULL
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, textsend(j.payload::text) AS payload, j.priority,
+RETURNING j.id, j.queue, j.task,
+          convert_to(j.payload::text, pg_catalog.getdatabaseencoding()) AS payload, j.priority,
           least(greatest(j.run_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS run_at,
           j.attempts + 1 AS attempts, j.max_attempts,
           least(greatest(j.created_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS created_at, j.lease_token,
@@ -64,7 +73,10 @@ RETURNING j.id;
 -- name: claim_jobs :many
 -- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
 -- $4 how many (the free slots), $5 lease seconds, $6 worker id, and per queue of $1 where the previous
--- claim stopped: $7 priority, $8 run_at, $9 id (NULLs: scan from the start).
+-- claim stopped: $7 priority, $8 run_at, $9 id (NULLs: scan from the start); $10 the byte budget: rows
+-- are taken while the payloads before them come to less, so a claim that reaches 1 MiB payloads after a
+-- drain of small ones takes a few of them, not `$4` (rows locked beyond it stay queued; their locks end
+-- with the statement).
 -- One index scan per served queue (jobs_claim_idx matches queue + ORDER BY exactly; `queue = ANY(...)`
 -- would make Postgres 15 read and sort every runnable row instead), then the best $4 across queues.
 -- With several queues, rows beyond the best $4 stay locked only until this statement commits.
@@ -74,13 +86,13 @@ RETURNING j.id;
 -- read only when the first falls short, takes the lower priorities. Rows that sort before the position
 -- (a higher priority, a backdated run_at) are found by the claimer's scan from the start, done after
 -- a short claim and at least once a second.
-WITH picked AS (
-    SELECT c.id
+WITH locked AS (
+    SELECT c.id, c.priority, c.run_at, c.bytes
     FROM unnest($1::text[], $7::int[], $8::timestamptz[], $9::bigint[])
         AS q(name, after_priority, after_run_at, after_id)
     CROSS JOIN LATERAL (
         SELECT * FROM (
-            SELECT j.id, j.priority, j.run_at
+            SELECT j.id, j.priority, j.run_at, /* include: claim_bytes */ AS bytes
             FROM notifyq.jobs AS j
             WHERE j.queue = q.name
               AND /* include: claim_runnable */
@@ -90,7 +102,7 @@ WITH picked AS (
         ) AS same_priority
         UNION ALL
         SELECT * FROM (
-            SELECT j.id, j.priority, j.run_at
+            SELECT j.id, j.priority, j.run_at, /* include: claim_bytes */ AS bytes
             FROM notifyq.jobs AS j
             WHERE j.queue = q.name
               AND /* include: claim_runnable */
@@ -101,6 +113,13 @@ WITH picked AS (
     ) AS c
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT $4
+), picked AS (
+    -- Within the byte budget ($10): every row whose payloads before it come to less (the first always).
+    SELECT l.id FROM (
+        SELECT l.id, sum(l.bytes) OVER (ORDER BY l.priority DESC, l.run_at, l.id) - l.bytes AS before
+        FROM locked AS l
+    ) AS l
+    WHERE l.before < $10::bigint
 )
 /* include: claim_lease */;
 
@@ -110,13 +129,19 @@ WITH picked AS (
 -- idle, so its cost is part of the wake latency: round trip 0.74 ms against 1.26 here (EXPLAIN ANALYZE:
 -- planning 0.24 ms against 0.36, execution 0.17 against 0.23).
 -- $1 the queue, then as claim_jobs: $2 tasks, $3 max_attempts overrides, $4 how many, $5 lease seconds,
--- $6 worker id.
-WITH picked AS (
-    SELECT j.id
+-- $6 worker id, $7 the byte budget.
+WITH locked AS (
+    SELECT j.id, j.priority, j.run_at, /* include: claim_bytes */ AS bytes
     FROM notifyq.jobs AS j
     WHERE j.queue = $1::text
       AND /* include: claim_runnable */
     /* include: claim_order */
+), picked AS (
+    SELECT l.id FROM (
+        SELECT l.id, sum(l.bytes) OVER (ORDER BY l.priority DESC, l.run_at, l.id) - l.bytes AS before
+        FROM locked AS l
+    ) AS l
+    WHERE l.before < $7::bigint
 )
 /* include: claim_lease */;
 

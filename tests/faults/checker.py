@@ -209,7 +209,7 @@ async def check(
     if set(runs_by_job) - offered:
         v.append(f"handler runs for ids nobody offered: {sorted(set(runs_by_job) - offered)[:5]}")
 
-    lateness: list[float] = []
+    lateness: list[tuple[float, int]] = []
     claims_total = 0
     for job_id in sorted(offered):
         events = by_job.get(job_id, [])
@@ -242,17 +242,20 @@ async def check(
             v.append(f"job {job_id}: failed, but its last attempt never ran")
         for e in releases:
             if (e["error"] or "").startswith("LeaseExpired") and e["leased_until"] is not None:
-                lateness.append(e["at"] - e["leased_until"])
+                lateness.append((e["at"] - e["leased_until"], job_id))
         if job_id in deleted:
             _deletion(v, job_id, deleted[job_id], retention)
 
-    if rescue_within is not None and lateness and max(lateness) > rescue_within:
-        v.append(f"a rescue came {max(lateness):.2f}s after the lease ended (bound {rescue_within:.2f}s)")
+    latest = max(lateness) if lateness else None
+    if rescue_within is not None and latest is not None and latest[0] > rescue_within:
+        v.append(
+            f"job {latest[1]}: rescued {latest[0]:.2f}s after its lease ended (bound {rescue_within:.2f}s)"
+        )
     report.figures["checker"] = {
         "claims": claims_total,
         "runs": sum(len(r) for r in runs_by_job.values()),
         "rescues": len(lateness),
-        "rescue_lateness_max_s": round(max(lateness), 3) if lateness else None,
+        "rescue_lateness_max_s": round(latest[0], 3) if latest else None,
         "deleted": len(deleted),
         "overlaps_after_a_lost_lease": len(report.notes),
     }

@@ -37,7 +37,9 @@ async def claim_latencies(conn: asyncpg.Connection, samples: int, batch: int = 2
         tx = conn.transaction()
         await tx.start()
         t0 = time.perf_counter()
-        await conn.fetch(sql, ["default"], ["rec.noop"], [None], batch, 30.0, WORKER, [None], [None], [None])
+        await conn.fetch(
+            sql, ["default"], ["rec.noop"], [None], batch, 30.0, WORKER, [None], [None], [None], 1 << 40
+        )
         out.append((time.perf_counter() - t0) * 1000)
         await tx.rollback()
     return out
@@ -64,7 +66,7 @@ async def test_million_job_backlog_flat_memory_and_fast_claims(
         r[0]
         for r in await conn.fetch(
             "EXPLAIN (ANALYZE, COSTS OFF)"
-            f" EXECUTE claim('{{default}}', '{{rec.noop}}', '{{NULL}}', 20, 30, '{WORKER}', '{{NULL}}', '{{NULL}}', '{{NULL}}')"
+            f" EXECUTE claim('{{default}}', '{{rec.noop}}', '{{NULL}}', 20, 30, '{WORKER}', '{{NULL}}', '{{NULL}}', '{{NULL}}', {1 << 40})"
         )
     )
     await conn.execute("DEALLOCATE claim")

@@ -51,6 +51,9 @@ QUEUE_SETS = [["default"], ["other"], ["default", "other"], ["other", "default"]
 TASK_SETS = [["t"], ["u"], ["t", "u"], ["u", "t"]]
 OVERRIDES = st.sampled_from([None, 1, 2, 5])
 DEFAULT_MAX_ATTEMPTS = 20  # notifyq.default_max_attempts()
+NO_BYTE_BUDGET = (
+    1 << 40
+)  # the claims' byte budget, too large to bind (tests/integration/test_plans covers it)
 # A job to enqueue: run_in (-5: backdated, so it sorts before rows already claimed), max_attempts,
 # priority, queue, task.
 JOBS = st.tuples(
@@ -196,6 +199,7 @@ class JobLifecycle(RuleBasedStateMachine):
                 [s[0] if s else None for s in starts],
                 [s[1] if s else None for s in starts],
                 [s[2] if s else None for s in starts],
+                NO_BYTE_BUDGET,
             )
         )
         self.claimed(rows, expected, worker, dict(zip(tasks, overrides, strict=True)))
@@ -212,7 +216,11 @@ class JobLifecycle(RuleBasedStateMachine):
     ) -> None:
         overrides = [data.draw(OVERRIDES) for _ in tasks]
         expected = self.runnable(queue, tasks)[:n]
-        rows = self.run(self.conn.fetch(queries.get("claim_head"), queue, tasks, overrides, n, LEASE, worker))
+        rows = self.run(
+            self.conn.fetch(
+                queries.get("claim_head"), queue, tasks, overrides, n, LEASE, worker, NO_BYTE_BUDGET
+            )
+        )
         self.claimed(rows, expected, worker, dict(zip(tasks, overrides, strict=True)))
 
     @precondition(lambda self: self.running() or self.stale)

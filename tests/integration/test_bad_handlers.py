@@ -16,16 +16,20 @@ pytestmark = pytest.mark.timeout(60)
 FAST = Backoff(base_seconds=0.05, factor=1.0, cap_seconds=0.05, jitter=0.0)
 
 
-async def row(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record:
-    found: asyncpg.Record = await conn.fetchrow("SELECT * FROM notifyq.jobs WHERE id = $1", job_id)
+async def row(conn: asyncpg.Connection, job_id: int, columns: str = "*") -> asyncpg.Record:
+    found: asyncpg.Record = await conn.fetchrow(f"SELECT {columns} FROM notifyq.jobs WHERE id = $1", job_id)
     return found
 
 
 async def wait_done(
-    conn: asyncpg.Connection, job_id: int, states: tuple[str, ...], timeout: float = 15
+    conn: asyncpg.Connection,
+    job_id: int,
+    states: tuple[str, ...],
+    timeout: float = 15,
+    columns: str = "*",
 ) -> asyncpg.Record:
     async def check() -> asyncpg.Record | None:
-        r = await row(conn, job_id)
+        r = await row(conn, job_id, columns)
         return r if r["state"] in states else None
 
     found: asyncpg.Record = await wait_for(check, timeout, f"job {job_id} in {states}")
@@ -148,6 +152,71 @@ async def test_undecodable_payload_fails_that_job_only(conn: asyncpg.Connection,
     assert failed["attempts"] == 1
     assert failed["last_error"] == "Discard: payload cannot be decoded: RecursionError"
     assert ran == [good]
+
+
+async def test_a_run_at_no_driver_decodes_fails_no_claim(conn: asyncpg.Connection, db_dsn: str) -> None:
+    """A row whose run_at Python's datetime cannot hold (before year 1 in UTC), claimed with others: it
+    used to make the whole claim fail, every time. The producer checks now refuse such a row; this one
+    gets in as an older schema (or an owner with the checks off) would let it."""
+    registry = Registry()
+    seen: dict[int, int] = {}
+
+    @registry.task("t")
+    async def handler(job: Job) -> None:
+        seen[job.id] = job.run_at.year
+
+    await conn.execute("ALTER TABLE notifyq.jobs DROP CONSTRAINT IF EXISTS jobs_run_at_range")
+    await conn.execute("SET session_replication_role = replica")  # no triggers: the producer checks are off
+    bad = await conn.fetchval(
+        "INSERT INTO notifyq.jobs (task, run_at) VALUES ('t', '0001-01-01 00:00:00+00 BC') RETURNING id"
+    )
+    await conn.execute("RESET session_replication_role")
+    good = [await enqueue(conn, "t", {"n": n}) for n in range(3)]
+    async with running_daemon(db_dsn, registry, prefetch=10):
+        for job_id in [bad, *good]:  # read without run_at, which this test's driver cannot decode either
+            await wait_done(conn, job_id, ("succeeded",), columns="state::text AS state")
+    assert seen == {bad: 1, **dict.fromkeys(good, seen[good[0]])}, "run_at reached the handler clamped"
+
+
+async def test_a_payload_not_in_utf8_fails_that_job_only(db_dsn: str) -> None:
+    """A SQL_ASCII database stores whatever bytes a client sent; a payload that is not UTF-8 fails to
+    decode. It used to fail the whole claim, every time, while /readyz said ok."""
+    from tests.conftest import _admin
+    from tests.support import dsn_for
+
+    name = db_dsn.rsplit("/", 1)[1] + "_ascii"
+    await _admin(
+        f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    )
+    try:
+        dsn = dsn_for(name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            from notifyq import migrate
+
+            await migrate.apply(conn)
+            bad = await conn.fetchval(
+                "INSERT INTO notifyq.jobs (task, payload) VALUES ('t', ('{\"s\": \"' || chr(255) || '\"}')::jsonb)"
+                " RETURNING id"
+            )
+            good = [await enqueue(conn, "t", {"n": n}) for n in range(3)]
+            registry = Registry()
+            ran: list[int] = []
+
+            @registry.task("t")
+            async def handler(job: Job) -> None:
+                ran.append(job.id)
+
+            async with running_daemon(dsn, registry, prefetch=10):
+                failed = await wait_done(conn, bad, ("failed",), columns="state::text AS state, last_error")
+                for job_id in good:
+                    await wait_done(conn, job_id, ("succeeded",))
+        finally:
+            await conn.close()
+    finally:
+        await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    assert failed["last_error"] == "Discard: payload cannot be decoded: UnicodeDecodeError"
+    assert sorted(ran) == good
 
 
 async def test_sync_handler_keeps_its_slot_until_the_thread_returns(

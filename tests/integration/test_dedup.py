@@ -41,7 +41,7 @@ PATHS: list[Path] = [_via_sql, _via_sql_many, _via_python, _via_python_many]
 
 
 async def _claim(conn: asyncpg.Connection) -> asyncpg.Record:
-    [row] = await conn.fetch(queries.get("claim_head"), "default", ["t"], [None], 1, 30.0, WORKER)
+    [row] = await conn.fetch(queries.get("claim_head"), "default", ["t"], [None], 1, 30.0, WORKER, 1 << 40)
     return row
 
 

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 
 T0 = datetime(2031, 3, 1, 12, 0, tzinfo=UTC)
 WORKER = uuid.UUID("00000000-0000-0000-0000-00000000f00d")
+NO_BYTE_BUDGET = 1 << 40  # the claims' byte budget, too large to bind
 LEASE = 30.0
 
 
@@ -63,7 +64,9 @@ async def claim_head(
     start: bool = True,
 ) -> asyncpg.Record:
     """Claim one job and (unless `start` is False) start it, as a daemon's runner would."""
-    rows = await conn.fetch(queries.get("claim_head"), "default", [task], [max_attempts], 1, lease, WORKER)
+    rows = await conn.fetch(
+        queries.get("claim_head"), "default", [task], [max_attempts], 1, lease, WORKER, NO_BYTE_BUDGET
+    )
     assert len(rows) == 1, rows
     if start:
         assert await begin(conn, rows[0]["id"], rows[0]["lease_token"]) == [rows[0]["id"]]
@@ -89,6 +92,7 @@ async def claim_jobs(
         [None],
         [None],
         [None],
+        NO_BYTE_BUDGET,
     )
     assert len(rows) == 1, rows
     if start:

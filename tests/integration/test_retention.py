@@ -78,7 +78,7 @@ async def test_prune_finished_deletes_only_old_finished_jobs(conn: asyncpg.Conne
     # ...and a daemon claimed one of them long ago and still holds it (its lease long expired, no rescue).
     await set_clock(conn, ancient)
     claimed = await conn.fetch(
-        queries.get("claim_head"), "default", ["running_ancient"], [None], 1, 30.0, WORKER
+        queries.get("claim_head"), "default", ["running_ancient"], [None], 1, 30.0, WORKER, 1 << 40
     )
     assert len(claimed) == 1
     await set_clock(conn, T)

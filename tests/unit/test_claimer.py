@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from notifyq.errors import DatabaseUnavailable
+from notifyq.errors import DatabaseUnavailable, StatementTimeout
 from notifyq.metrics import Metrics
 from notifyq.models import Claim, Job
 from notifyq.worker.claimer import Claimer, ClaimScope
@@ -20,6 +20,7 @@ from notifyq.worker.leases import Leases
 
 pytestmark = pytest.mark.timeout(10)
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
+BYTES = 16 * 1024 * 1024
 
 
 def _claims(ids: range) -> list[Claim]:
@@ -36,19 +37,21 @@ class Statements:
     def __init__(self, *script: list[Claim] | Exception) -> None:
         self.script = list(script)
         self.calls: list[tuple[str, Any]] = []
+        self.sizes: list[tuple[int, int]] = []  # (rows, bytes) each statement was asked for
 
-    async def _next(self, name: str, after: Any) -> list[Claim]:
+    async def _next(self, name: str, after: Any, limit: int, max_bytes: int) -> list[Claim]:
         self.calls.append((name, after))
+        self.sizes.append((limit, max_bytes))
         step = self.script.pop(0)
         if isinstance(step, Exception):
             raise step
         return step
 
     async def claim_head(self, queue: str, *args: Any) -> list[Claim]:
-        return await self._next("head", None)
+        return await self._next("head", None, args[2], args[-1])
 
     async def claim_jobs(self, queues: Any, *args: Any) -> list[Claim]:
-        return await self._next("jobs", args[-1])
+        return await self._next("jobs", args[-2], args[2], args[-1])
 
 
 def _claimer(store: Statements, buffered: list[Claim]) -> tuple[Claimer, Leases]:
@@ -71,9 +74,11 @@ def test_a_backlog_is_claimed_after_the_last_row_and_from_the_head_when_short() 
         store = Statements(first, second, short, head)
         buffered: list[Claim] = []
         claimer, _ = _claimer(store, buffered)
-        assert await claimer.claim(4) == first
-        assert await claimer.claim(4) == second
-        assert await claimer.claim(4) == short + head  # short after a position: the head is scanned too
+        assert await claimer.claim(4, BYTES) == first
+        assert await claimer.claim(4, BYTES) == second
+        assert (
+            await claimer.claim(4, BYTES) == short + head
+        )  # short after a position: the head is scanned too
         names = [name for name, _ in store.calls]
         assert names == ["head", "jobs", "jobs", "head"]
         assert store.calls[1][1] == [(0, T0 + timedelta(seconds=4), 4)]  # after the last row claimed
@@ -88,11 +93,31 @@ def test_a_failed_second_statement_strands_nothing_the_first_claimed() -> None:
         store = Statements(first, short, DatabaseUnavailable("gone"))
         buffered: list[Claim] = []
         claimer, leases = _claimer(store, buffered)
-        await claimer.claim(4)
+        await claimer.claim(4, BYTES)
         with pytest.raises(DatabaseUnavailable):
-            await claimer.claim(4)
+            await claimer.claim(4, BYTES)
         # The short claim's job holds a lease, and it is in the buffer for a runner: not held for nothing.
         assert buffered == first + short
         assert set(leases.snapshot()) == {c.job.id for c in first + short}
+
+    anyio.run(main)
+
+
+def test_a_claim_that_timed_out_halves_the_next_ones_and_grows_back() -> None:
+    async def main() -> None:
+        store = Statements(StatementTimeout("slow"), StatementTimeout("slow"), [], [], [])
+        claimer, _ = _claimer(store, [])
+        for _ in range(2):
+            with pytest.raises(StatementTimeout):
+                await claimer.claim(100, BYTES)
+        for _ in range(3):
+            await claimer.claim(100, BYTES)
+        assert store.sizes == [
+            (100, BYTES),
+            (50, BYTES // 2),
+            (25, BYTES // 4),
+            (50, BYTES // 2),
+            (100, BYTES),
+        ]
 
     anyio.run(main)
