@@ -16,10 +16,10 @@ LIMIT $4
 FOR NO KEY UPDATE SKIP LOCKED
 
 -- name: claim_bytes :fragment
--- A row's payload size for the claim's byte budget: the stored size for a small payload (stored inline,
--- uncompressed, close to its text), the text's length for a large one, which may be stored compressed
--- far below what the claim sends and the daemon holds (1 MiB of zeros is 12 KB on disk).
-CASE WHEN pg_column_size(j.payload) < 2048 THEN pg_column_size(j.payload)
+-- A row's payload size for the claim's byte budget: its stored size when stored uncompressed (close to
+-- its text, read from the header alone), else the text's length: a compressed payload may be stored far
+-- below what the claim sends and the daemon holds (1 MiB of zeros is 12 KB on disk).
+CASE WHEN pg_column_compression(j.payload) IS NULL THEN pg_column_size(j.payload)
      ELSE octet_length(j.payload::text) END
 
 -- name: claim_lease :fragment

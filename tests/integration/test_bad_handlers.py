@@ -97,7 +97,7 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
             "sys.exit",
         )
     }
-    async with running_daemon(db_dsn, registry):
+    async with running_daemon(db_dsn, registry) as daemon:
         cancelled = await wait_done(conn, ids["own.cancel"], ("failed",))
         nul_ok = await wait_done(conn, ids["nul.result"], ("succeeded",))
         nul_err = await wait_done(conn, ids["nul.error"], ("failed",))
@@ -110,6 +110,8 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
         # The daemon is still alive and working.
         after = await enqueue(conn, "fine")
         await wait_done(conn, after, ("succeeded",))
+        dropped = daemon.metrics.results_dropped
+        assert dropped.labels("not_storable")._value.get() == 1, "the dropped result is counted"
     assert cancelled["attempts"] == 2 and cancelled["last_error"].startswith("CancelledError")
     assert nul_ok["result"] is None, "a result jsonb cannot hold is dropped, the success kept"
     assert nul_err["last_error"].startswith("ValueError: badbyte and a lone ? surrogate")

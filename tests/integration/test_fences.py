@@ -425,6 +425,9 @@ async def test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_
     await set_clock(conn, T0)
     other = await insert_job(conn, "u")
     claim = await claim_head(conn, "u", lease=10, start=False)
+    # Reserved, lease current: a token that is not its own (a stale one, another job's) starts nothing.
+    await assert_writes_nothing(conn, begin, other, stale)
+    await assert_writes_nothing(conn, begin, other, uuid.uuid4())
     await set_clock(conn, at(10))  # leased until exactly now: no longer current
     await assert_writes_nothing(conn, begin, other, claim["lease_token"])
     await set_clock(conn, at(9))

@@ -44,6 +44,9 @@ LIFECYCLE = "tests/faults/test_lifecycle.py"
 DAEMON = "tests/integration/test_daemon.py"
 PROCESSES = "tests/faults/test_processes.py"
 FENCING = "tests/faults/test_fencing.py"
+HOSTILE = "tests/faults/test_hostile.py"
+HTTP = "tests/faults/test_http_server.py"
+OUTCOMES = "tests/unit/test_outcomes.py"
 # The state machine at a size that still kills its entries, in a fraction of the suite's time.
 SMALL_MACHINE = {"NOTIFYQ_STATE_MACHINE_EXAMPLES": "40", "NOTIFYQ_STATE_MACHINE_SHRINK": "0"}
 
@@ -157,13 +160,55 @@ CATALOGUE: tuple[Mutation, ...] = (
         ),
         (f"{FENCING}::test_a_daemon_that_cannot_reach_the_database_fences_its_own_handlers",),
     ),
-    # -- attempts are counted at claim; the claim takes runnable rows in order ---------------------
+    # -- attempts are counted when a job starts; the claim takes runnable rows in order ----------
     Mutation(
         "attempts_not_counted",
-        "attempts are counted at claim, so a job that kills its worker cannot retry forever",
-        (Edit(WORKER_SQL, "attempts = j.attempts + 1,", "attempts = j.attempts,", "claim_lease"),),
-        (STATE_MACHINE,),
-        SMALL_MACHINE,
+        "a job's attempt is counted when it starts, so a job that kills its worker cannot retry forever",
+        (Edit(WORKER_SQL, "SET attempts = j.attempts + 1,", "SET attempts = j.attempts,", "begin_jobs"),),
+        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
+    ),
+    Mutation(
+        "begin_with_a_stale_lease",
+        "a daemon frozen past its lease starts no buffered job: begin requires a lease not yet run out",
+        (Edit(WORKER_SQL, "\n  AND j.leased_until > notifyq.now()", "", "begin_jobs"),),
+        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
+    ),
+    Mutation(
+        "begin_any_token",
+        "only the current lease token starts a job",
+        (Edit(WORKER_SQL, "\n  AND j.lease_token = b.token", "", "begin_jobs"),),
+        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
+    ),
+    Mutation(
+        "begin_twice",
+        "one lease counts its attempt once",
+        (Edit(WORKER_SQL, "\n  AND j.started_at IS NULL", "", "begin_jobs"),),
+        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
+    ),
+    Mutation(
+        "runner_runs_without_begin",
+        "a runner starts a job only once its attempt is counted",
+        (
+            Edit(
+                "notifyq/worker/executor.py",
+                "            if started:\n                return claim",
+                "            return claim",
+            ),
+        ),
+        (f"{HOSTILE}::test_a_frozen_daemon_starts_no_buffered_job_it_no_longer_owns",),
+    ),
+    Mutation(
+        "rescue_fails_unstarted_jobs",
+        "a job that never started is put back as it was by rescue, never failed for a crash",
+        (
+            Edit(
+                WORKER_SQL,
+                "SET state = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts THEN 'failed'",
+                "SET state = CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed'",
+                "rescue_expired",
+            ),
+        ),
+        (f"{FENCES}::test_rescue_puts_an_unstarted_job_back_as_it_was",),
     ),
     Mutation(
         "claim_runs_early",
@@ -228,7 +273,14 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "snooze_spends_the_attempt",
         "a snooze or release gives its attempt back",
-        (Edit(WORKER_SQL, "attempts = j.attempts - o.refund,", "attempts = j.attempts,", "record_outcomes"),),
+        (
+            Edit(
+                WORKER_SQL,
+                "attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE o.refund END,",
+                "attempts = j.attempts,",
+                "record_outcomes",
+            ),
+        ),
         (STATE_MACHINE,),
         SMALL_MACHINE,
     ),
@@ -550,5 +602,144 @@ CATALOGUE: tuple[Mutation, ...] = (
         "a worker is forgotten only after ten of its leases of silence",
         (Edit(WORKER_SQL, "greatest(10 * lease_seconds, $1::float8)", "$1::float8", "prune_workers"),),
         (RETENTION,),
+    ),
+    # -- hardening: what a hostile review broke (issue 12) -----------------------------------------
+    Mutation(
+        "runner_dies_with_its_handler",
+        "a handler that cancels its own task breaks no runner: the runner loop restarts",
+        (
+            Edit(
+                "notifyq/worker/executor.py",
+                "                if _cancelled_from_outside(exc):\n                    raise\n                task =",
+                "                raise\n                task =",
+            ),
+        ),
+        (f"{HOSTILE}::test_a_handler_that_cancels_its_own_task_breaks_no_runner",),
+    ),
+    Mutation(
+        "same_job_twice_in_one_daemon",
+        "a job claimed again while its older run winds down waits for that run: never two at once",
+        (
+            Edit(
+                "notifyq/worker/executor.py",
+                "                if claim.job.id in self._running:\n                    await self._wait_for_older_run(claim)\n",
+                "",
+            ),
+        ),
+        (f"{HOSTILE}::test_one_daemon_never_runs_one_job_twice_at_once",),
+    ),
+    Mutation(
+        "snooze_any_delay",
+        "Retry and Snooze refuse a delay out of range when made",
+        (Edit("notifyq/errors.py", "if not 0 <= seconds <= MAX_DELAY_SECONDS:", "if False:"),),
+        (f"{OUTCOMES}::test_job_control_refuses_bad_arguments_when_made",),
+    ),
+    Mutation(
+        "undescribable_exception_escapes",
+        "an exception whose __str__ raises even SystemExit is still described, as a failed attempt",
+        (
+            Edit(
+                "notifyq/worker/outcomes.py",
+                "    except BaseException as bad:  # even SystemExit",
+                "    except Exception as bad:  # even SystemExit",
+            ),
+        ),
+        (f"{OUTCOMES}::test_an_exception_whose_str_raises_anything_is_still_a_failed_attempt",),
+    ),
+    Mutation(
+        "claim_head_ignores_its_byte_budget",
+        "a claim takes payloads within its byte budget (claim_head)",
+        (Edit(WORKER_SQL, "WHERE l.before < $7::bigint", "WHERE true", "claim_head"),),
+        ("tests/integration/test_claim_budget.py",),
+    ),
+    Mutation(
+        "claim_jobs_ignores_its_byte_budget",
+        "a claim takes payloads within its byte budget (claim_jobs)",
+        (Edit(WORKER_SQL, "WHERE l.before < $10::bigint", "WHERE true", "claim_jobs"),),
+        ("tests/integration/test_claim_budget.py",),
+    ),
+    Mutation(
+        "claim_budget_counts_compressed_bytes",
+        "the byte budget counts the text a compressed payload becomes, not its size on disk",
+        (
+            Edit(
+                WORKER_SQL,
+                "ELSE octet_length(j.payload::text) END",
+                "ELSE pg_column_size(j.payload) END",
+                "claim_bytes",
+            ),
+        ),
+        ("tests/integration/test_claim_budget.py",),
+    ),
+    Mutation(
+        "claim_never_shrinks",
+        "a claim that timed out halves the next ones",
+        (
+            Edit(
+                "notifyq/worker/claimer.py",
+                "self._max_rows = max(1, wanted // 2)",
+                "self._max_rows = max(1, wanted)",
+            ),
+        ),
+        ("tests/unit/test_claimer.py::test_a_claim_that_timed_out_halves_the_next_ones_and_grows_back",),
+    ),
+    Mutation(
+        "http_no_connection_cap",
+        "a flood of idle connections to the HTTP port cannot exhaust the daemon's descriptors",
+        (Edit("notifyq/http.py", "_MAX_CONNECTIONS = 64", "_MAX_CONNECTIONS = 1_000_000"),),
+        (f"{HTTP}::test_idle_connection_flood_beyond_the_fd_limit_leaves_the_daemon_serving",),
+    ),
+    Mutation(
+        "http_accept_no_backoff",
+        "accept() out of descriptors is retried after a back-off, never in a hot loop",
+        (
+            Edit(
+                "notifyq/http.py",
+                "await anyio.sleep(_ACCEPT_BACKOFF.delay(failures))",
+                "await anyio.sleep(0)",
+            ),
+        ),
+        (f"{HTTP}::test_accept_out_of_descriptors_backs_off_and_recovers",),
+    ),
+    Mutation(
+        "settings_finite",
+        "a setting that is NaN, infinite or beyond its range is refused at start with one line",
+        (
+            Edit("notifyq/config.py", "validate_default=True, allow_inf_nan=False", "validate_default=True"),
+            Edit("notifyq/config.py", "        le=MAX_RETENTION_SECONDS,\n", ""),
+        ),
+        (
+            "tests/unit/test_hostile_config.py::test_no_float_setting_takes_a_non_finite_or_huge_value",
+            "tests/acceptance/test_hostile_config.py::test_serve_refuses_a_non_finite_or_huge_retention_at_start",
+        ),
+    ),
+    Mutation(
+        "dsn_redaction_first_at",
+        "no part of a password reaches a log or an error: the userinfo ends at the last '@'",
+        (
+            Edit(
+                "notifyq/config.py",
+                'userinfo, at, after = rest.rpartition("@")',
+                'userinfo, at, after = rest.partition("@")',
+            ),
+        ),
+        (
+            "tests/unit/test_hostile_config.py::test_redaction_takes_the_userinfo_up_to_the_last_at",
+            "tests/unit/test_hostile_config.py::test_log_text_is_scrubbed_of_dsn_passwords",
+        ),
+    ),
+    Mutation(
+        "generator_handler_accepted",
+        "a generator handler is refused at registration, never marked succeeded unrun",
+        (Edit("notifyq/registry.py", "            if _is_generator(fn):", "            if False:"),),
+        ("tests/unit/test_hostile_config.py::test_a_generator_handler_is_refused_at_registration",),
+    ),
+    Mutation(
+        "enqueue_stores_nan",
+        "enqueue() refuses NaN and Infinity in a payload, as SQL does",
+        (Edit("notifyq/client.py", 'if b"null" in data:', "if False:"),),
+        (
+            "tests/acceptance/test_hostile_config.py::test_enqueue_refuses_non_finite_floats_and_writes_nothing",
+        ),
     ),
 )
