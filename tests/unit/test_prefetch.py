@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -10,7 +12,10 @@ import pytest
 
 from notifyq.metrics import Metrics
 from notifyq.models import Claim, Job
-from notifyq.worker.prefetch import STALE_BUFFER_SECONDS, Prefetch, prefetch_size
+from notifyq.registry import Registry
+from notifyq.worker.executor import STUCK_SECONDS, Executor
+from notifyq.worker.leases import Leases
+from notifyq.worker.prefetch import PREFETCH_BYTES, STALE_BUFFER_SECONDS, Prefetch, prefetch_size
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -89,3 +94,33 @@ def test_remove_take_all_and_close_release_waiting_runners() -> None:
         assert results == [True, False]  # closed and empty: the second runner is told to stop
 
     anyio.run(main)
+
+
+def test_the_buffer_counts_its_payload_bytes_and_leaves_room_for_one_claim() -> None:
+    p = Prefetch(10, 100, Metrics(["q"], ["t"], "test"))
+    big = [dataclasses.replace(c, size=6 * 1024 * 1024) for c in _claims(3)]
+    p.add(big[:2], time.monotonic())
+    assert p.bytes == 12 * 1024 * 1024 and p.bytes_room == PREFETCH_BYTES - p.bytes
+    p.add(big[2:], time.monotonic())
+    assert p.bytes_room == 1, "over the budget, a claim still takes one job"
+    p.pop()
+    assert p.remove(big[1].job.id, big[1].lease_token) is not None
+    assert p.bytes == 6 * 1024 * 1024
+    p.take_all()
+    assert p.bytes == 0
+
+
+def test_a_job_waiting_beside_a_free_runner_means_the_executor_is_stuck() -> None:
+    metrics = Metrics(["q"], ["t"], "test")
+    p = Prefetch(10, 100, metrics)
+    # The executor's other parts are not used by stuck(): the buffer and the runners' count decide.
+    executor = Executor(Registry(), p, None, None, Leases(), metrics, 4, lambda: None)  # type: ignore[arg-type]
+    assert executor.stuck() is None
+    p.add(_claims(1), time.monotonic() - 1)
+    assert executor.stuck() is None, "a second is nothing"
+    p.take_all()
+    p.add(_claims(1), time.monotonic() - STUCK_SECONDS - 1)
+    stuck = executor.stuck()
+    assert stuck is not None and stuck.startswith(
+        "executor stuck: a job has waited 31s beside 4 free runners"
+    )
