@@ -157,7 +157,7 @@ async def check(
     `outcomes`: task -> the final state its jobs must reach (over MEANT). `deaths`: pid -> when that
     process died (epoch seconds), the end of its unfinished runs. `journal`: the recorder's folder of run
     ends, for ends it could not write to the database (an outage). `rescue_within`: seconds after a lease
-    ran out by which its rescue must have happened. `retention`: the daemons' retention, None when
+    ran out (or after the last kill before the rescue, if later) by which its rescue must have happened. `retention`: the daemons' retention, None when
     nothing may be deleted. `finish_all=False`: a scenario that stops before the backlog is done; jobs
     may still be queued, none may be running.
     """
@@ -242,14 +242,19 @@ async def check(
             v.append(f"job {job_id}: failed, but its last attempt never ran")
         for e in releases:
             if (e["error"] or "").startswith("LeaseExpired") and e["leased_until"] is not None:
-                lateness.append((e["at"] - e["leased_until"], job_id))
+                # From the lease's end, or from the last kill before the rescue if that came later: a
+                # daemon killed before its rescue turn came round could not have rescued anything.
+                kills = [t for t in deaths.values() if t <= e["at"]]
+                since = max([e["leased_until"], *kills])
+                lateness.append((e["at"] - since, job_id))
         if job_id in deleted:
             _deletion(v, job_id, deleted[job_id], retention)
 
     latest = max(lateness) if lateness else None
     if rescue_within is not None and latest is not None and latest[0] > rescue_within:
         v.append(
-            f"job {latest[1]}: rescued {latest[0]:.2f}s after its lease ended (bound {rescue_within:.2f}s)"
+            f"job {latest[1]}: rescued {latest[0]:.2f}s after its lease ended and no daemon was being killed"
+            f" (bound {rescue_within:.2f}s)"
         )
     report.figures["checker"] = {
         "claims": claims_total,
