@@ -162,7 +162,13 @@ def serve(config: str | None, **flags: Any) -> None:
         _fail(str(exc), EXIT_USAGE)
         return
     _check_http_address(settings)
-    _run(Daemon(settings, registry).run, loop_options())
+    daemon = Daemon(settings, registry)
+    try:
+        _run(daemon.run, loop_options())
+    except BaseException as exc:
+        if daemon.after_crash(exc):
+            sys.exit(EXIT_RUNTIME)  # never 0 (a handler's SystemExit(0)): systemd must restart us
+        raise
 
 
 def _check_http_address(settings: Settings) -> None:

@@ -25,7 +25,7 @@ from notifyq.config import Settings
 from notifyq.errors import DatabaseUnavailable, NotifyqError
 from notifyq.http import HttpServer
 from notifyq.metrics import Metrics
-from notifyq.models import WorkerInfo
+from notifyq.models import Claim, WorkerInfo
 from notifyq.notifier import Notifier
 from notifyq.registry import Registry
 from notifyq.retry import Backoff
@@ -41,6 +41,7 @@ from notifyq.worker.gauges import GaugeRefresher
 from notifyq.worker.heartbeat import Heartbeat
 from notifyq.worker.leases import Leases
 from notifyq.worker.maintenance import Maintenance
+from notifyq.worker.outcomes import describe_error, unstarted
 from notifyq.worker.prefetch import Prefetch
 from notifyq.worker.starter import Starter
 
@@ -53,6 +54,7 @@ class _Parts:
     notifier: Notifier
     dispatcher: Dispatcher
     executor: Executor
+    prefetch: Prefetch
     heartbeat: Heartbeat
     maintenance: Maintenance
     gauges: GaugeRefresher
@@ -106,6 +108,7 @@ class Daemon:
         self._parts: _Parts | None = None
         self._dispatcher: Dispatcher | None = None
         self._stop_requested = 0
+        self._stopped_cleanly = False
         self._stuck_logged = False
         self._starting: anyio.CancelScope | None = None  # made in run(): scopes need a running loop
         self._force_exit_timer: threading.Timer | None = None
@@ -168,7 +171,8 @@ class Daemon:
                     await store.unregister_worker(self.worker_id)
                 await store.close()
             self.systemd.close()
-            self._log.info("daemon_stopped")
+            if self._stopped_cleanly:  # else `after_crash` says what happened, at error level
+                self._log.info("daemon_stopped")
 
     async def _start(self) -> Store:
         """Connect, check the schema and register, retrying with backoff while the database is away.
@@ -222,6 +226,7 @@ class Daemon:
         self._dispatcher = parts.dispatcher
         try:
             await self._run_parts(parts)
+            self._stopped_cleanly = True
         finally:
             parts.completer.dispose()
 
@@ -281,6 +286,7 @@ class Daemon:
             notifier=notifier,
             dispatcher=dispatcher,
             executor=executor,
+            prefetch=prefetch,
             gauges=GaugeRefresher(store, self.metrics, s.stats_interval_seconds, self._on_reading),
             heartbeat=Heartbeat(store, leases, executor, worker, s.lease_seconds, s.heartbeat_interval),
             maintenance=Maintenance(
@@ -360,6 +366,36 @@ class Daemon:
         if self._stop_requested:
             problems.append("stopping")
         return not problems, "; ".join(problems) or "ok"
+
+    def after_crash(self, exc: BaseException) -> bool:
+        """Called once the event loop is gone by an exception that escaped it (a handler's loop callback
+        or stray task raising SystemExit, a bug): log it at error level, and give the prefetch buffer back
+        at once instead of leaving it to lease expiry. Running jobs are left to rescue: the one that
+        brought the daemon down is among them, and its attempt stays counted. False when the daemon
+        had not started serving or stopped cleanly."""
+        if self._parts is None or self._stopped_cleanly:
+            return False
+        claims = self._parts.prefetch.take_all()
+        self._log.error(
+            "daemon_crashed",
+            error=describe_error(exc),
+            running=self._parts.executor.running_count,
+            buffered=len(claims),
+            note="an exception escaped the event loop: a handler's loop callback, stray task or thread?",
+        )
+        if claims:
+            with contextlib.suppress(Exception):
+                written = anyio.run(self._give_back, claims)
+                self._log.warning("buffer_given_back_after_crash", jobs=len(claims), written=written)
+        return True
+
+    async def _give_back(self, claims: list[Claim]) -> int:
+        with anyio.fail_after(5):
+            store = await Store.open(self.settings.dsn, max_size=1)
+            try:
+                return len(await store.record([unstarted(claim) for claim in claims]))
+            finally:
+                await store.close()
 
     def _watchdog(self) -> None:
         """Tell systemd we are alive, unless the executor is stuck: then the missed pings are what makes

@@ -78,3 +78,14 @@ async def _end_shielded(job: Job) -> None:
     # lease): the end of the run must be recorded all the same.
     with anyio.CancelScope(shield=True):
         await _end(job, returned=True)
+
+
+@registry.task("hostile.loop_bomb", max_attempts=1)
+async def loop_bomb(job: Job) -> None:
+    """Raises SystemExit(0) from a loop callback, outside any job: it ends the event loop itself."""
+
+    def bomb() -> None:
+        raise SystemExit(0)
+
+    asyncio.get_running_loop().call_soon(bomb)
+    await asyncio.sleep(5)

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import asyncpg
 import pytest
 
@@ -234,3 +235,25 @@ async def test_one_daemon_never_runs_one_job_twice_at_once(
     )
     assert_clean(report)
     await runner.wait_event("job_claimed_while_running", timeout=5, job_id=job_id)
+
+
+@pytest.mark.timeout(60)
+async def test_an_exception_that_ends_the_event_loop_is_an_error_and_gives_the_buffer_back(
+    db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """A handler's loop callback raising SystemExit(0) ends the event loop, beyond any runner's reach.
+    The daemon says so at error level, exits 1 (never 0: systemd must restart it), and gives its
+    buffered jobs back at once rather than leaving them to lease expiry (60 s here)."""
+    d = spawn(daemons, tmp_path, db_dsn, concurrency=1, prefetch=10, lease_seconds=60)
+    await d.wait_event("daemon_ready")
+    await insert(db, "hostile.loop_bomb", ["{}"], priority=1)
+    buffered = await insert(db, "rec.work", ["{}"] * 5)
+    code = await anyio.to_thread.run_sync(d.proc.wait, 30)
+    assert code == 1
+    [crash] = d.events("daemon_crashed")
+    assert crash["level"] == "error" and crash["buffered"] == 5, crash
+    assert d.events("daemon_stopped") == [], "not a clean stop"
+    rows = await db.fetch(
+        "SELECT state::text AS state, attempts FROM notifyq.jobs WHERE id = ANY($1)", buffered
+    )
+    assert [tuple(r) for r in rows] == [("queued", 0)] * 5, "back in the queue at once, nothing spent"
