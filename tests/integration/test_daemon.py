@@ -160,7 +160,7 @@ async def test_failures_retry_with_backoff_then_fail_keeping_the_error(
         starts.append(time.monotonic())
         raise ValueError(f"broken on attempt {job.attempt}")
 
-    job_id = await enqueue(conn, "boom", max_attempts=10)  # the task's max_attempts wins at claim
+    job_id = await enqueue(conn, "boom")  # no max_attempts of its own: the task's applies at claim
     async with running_daemon(db_dsn, registry):
         row = await wait_state(conn, job_id, "failed", 15)
     assert row["attempts"] == 3

@@ -43,12 +43,12 @@ async def test_two_concurrent_migrates_apply_once(empty_dsn: str) -> None:
     assert [p.returncode for p in procs] == [0, 0], outs
     said = sorted(o[0].strip() for o in outs)
     assert said == [
-        "applied 0001_init\napplied 0002_enqueue_many\napplied 0003_claim_index_only",
+        "applied 0001_init\napplied 0002_enqueue_many\napplied 0003_claim_index_only\napplied 0004_producer_guards",
         "schema is current; nothing to apply",
     ]
     conn = await asyncpg.connect(empty_dsn)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 3
+        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 4
     finally:
         await conn.close()
     again = cli("migrate", "--dsn", empty_dsn)
@@ -80,7 +80,7 @@ async def test_migrate_sql_prints_a_complete_script_and_changes_nothing(empty_ds
 async def test_check_and_serve_refuse_a_missing_or_unknown_migration(empty_dsn: str) -> None:
     missing = cli("check", "--dsn", empty_dsn)
     assert missing.returncode == 3
-    assert "missing migration(s) 0001_init, 0002_enqueue_many, 0003_claim_index_only" in missing.stdout
+    assert "missing migration(s) 0001_init, 0002_enqueue_many, 0003_claim_index_only, 0004" in missing.stdout
     assert cli("migrate", "--dsn", empty_dsn).returncode == 0
     conn = await asyncpg.connect(empty_dsn)
     try:
