@@ -393,7 +393,8 @@ class Daemon:
         with anyio.fail_after(5):
             store = await Store.open(self.settings.dsn, max_size=1)
             try:
-                return len(await store.record([unstarted(claim) for claim in claims]))
+                written, _ = await store.record([unstarted(claim) for claim in claims])
+                return len(written)
             finally:
                 await store.close()
 

@@ -250,17 +250,19 @@ class Store:
         rows = await self._fetch("begin_jobs", [c.job.id for c in claims], [c.lease_token for c in claims])
         return {r[0] for r in rows}
 
-    async def record(self, outcomes: Sequence[Outcome]) -> set[int]:
+    async def record(self, outcomes: Sequence[Outcome]) -> tuple[set[int], set[int]]:
         """Write outcomes in fenced statements (plain successes in one, the rest in another); returns
-        the ids actually written."""
+        the ids written, and the ids skipped because another session holds their row locked (still
+        this lease's: write them again later). Any other id lost its lease."""
         plain = [o for o in outcomes if o.state is JobState.SUCCEEDED and o.result is None]
         rest = [o for o in outcomes if not (o.state is JobState.SUCCEEDED and o.result is None)]
         written: set[int] = set()
+        busy: set[int] = set()
         if plain:
             rows = await self._fetch(
                 "complete_succeeded", [o.job_id for o in plain], [o.lease_token for o in plain]
             )
-            written.update(r[0] for r in rows)
+            _split(rows, written, busy)
         if rest:
             rows = await self._fetch(
                 "record_outcomes",
@@ -272,11 +274,14 @@ class Store:
                 [o.error for o in rest],
                 [o.result for o in rest],
             )
-            written.update(r[0] for r in rows)
-        return written
+            _split(rows, written, busy)
+        return written, busy
 
-    async def extend(self, held: dict[int, uuid.UUID], lease_seconds: float, worker: WorkerInfo) -> set[int]:
-        """Extend every lease in `held` and refresh this worker's row; returns the ids still held."""
+    async def extend(
+        self, held: dict[int, uuid.UUID], lease_seconds: float, worker: WorkerInfo
+    ) -> tuple[set[int], set[int]]:
+        """Extend every lease in `held` and refresh this worker's row; returns the ids extended, and the
+        ids still held but locked by another session (not extended, not lost)."""
         rows = await self._fetch(
             "extend_leases",
             list(held.keys()),
@@ -289,7 +294,10 @@ class Store:
             worker.tasks,
             worker.concurrency,
         )
-        return {r["id"] for r in rows}
+        extended: set[int] = set()
+        busy: set[int] = set()
+        _split(rows, extended, busy)
+        return extended, busy
 
     async def register_worker(self, worker: WorkerInfo) -> None:
         """Create (or refresh) this worker's row: a heartbeat that holds no lease."""
@@ -338,6 +346,12 @@ class Store:
 
     async def health_stats(self) -> HealthStats:
         return HealthStats(**(await self._fetch("health_stats"))[0])
+
+
+def _split(rows: list[asyncpg.Record], done: set[int], busy: set[int]) -> None:
+    """Rows of (id, busy) from a statement that skips rows locked by another session."""
+    for r in rows:
+        (busy if r[1] else done).add(r[0])
 
 
 _LONG_DIGITS = re.compile(r"\d{19}")

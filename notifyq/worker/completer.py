@@ -12,6 +12,11 @@ no row, which is counted as a lost lease. A write the database refuses for anoth
 single rows, and a row refused on its own is written once more as a bare `failed` (or, for a success, a
 success without its result); one bad outcome never takes the batch or the daemon down. After `close()`,
 retries stop at the flush deadline: what is still unwritten then is left to lease expiry and rescue.
+
+A row another session holds locked (an operator's open transaction, a report's SELECT ... FOR UPDATE) is
+skipped by the statement, not waited for: waiting would stall every outcome of the batch, and the
+heartbeat with it, until the leases expired and rescue ran those jobs again. Its outcome is written
+again after BUSY_RETRY_SECONDS, for as long as its lease lasts.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from notifyq.store import Store
 from notifyq.worker.leases import Leases
 
 _RETRY = Backoff(base_seconds=0.1, factor=2.0, cap_seconds=5.0, jitter=0.5)
+# How soon an outcome whose row was locked by another session is tried again.
+BUSY_RETRY_SECONDS = 0.5
 
 
 class Completer:
@@ -43,6 +50,8 @@ class Completer:
         self._buffer = buffer
         self._batch_max = batch_max
         self._queue: deque[Outcome] = deque()
+        self._busy: list[Outcome] = []  # skipped for a lock held elsewhere, written again at `_busy_at`
+        self._busy_at = math.inf
         self._ready = anyio.Event()
         self._room = anyio.Event()
         self._room.set()
@@ -85,11 +94,15 @@ class Completer:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
+            if self._busy and anyio.current_time() >= self._busy_at:
+                self._queue.extend(self._busy)
+                self._busy, self._busy_at = [], math.inf
             if not self._queue:
-                if self._closed:
+                if self._closed and not self._busy:
                     return
-                await self._ready.wait()
-                self._ready = anyio.Event()
+                with anyio.move_on_after(max(self._busy_at - anyio.current_time(), 0)):
+                    await self._ready.wait()
+                    self._ready = anyio.Event()
                 continue
             take = min(len(self._queue), self._batch_max)
             batch = [self._queue.popleft() for _ in range(take)]
@@ -100,20 +113,38 @@ class Completer:
                 await self._write(batch)
 
     async def _write(self, batch: list[Outcome]) -> None:
+        busy: set[int] = set()
         try:
-            written = await self._record(batch)
+            result = await self._record(batch)
         except QueryError as exc:
             if len(batch) > 1:
                 for outcome in batch:
                     await self._write([outcome])
                 return
-            written = await self._write_bare(batch[0], str(exc))
-        if written is None:
+            result = await self._write_bare(batch[0], str(exc))
+        if result is None:
             self._log.error("outcomes_unwritten", jobs=len(batch), note="left to lease expiry and rescue")
-            written = set()
-        self._account(batch, written)
+            written: set[int] = set()
+        else:
+            written, busy = result
+        if busy:
+            self._hold_busy([o for o in batch if o.job_id in busy])
+        self._account([o for o in batch if o.job_id not in busy], written)
 
-    async def _record(self, batch: list[Outcome]) -> set[int] | None:
+    def _hold_busy(self, outcomes: list[Outcome]) -> None:
+        if self._closed:  # at shutdown, a locked row's outcome is left to lease expiry and rescue
+            return
+        if not self._busy:
+            self._log.warning(
+                "outcome_row_locked",
+                jobs=[o.job_id for o in outcomes][:10],
+                note="another session holds these rows locked; writing them again shortly",
+            )
+        self._busy.extend(outcomes)
+        self._busy_at = min(self._busy_at, anyio.current_time() + BUSY_RETRY_SECONDS)
+        self._ready.set()
+
+    async def _record(self, batch: list[Outcome]) -> tuple[set[int], set[int]] | None:
         """Write with retries while the database is unavailable; None once the flush deadline passed.
 
         The write and the waits between tries run in one cancel scope whose deadline `close()` sets, so
@@ -141,7 +172,7 @@ class Completer:
                 self._pending = None
         return None  # the flush deadline passed
 
-    async def _write_bare(self, outcome: Outcome, error: str) -> set[int] | None:
+    async def _write_bare(self, outcome: Outcome, error: str) -> tuple[set[int], set[int]] | None:
         """The database refused this outcome itself: keep the state, drop what it objected to."""
         self._log.error(
             "outcome_refused", job_id=outcome.job_id, task=outcome.task, queue=outcome.queue, error=error
@@ -162,7 +193,7 @@ class Completer:
             return await self._record([bare])
         except QueryError as exc:
             self._log.error("outcome_unwritable", job_id=outcome.job_id, error=str(exc))
-            return set()
+            return set(), set()
 
     def _account(self, batch: list[Outcome], written: set[int]) -> None:
         for outcome in batch:

@@ -52,10 +52,11 @@ class Heartbeat:
         held = dict(sorted(self._leases.snapshot().items()))
         started = time.monotonic()
         alive: set[int] | None = None
+        busy: set[int] = set()
         try:
             # A beat that cannot finish within its interval is as good as failed.
             with anyio.move_on_after(self._interval) as deadline:
-                alive = await self._store.extend(held, self._lease_seconds, self._worker)
+                alive, busy = await self._store.extend(held, self._lease_seconds, self._worker)
             if deadline.cancelled_caught:
                 self._failed(f"no answer within {self._interval:.1f}s", len(held))
         except (DatabaseUnavailable, QueryError) as exc:
@@ -65,7 +66,9 @@ class Heartbeat:
                 self._log.info("heartbeat_recovered", failures=self._failures)
                 self._failures = 0
             self._leases.confirm(alive, started, held)
-            for job_id in held.keys() - alive:
+            # A busy lease (its row locked by another session) is neither extended nor lost: if the lock
+            # outlasts most of a lease, the check below fences that one job.
+            for job_id in held.keys() - alive - busy:
                 # Only a run still going under that very token is cancelled: an outcome already handed
                 # to the completer is fenced there, and may simply have been written before this ran.
                 self._lost(job_id, held[job_id], "not held in the database")

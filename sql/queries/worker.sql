@@ -57,17 +57,25 @@ RETURNING j.id, j.queue, j.task,
 -- name: begin_jobs :many
 -- Start buffered jobs: count the attempt and stamp started_at, right before their handlers run, only
 -- while this daemon's lease is current and not yet expired (a daemon frozen past its lease must not
--- start jobs another daemon may have run meanwhile). Returns the ids that may start.
+-- start jobs another daemon may have run meanwhile). Returns the ids that may start. A row another
+-- session holds locked is skipped (not started, given back), never waited for: see record_outcomes.
 -- $1 ids, $2 lease tokens.
+WITH mine AS (
+    SELECT j.id
+    FROM notifyq.jobs AS j
+    JOIN unnest($1::bigint[], $2::uuid[]) AS b(id, token) ON j.id = b.id
+    WHERE j.lease_token = b.token
+      AND j.state = 'running'
+      AND j.started_at IS NULL
+      AND j.leased_until > notifyq.now()
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+)
 UPDATE notifyq.jobs AS j
 SET attempts = j.attempts + 1,
     started_at = notifyq.now()
-FROM unnest($1::bigint[], $2::uuid[]) AS b(id, token)
-WHERE j.id = b.id
-  AND j.lease_token = b.token
-  AND j.state = 'running'
-  AND j.started_at IS NULL
-  AND j.leased_until > notifyq.now()
+FROM mine
+WHERE j.id = mine.id
 RETURNING j.id;
 
 -- name: claim_jobs :many
@@ -151,42 +159,83 @@ WITH locked AS (
 -- (1 for a snooze, a shutdown release or a job given back unstarted), $6 errors, $7 results as JSON
 -- text. Only a started row has an attempt to give back: a job given back from the prefetch buffer
 -- usually never had one counted.
-UPDATE notifyq.jobs AS j
-SET state = o.state::notifyq.job_state,
-    attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE o.refund END,
-    run_at = CASE WHEN o.state = 'queued' THEN notifyq.now() + make_interval(secs => o.delay) ELSE j.run_at END,
-    last_error = coalesce(o.error, j.last_error),
-    result = o.result::jsonb,
-    finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE notifyq.now() END,
-    lease_token = NULL,
-    leased_until = NULL,
-    worker_id = NULL
-FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::text[])
-    AS o(id, token, state, delay, refund, error, result)
-WHERE j.id = o.id
-  AND j.lease_token = o.token
-  AND j.state = 'running'
-RETURNING j.id;
+-- Rows are locked first with SKIP LOCKED: a row another session holds (an operator's open transaction,
+-- a report's SELECT ... FOR UPDATE) must stall its own outcome only, not the whole batch, whose leases
+-- would meanwhile expire and be rescued. Returns (id, busy): busy ids were skipped while still this
+-- lease's and are written again later; ids not returned lost their lease.
+WITH o AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::text[])
+        AS o(id, token, state, delay, refund, error, result)
+), mine AS (
+    SELECT j.id, o.token
+    FROM notifyq.jobs AS j
+    JOIN o ON j.id = o.id
+    WHERE j.lease_token = o.token
+      AND j.state = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+), written AS (
+    UPDATE notifyq.jobs AS j
+    SET state = o.state::notifyq.job_state,
+        attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE o.refund END,
+        run_at = CASE WHEN o.state = 'queued' THEN notifyq.now() + make_interval(secs => o.delay) ELSE j.run_at END,
+        last_error = coalesce(o.error, j.last_error),
+        result = o.result::jsonb,
+        finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE notifyq.now() END,
+        lease_token = NULL,
+        leased_until = NULL,
+        worker_id = NULL
+    -- By id and token: a batch may hold one id twice, under its current token and a stale one.
+    FROM mine JOIN o ON o.id = mine.id AND o.token = mine.token
+    WHERE j.id = mine.id
+    RETURNING j.id
+)
+SELECT id, false AS busy FROM written
+UNION ALL
+/* include: busy_rows */;
 
 -- name: complete_succeeded :many
 -- The common case of record_outcomes in fewer parameters: successes with no result to store.
--- $1 ids, $2 lease tokens.
-UPDATE notifyq.jobs AS j
-SET state = 'succeeded',
-    result = NULL,
-    finished_at = notifyq.now(),
-    lease_token = NULL,
-    leased_until = NULL,
-    worker_id = NULL
-FROM unnest($1::bigint[], $2::uuid[]) AS o(id, token)
-WHERE j.id = o.id
-  AND j.lease_token = o.token
-  AND j.state = 'running'
-RETURNING j.id;
+-- $1 ids, $2 lease tokens. Returns (id, busy) as record_outcomes does.
+WITH o AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS o(id, token)
+), mine AS (
+    SELECT j.id
+    FROM notifyq.jobs AS j
+    JOIN o ON j.id = o.id
+    WHERE j.lease_token = o.token
+      AND j.state = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+), written AS (
+    UPDATE notifyq.jobs AS j
+    SET state = 'succeeded',
+        result = NULL,
+        finished_at = notifyq.now(),
+        lease_token = NULL,
+        leased_until = NULL,
+        worker_id = NULL
+    FROM mine
+    WHERE j.id = mine.id
+    RETURNING j.id
+)
+SELECT id, false AS busy FROM written
+UNION ALL
+/* include: busy_rows */;
+
+-- name: busy_rows :fragment
+-- The rows of `o` (id, token) that are still this lease's in the statement's snapshot but were not
+-- locked into `mine`: another session holds them. Neither written nor lost; tried again later.
+SELECT o.id, true
+FROM o
+JOIN notifyq.jobs AS j ON j.id = o.id AND j.lease_token = o.token AND j.state = 'running'
+WHERE o.id NOT IN (SELECT id FROM mine)
 
 -- name: extend_leases :many
 -- The heartbeat: one statement extends every lease this daemon holds and refreshes its workers row
--- (re-creating it if maintenance pruned it while this process was stopped). Returns the ids still held.
+-- (re-creating it if maintenance pruned it while this process was stopped). Returns (id, busy) as
+-- record_outcomes does: a lease another session's lock keeps from being extended is not lost, and the
+-- daemon fences that one job itself if it stays unconfirmed for most of a lease.
 -- $1 ids, $2 tokens, $3 lease seconds, $4 worker id, $5 hostname, $6 pid, $7 queues, $8 tasks,
 -- $9 concurrency.
 WITH seen AS (
@@ -194,14 +243,26 @@ WITH seen AS (
     VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]),
             $3::float8)
     ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now(), running = excluded.running
+), o AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS h(id, token)
+), mine AS (
+    SELECT j.id
+    FROM notifyq.jobs AS j
+    JOIN o ON j.id = o.id
+    WHERE j.lease_token = o.token
+      AND j.state = 'running'
+    ORDER BY j.id
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+), extended AS (
+    UPDATE notifyq.jobs AS j
+    SET leased_until = notifyq.now() + make_interval(secs => $3::float8)
+    FROM mine
+    WHERE j.id = mine.id
+    RETURNING j.id
 )
-UPDATE notifyq.jobs AS j
-SET leased_until = notifyq.now() + make_interval(secs => $3::float8)
-FROM unnest($1::bigint[], $2::uuid[]) AS h(id, token)
-WHERE j.id = h.id
-  AND j.lease_token = h.token
-  AND j.state = 'running'
-RETURNING j.id;
+SELECT id, false AS busy FROM extended
+UNION ALL
+/* include: busy_rows */;
 
 -- name: unregister_worker :exec
 DELETE FROM notifyq.workers WHERE id = $1::uuid;

@@ -257,3 +257,56 @@ async def test_an_exception_that_ends_the_event_loop_is_an_error_and_gives_the_b
         "SELECT state::text AS state, attempts FROM notifyq.jobs WHERE id = ANY($1)", buffered
     )
     assert [tuple(r) for r in rows] == [("queued", 0)] * 5, "back in the queue at once, nothing spent"
+
+
+@pytest.mark.timeout(90)
+async def test_a_row_locked_by_another_session_stalls_only_its_own_job(
+    db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """Found by a hostile review: one job's row held locked by another session (an operator's open
+    transaction, a report's SELECT ... FOR UPDATE) for several leases. The heartbeat, begins and outcome
+    batches skip that row instead of waiting on it, so every other job keeps its lease, its outcome is
+    written once, and none runs twice; the locked job's outcome is written once the lock goes."""
+    d = spawn(
+        daemons, tmp_path, db_dsn, concurrency=4, prefetch=10, lease_seconds=3, poll_interval_seconds=0.5
+    )
+    await d.wait_event("daemon_ready")
+    ids = await insert(db, "rec.work", ['{"seconds": 0.3}'] * 60)
+    holder = await asyncpg.connect(db_dsn)
+    try:
+
+        async def a_started_job() -> int | None:
+            job_id: int | None = await db.fetchval(
+                "SELECT id FROM notifyq.jobs WHERE state = 'running' AND started_at IS NOT NULL ORDER BY id LIMIT 1"
+            )
+            return job_id
+
+        locked = await wait_for(a_started_job, 15, "a job to start")
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM notifyq.jobs WHERE id = $1 FOR UPDATE", locked)
+
+        async def others_done() -> bool:
+            left = await db.fetchval(
+                "SELECT count(*) FROM notifyq.jobs WHERE id = ANY($1) AND id <> $2 AND state <> 'succeeded'",
+                ids,
+                locked,
+            )
+            return left == 0
+
+        await wait_for(others_done, 40, "every other job to finish while the row stays locked")
+        await tx.rollback()
+    finally:
+        await holder.close()
+    await all_final(db, ids, 30)
+    twice = await db.fetch(
+        "SELECT job_id, count(*) FROM test_runs WHERE job_id <> $1 GROUP BY 1 HAVING count(*) > 1", locked
+    )
+    assert twice == [], f"jobs beside the locked one ran again: {[tuple(r) for r in twice]}"
+    lost = [e for e in d.events("outcome_dropped_lease_lost") if e["job_id"] != locked]
+    assert lost == [], lost
+    report = await checker.check(db, set(ids), checker.Report("row_locked_elsewhere"))
+    report.figures["locked_job_runs"] = await db.fetchval(
+        "SELECT count(*) FROM test_runs WHERE job_id = $1", locked
+    )
+    assert_clean(report)

@@ -35,6 +35,9 @@ class Mutation:
 WORKER_SQL = "sql/queries/worker.sql"
 INIT_SQL = "sql/migrations/0001_init.sql"
 MANY_SQL = "sql/migrations/0002_enqueue_many.sql"
+# 0004 replaced the insert guard (now notifyq.jobs_guard, for INSERT and UPDATE) and both enqueue
+# functions: their live text is here, not in 0001/0002.
+GUARDS_SQL = "sql/migrations/0004_producer_guards.sql"
 
 FENCES = "tests/integration/test_fences.py"
 STATE_MACHINE = "tests/faults/test_state_machine.py::test_job_lifecycle_state_machine"
@@ -66,40 +69,61 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "fence_complete_succeeded",
         "a plain success is written only under the job's current lease token",
-        (Edit(WORKER_SQL, "  AND j.lease_token = o.token\n", "", "complete_succeeded"),),
+        (Edit(WORKER_SQL, "WHERE j.lease_token = o.token\n      AND", "WHERE", "complete_succeeded"),),
         (f"{FENCES}::test_only_the_current_lease_token_finalizes", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
         "fence_record_outcomes",
         "retries, failures, snoozes and shutdown releases are written only under the current lease",
-        (Edit(WORKER_SQL, "  AND j.lease_token = o.token\n", "", "record_outcomes"),),
+        (Edit(WORKER_SQL, "WHERE j.lease_token = o.token\n      AND", "WHERE", "record_outcomes"),),
         (FENCES, STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
         "fence_extend_leases",
         "the heartbeat extends only leases this daemon still holds, and reports the others lost",
-        (Edit(WORKER_SQL, "  AND j.lease_token = h.token\n", "", "extend_leases"),),
+        (Edit(WORKER_SQL, "WHERE j.lease_token = o.token\n      AND", "WHERE", "extend_leases"),),
         (FENCES, STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
         "running_complete_succeeded",
         "a finished row is never overwritten by a late success (state = 'running' and the lease CHECK)",
-        (Edit(WORKER_SQL, "  AND j.state = 'running'\n", "", "complete_succeeded"), _NO_LEASE_CHECK),
+        (
+            Edit(
+                WORKER_SQL,
+                "\n      AND j.state = 'running'\n    ORDER BY",
+                "\n    ORDER BY",
+                "complete_succeeded",
+            ),
+            _NO_LEASE_CHECK,
+        ),
         (FENCES,),
     ),
     Mutation(
         "running_record_outcomes",
         "a finished row is never overwritten by a late outcome (state = 'running' and the lease CHECK)",
-        (Edit(WORKER_SQL, "  AND j.state = 'running'\n", "", "record_outcomes"), _NO_LEASE_CHECK),
+        (
+            Edit(
+                WORKER_SQL,
+                "\n      AND j.state = 'running'\n    ORDER BY",
+                "\n    ORDER BY",
+                "record_outcomes",
+            ),
+            _NO_LEASE_CHECK,
+        ),
         (FENCES,),
     ),
     Mutation(
         "running_extend_leases",
         "the heartbeat never extends a row that is no longer running (state = 'running' and the CHECK)",
-        (Edit(WORKER_SQL, "  AND j.state = 'running'\n", "", "extend_leases"), _NO_LEASE_CHECK),
+        (
+            Edit(
+                WORKER_SQL, "\n      AND j.state = 'running'\n    ORDER BY", "\n    ORDER BY", "extend_leases"
+            ),
+            _NO_LEASE_CHECK,
+        ),
         (FENCES,),
     ),
     Mutation(
@@ -170,19 +194,19 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "begin_with_a_stale_lease",
         "a daemon frozen past its lease starts no buffered job: begin requires a lease not yet run out",
-        (Edit(WORKER_SQL, "\n  AND j.leased_until > notifyq.now()", "", "begin_jobs"),),
+        (Edit(WORKER_SQL, "\n      AND j.leased_until > notifyq.now()", "", "begin_jobs"),),
         (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(
         "begin_any_token",
         "only the current lease token starts a job",
-        (Edit(WORKER_SQL, "\n  AND j.lease_token = b.token", "", "begin_jobs"),),
+        (Edit(WORKER_SQL, "WHERE j.lease_token = b.token\n      AND", "WHERE", "begin_jobs"),),
         (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(
         "begin_twice",
         "one lease counts its attempt once",
-        (Edit(WORKER_SQL, "\n  AND j.started_at IS NULL", "", "begin_jobs"),),
+        (Edit(WORKER_SQL, "\n      AND j.started_at IS NULL", "", "begin_jobs"),),
         (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(
@@ -460,13 +484,13 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "guard_accepts_any_state",
         "producers may only insert queued jobs",
-        (Edit(INIT_SQL, "    IF NEW.state IS DISTINCT FROM 'queued' THEN", "    IF false THEN"),),
+        (Edit(GUARDS_SQL, "    IF NEW.state IS DISTINCT FROM 'queued' THEN", "    IF false THEN"),),
         ("tests/integration/test_producer.py::test_bad_rows_are_refused_naming_the_field",),
     ),
     Mutation(
         "guard_accepts_attempts",
         "producers may not insert spent attempts",
-        (Edit(INIT_SQL, "    IF NEW.attempts IS DISTINCT FROM 0 THEN", "    IF false THEN"),),
+        (Edit(GUARDS_SQL, "    IF NEW.attempts IS DISTINCT FROM 0 THEN", "    IF false THEN"),),
         ("tests/integration/test_producer.py::test_bad_rows_are_refused_naming_the_field",),
     ),
     Mutation(
@@ -474,7 +498,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "priority is refused beyond -1000..1000, naming the field",
         (
             Edit(
-                INIT_SQL,
+                GUARDS_SQL,
                 "IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1000 AND 1000 THEN",
                 "IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1001 AND 1001 THEN",
             ),
@@ -491,7 +515,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "payloads over 1 MiB are refused, naming the field",
         (
             Edit(
-                INIT_SQL,
+                GUARDS_SQL,
                 "IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048576 THEN",
                 "IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048577 THEN",
             ),
@@ -503,7 +527,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "an empty dedup key is refused, naming the field",
         (
             Edit(
-                INIT_SQL,
+                GUARDS_SQL,
                 "IF NEW.dedup_key IS NOT NULL AND char_length(NEW.dedup_key) NOT BETWEEN 1 AND 200 THEN",
                 "IF NEW.dedup_key IS NOT NULL AND char_length(NEW.dedup_key) NOT BETWEEN 0 AND 200 THEN",
             ),
@@ -527,22 +551,26 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "    WHERE dedup_key IS NOT NULL AND state IN ('queued');",
             ),
             Edit(
-                INIT_SQL,
+                GUARDS_SQL,
+                "            enqueue.max_attempts\n        )\n"
                 "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running')",
+                "            enqueue.max_attempts\n        )\n"
                 "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued')",
             ),
             Edit(
-                INIT_SQL,
+                GUARDS_SQL,
                 "WHERE j.dedup_key = enqueue.dedup_key AND j.state IN ('queued', 'running');",
                 "WHERE j.dedup_key = enqueue.dedup_key AND j.state IN ('queued');",
             ),
             Edit(
-                MANY_SQL,
+                GUARDS_SQL,
+                "        ORDER BY r.pos\n"
                 "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued', 'running')",
+                "        ORDER BY r.pos\n"
                 "        ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND state IN ('queued')",
             ),
             Edit(
-                MANY_SQL,
+                GUARDS_SQL,
                 "JOIN notifyq.jobs AS j ON j.dedup_key = g.key AND j.state IN ('queued', 'running')",
                 "JOIN notifyq.jobs AS j ON j.dedup_key = g.key AND j.state IN ('queued')",
             ),
@@ -740,6 +768,110 @@ CATALOGUE: tuple[Mutation, ...] = (
         (Edit("notifyq/client.py", 'if b"null" in data:', "if False:"),),
         (
             "tests/acceptance/test_hostile_config.py::test_enqueue_refuses_non_finite_floats_and_writes_nothing",
+        ),
+    ),
+    Mutation(
+        "update_guard_off",
+        "a producer's UPDATE of its columns is refused like an INSERT, naming the column",
+        (
+            Edit(
+                GUARDS_SQL,
+                "    WHEN (NEW.queue IS DISTINCT FROM OLD.queue\n",
+                "    WHEN (false AND NEW.queue IS DISTINCT FROM OLD.queue\n",
+            ),
+        ),
+        (
+            "tests/integration/test_producer_guards.py::test_updates_of_producer_columns_are_refused_like_inserts",
+        ),
+    ),
+    Mutation(
+        "tasks_max_attempts_wins",
+        "a producer's explicit max_attempts wins over the task's",
+        (
+            Edit(
+                WORKER_SQL,
+                "        j.max_attempts,\n        (SELECT o.max_attempts",
+                "        (SELECT o.max_attempts",
+                "claim_lease",
+            ),
+        ),
+        (
+            "tests/integration/test_producer_guards.py::test_the_claim_writes_the_producers_value_else_the_tasks_else_the_default",
+        ),
+    ),
+    Mutation(
+        "outcome_waits_for_a_locked_row",
+        "a row another session holds locked stalls its own outcome only, never the batch",
+        (
+            Edit(
+                WORKER_SQL,
+                "    FOR NO KEY UPDATE OF j SKIP LOCKED\n), written AS (\n    UPDATE notifyq.jobs AS j\n    SET state = 'succeeded'",
+                "    FOR NO KEY UPDATE OF j\n), written AS (\n    UPDATE notifyq.jobs AS j\n    SET state = 'succeeded'",
+                "complete_succeeded",
+            ),
+        ),
+        (f"{HOSTILE}::test_a_row_locked_by_another_session_stalls_only_its_own_job",),
+    ),
+    Mutation(
+        "guard_update_skips_payload",
+        "a producer's UPDATE of the payload is refused beyond 1 MiB, like an INSERT",
+        (
+            Edit(
+                GUARDS_SQL,
+                "CREATE TRIGGER jobs_guard_update_payload BEFORE UPDATE OF payload ON notifyq.jobs\n"
+                "    FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard();",
+                "",
+            ),
+        ),
+        (
+            "tests/integration/test_producer_guards.py::test_updates_of_producer_columns_are_refused_like_inserts",
+        ),
+    ),
+    Mutation(
+        "guard_update_on_every_row",
+        "the daemon's own updates never call the guard's plpgsql",
+        (
+            Edit(
+                GUARDS_SQL,
+                "    WHEN (NEW.queue IS DISTINCT FROM OLD.queue\n",
+                "    WHEN (true OR NEW.queue IS DISTINCT FROM OLD.queue\n",
+            ),
+        ),
+        ("tests/integration/test_producer_guards.py::test_the_daemons_updates_never_call_the_guard",),
+    ),
+    Mutation(
+        "guard_accepts_explicit_ids",
+        "an id the identity did not hand out is refused, so later producers' inserts never collide",
+        (
+            Edit(
+                GUARDS_SQL,
+                "IF NEW.id > coalesce(pg_sequence_last_value('notifyq.jobs_id_seq'::regclass), 0) THEN",
+                "IF false THEN",
+            ),
+        ),
+        ("tests/integration/test_producer_guards.py::test_explicit_ids_are_refused",),
+    ),
+    Mutation(
+        "guard_run_at_range",
+        "a run_at beyond what drivers decode is refused at INSERT, naming the column",
+        (
+            Edit(
+                GUARDS_SQL,
+                "    IF NEW.run_at NOT BETWEEN notifyq.min_run_at() AND notifyq.max_run_at() THEN",
+                "    IF false THEN",
+            ),
+        ),
+        (
+            "tests/integration/test_producer_guards.py::"
+            "test_run_at_beyond_what_drivers_decode_is_refused_naming_the_column",
+        ),
+    ),
+    Mutation(
+        "enqueue_null_priority_refused",
+        "NULL means the default for every optional argument of enqueue()",
+        (Edit(GUARDS_SQL, "            coalesce(enqueue.priority, 0),", "            enqueue.priority,"),),
+        (
+            "tests/integration/test_producer_guards.py::test_null_means_the_default_for_every_optional_enqueue_argument",
         ),
     ),
 )
