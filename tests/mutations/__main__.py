@@ -16,7 +16,9 @@ The report (mutation, promise, killed by) is printed and written to tests/mutati
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -158,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the tests")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="entries run at once, each in a scratch copy of its own (most of an entry's time is waiting on"
+        " Postgres and on daemon processes: 2 on 2 cores took the gate from 10.5 to about 6 minutes)",
+    )
+    parser.add_argument(
         "--check-edits", action="store_true", help="only check that every edit applies, run no test"
     )
     args = parser.parse_args(argv)
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name}: {m.promise}\n    tests: {' '.join(m.tests)}")
         return 0
 
-    copy = scratch_copy()
+    copies = [scratch_copy() for _ in range(max(1, args.jobs))]
+    copy = copies[0]
     try:
         if args.check_edits:
             problems = []
@@ -194,23 +204,33 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
             print(f"baseline passed in {seconds:.0f}s", flush=True)
-        results = []
-        for m in chosen:
+        free: queue.Queue[Path] = queue.Queue()
+        for c in copies:
+            free.put(c)
+
+        def one(m: Mutation) -> Result:
+            mine = free.get()
             try:
-                originals = apply(copy, m)
-            except LookupError as exc:
-                results.append(Result(m, "ERROR", str(exc), 0.0))
-                print(f"{m.name}: ERROR {exc}", flush=True)
-                continue
-            try:
-                code, output, seconds = run_tests(copy, list(m.tests), m.env)
+                try:
+                    originals = apply(mine, m)
+                except LookupError as exc:
+                    result = Result(m, "ERROR", str(exc), 0.0)
+                else:
+                    try:
+                        code, output, seconds = run_tests(mine, list(m.tests), m.env)
+                    finally:
+                        restore(originals)
+                    result = judge(m, code, output, seconds)
             finally:
-                restore(originals)
-            result = judge(m, code, output, seconds)
-            results.append(result)
-            print(f"{m.name}: {result.verdict} {result.killed_by} ({seconds:.0f}s)", flush=True)
+                free.put(mine)
+            print(f"{m.name}: {result.verdict} {result.killed_by} ({result.seconds:.0f}s)", flush=True)
+            return result
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(copies)) as pool:
+            results = list(pool.map(one, chosen))  # in catalogue order, whatever order they finish in
     finally:
-        shutil.rmtree(copy, ignore_errors=True)
+        for c in copies:
+            shutil.rmtree(c, ignore_errors=True)
 
     text = report(results)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -219,7 +219,7 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "            return claim",
             ),
         ),
-        (f"{HOSTILE}::test_a_frozen_daemon_starts_no_buffered_job_it_no_longer_owns",),
+        ("tests/unit/test_executor.py",),
     ),
     Mutation(
         "rescue_fails_unstarted_jobs",
@@ -366,7 +366,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "unstarted_spends_the_attempt",
-        "buffered jobs given back (shutdown, jobs turned slow) keep their attempt",
+        "a job given back after its begin got through (the answer lost, a stop during it) gets its attempt back",
         (
             Edit(
                 "notifyq/worker/outcomes.py",
@@ -374,7 +374,7 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "return make(claim, OutcomeKind.UNSTARTED, JobState.QUEUED, refund=0)",
             ),
         ),
-        (f"{DAEMON}::test_shutdown_returns_buffered_jobs_unstarted_and_cancels_the_running_one",),
+        (f"{OUTCOMES}::test_snooze_release_and_unstarted_give_the_attempt_back",),
     ),
     Mutation(
         "shutdown_keeps_buffered_jobs",
@@ -805,9 +805,9 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "    FOR NO KEY UPDATE OF j SKIP LOCKED\n), written AS (\n    UPDATE notifyq.jobs AS j\n    SET state = 'succeeded'",
-                "    FOR NO KEY UPDATE OF j\n), written AS (\n    UPDATE notifyq.jobs AS j\n    SET state = 'succeeded'",
-                "complete_succeeded",
+                "    FOR NO KEY UPDATE OF j SKIP LOCKED\n), written AS (",
+                "    FOR NO KEY UPDATE OF j\n), written AS (",
+                "record_outcomes",
             ),
         ),
         (f"{HOSTILE}::test_a_row_locked_by_another_session_stalls_only_its_own_job",),

@@ -1,0 +1,80 @@
+"""The executor's start step, driven exactly: a job runs only once the starter has counted its attempt,
+and a job it refuses goes back unstarted. The starter and the completer here are stand-ins that answer
+from a script and record what they were given; the statements themselves run against real Postgres in
+tests/integration/test_fences.py (begin_jobs) and in the fault suite (tests/faults/test_hostile.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from notifyq import Job, Registry
+from notifyq.metrics import Metrics
+from notifyq.models import Claim, Outcome, OutcomeKind
+from notifyq.worker.executor import Executor
+from notifyq.worker.leases import Leases
+from notifyq.worker.prefetch import Prefetch
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class Starter:
+    """Starts the jobs whose ids are in `allowed`."""
+
+    def __init__(self, allowed: set[int]) -> None:
+        self.allowed = allowed
+        self.asked: list[int] = []
+
+    async def begin(self, claim: Claim) -> bool:
+        self.asked.append(claim.job.id)
+        return claim.job.id in self.allowed
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+
+class Completer:
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def put(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    async def wait_room(self) -> None:
+        return None
+
+
+def _claim(job_id: int) -> Claim:
+    now = datetime.now(UTC)
+    token = uuid.uuid4()
+    return Claim(Job(job_id, "default", "t", {}, 1, 3, 0, now, now, token), token)
+
+
+def test_a_job_runs_only_once_its_attempt_is_counted_and_a_refused_one_goes_back_unstarted() -> None:
+    ran: list[int] = []
+    registry = Registry()
+
+    @registry.task("t")
+    async def handler(job: Job) -> None:
+        ran.append(job.id)
+
+    async def main() -> None:
+        metrics = Metrics(["default"], ["t"], "test")
+        prefetch = Prefetch(10, 10, metrics)
+        starter, completer = Starter({1, 3}), Completer()
+        executor = Executor(registry, prefetch, starter, completer, Leases(), metrics, 2, lambda: None)  # type: ignore[arg-type]
+        prefetch.add([_claim(i) for i in (1, 2, 3)], 0.0)
+        prefetch.close()
+        with anyio.fail_after(5):
+            await executor.run()
+        assert sorted(starter.asked) == [1, 2, 3]
+        assert sorted(ran) == [1, 3], "the refused job never reached its handler"
+        kinds = {o.job_id: o.kind for o in completer.outcomes}
+        assert kinds == {1: OutcomeKind.SUCCEEDED, 2: OutcomeKind.UNSTARTED, 3: OutcomeKind.SUCCEEDED}
+
+    anyio.run(main)
