@@ -352,13 +352,13 @@ async def test_large_payloads_due_during_a_drain_of_small_ones_stay_within_the_b
     await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 'rec.noop' FROM generate_series(1, 60000)")
     concurrency = 16
     d, port = await spawn_for_large(daemons, tmp_path, db_dsn, concurrency=concurrency)
-    grown = 200
+    grown = 64  # four times the byte budget's 16 jobs: reached in seconds even at the begin-per-job rate
 
     async def grew() -> bool:
         return await anyio.to_thread.run_sync(metric, port, "notifyq_prefetch_jobs") >= grown
 
     try:
-        await wait_for(grew, 20, f"the drain of small jobs to grow the prefetch buffer to {grown}")
+        await wait_for(grew, 30, f"the drain of small jobs to grow the prefetch buffer to {grown}")
     except AssertionError as exc:
         pytest.skip(f"this machine did not set the scenario up: {exc}")  # says nothing about the bug
     await conn.execute("UPDATE notifyq.jobs SET run_at = now() WHERE id = ANY($1)", list(large))
