@@ -329,10 +329,11 @@ async def _left(conn: asyncpg.Connection, ids: set[int]) -> int:
 
 async def _retry_delay_ratios(conn: asyncpg.Connection, floors: dict[int, float]) -> list[float]:
     """Each retry's chosen delay over its backoff floor, read from the audit: the release that requeued
-    the job wrote run_at = now() + delay, and now() is the release's transaction time."""
+    the job wrote run_at = now() + delay, and now() is the release's transaction time. A job given back
+    from a prefetch buffer unstarted is requeued too, due at once: not a retry."""
     rows = await conn.fetch(
         "SELECT attempts_after AS attempt, extract(epoch FROM run_at - tx_at)::float8 AS delay"
-        " FROM test_audit WHERE event = 'release' AND state = 'queued'"
+        " FROM test_audit WHERE event = 'release' AND state = 'queued' AND run_at > tx_at"
     )
     return [r["delay"] / floors[r["attempt"]] for r in rows]
 
