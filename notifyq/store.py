@@ -376,6 +376,7 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
         run_at=r["run_at"],
         created_at=r["created_at"],
         lease_token=r["lease_token"],
+        crashes=r["crashes"],
     )
     return Claim(
         job=job, lease_token=r["lease_token"], waited=r["waited"], decode_error=error, size=len(r["payload"])

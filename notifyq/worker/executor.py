@@ -24,6 +24,11 @@ One daemon never runs one job twice at once: a job claimed again while an older 
 winding down (its lease expired and was rescued, then this daemon claimed it anew) waits until that run
 has ended, which is cancelled as a lost lease.
 
+A job that crashed a worker before (`crashes` > 0) is started alone: the starter begins nothing else
+until its handler is under way, which for an async handler means its first real await (the starter
+shares this event loop, so it cannot run before the runner yields), and for a sync one its thread's
+return.
+
 Runners survive whatever a handler does. A handler that cancels its own task, or an error escaping the
 classification, ends that job as a failed attempt (never a release: a job that breaks its runner must not
 come back with its attempt given back, for ever) and the runner carries on with a fresh loop.
@@ -265,6 +270,11 @@ class Executor:
         running.series.running += 1
         if spec is not None and spec.timeout is not None:
             scope.deadline = anyio.current_time() + spec.timeout
+        if job.crashes and (spec is None or spec.is_async):
+            # The starter runs again only once this task yields, at the handler's first real await (or
+            # after it returned): until then no other job starts, so a handler that kills the process
+            # before that is alone to blame.
+            self._starter.entered(job.id)
         if self._debug:
             self._log.debug("job_started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         return running
@@ -289,6 +299,8 @@ class Executor:
             # Ours (shutdown or a lost lease), or the daemon is going down: give the job back.
             outcome = self._stopped(claim, running.reason or StopReason.SHUTDOWN)
         del self._running[job.id]
+        if job.crashes:  # a sync handler's thread has returned
+            self._starter.entered(job.id)
         if running.ended is not None:
             running.ended.set()
         self.finished += 1

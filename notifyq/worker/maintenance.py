@@ -1,7 +1,8 @@
 """Periodic upkeep, safe with any number of daemons running at once (SKIP LOCKED, idempotent deletes).
 
 - rescue: every half lease, jobs whose lease expired go back to the queue (or to `failed` once their
-  attempts are spent), so a crashed daemon's jobs run again within about two leases;
+  attempts are spent), so a crashed daemon's jobs run again within about two leases; a started job's
+  first crash is forgiven (sql/queries/worker.sql, rescue_expired);
 - jobs without a handler in the served queues are reported once a minute (they stay queued);
 - finished jobs older than the retention are deleted in bounded batches; silent workers are forgotten.
 """
@@ -74,6 +75,7 @@ class Maintenance:
                 attempt=row.attempts,
                 state=row.state,
                 started=row.started,
+                forgiven=row.forgiven,
             )
         if rows:
             self._on_rescued()

@@ -10,6 +10,13 @@ attempt counted before it ran, so it cannot retry forever.
 
 Runners ask at once and one statement answers them all: every request made while a write is on its way
 goes into the next one, so under load the cost is one statement per batch, not per job.
+
+A batch's handlers then start one after another, so a handler that kills the process before it yields
+(os._exit, a crashing extension) takes the rest of its batch down begun but never run. Rescue cannot
+tell them apart, so it forgives the first crash a job is part of and counts it in `crashes`
+(sql/queries/worker.sql, rescue_expired). A job that crashed before is begun here alone, and nothing else
+is begun until its handler is under way (`entered`): if the process dies in between, that job is the
+one that killed it, and the next rescue counts its attempt.
 """
 
 from __future__ import annotations
@@ -23,12 +30,19 @@ from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.models import Claim
 from notifyq.store import Store
 
+# At most this long without other starts while a job that crashed before gets under way: its handler
+# normally yields within microseconds; a sync one holds the gate until its thread returns, up to this.
+ALONE_SECONDS = 1.0
+
+Pending = tuple[Claim, asyncio.Future[bool]]
+
 
 class Starter:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._pending: list[tuple[Claim, asyncio.Future[bool]]] = []
+        self._pending: list[Pending] = []
         self._wake: asyncio.Future[None] | None = None
+        self._alone: tuple[int, asyncio.Future[None]] | None = None  # a crashed-before job getting going
         self._log = logs.get("starter")
 
     async def begin(self, claim: Claim) -> bool:
@@ -40,6 +54,11 @@ class Starter:
             self._wake.set_result(None)
         return await future
 
+    def entered(self, job_id: int) -> None:
+        """The job's handler is under way (or will never be): starts may go on."""
+        if self._alone is not None and self._alone[0] == job_id and not self._alone[1].done():
+            self._alone[1].set_result(None)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Write the waiting requests, a batch at a time, until cancelled."""
         task_status.started()
@@ -49,18 +68,40 @@ class Starter:
                     self._wake = asyncio.get_running_loop().create_future()
                     await self._wake
                     continue
-                batch, self._pending = self._pending, []
-                # Row locks in id order, as the completer and the heartbeat take them: no deadlocks.
-                batch.sort(key=lambda entry: entry[0].job.id)
+                batch = self._next_batch()
                 started = await self._write([claim for claim, _ in batch])
                 for claim, future in batch:
                     if not future.done():
                         future.set_result(claim.job.id in started)
+                if len(batch) == 1 and batch[0][0].job.crashes and batch[0][0].job.id in started:
+                    await self._wait_alone(*batch[0])
         finally:
             for _, future in self._pending:
                 if not future.done():
                     future.set_result(False)
             self._pending = []
+
+    def _next_batch(self) -> list[Pending]:
+        """Every waiting request, or a job that crashed before on its own."""
+        for n, (claim, future) in enumerate(self._pending):
+            if claim.job.crashes and not future.done():
+                del self._pending[n]
+                return [(claim, future)]
+        batch, self._pending = self._pending, []
+        # Row locks in id order, as the completer and the heartbeat take them: no deadlocks.
+        batch.sort(key=lambda entry: entry[0].job.id)
+        return batch
+
+    async def _wait_alone(self, claim: Claim, future: asyncio.Future[bool]) -> None:
+        if future.cancelled():  # its runner is gone (shutdown): the job goes back, never runs
+            return
+        gate = asyncio.get_running_loop().create_future()
+        self._alone = (claim.job.id, gate)
+        try:
+            with anyio.move_on_after(ALONE_SECONDS):
+                await gate
+        finally:
+            self._alone = None
 
     async def _write(self, claims: list[Claim]) -> set[int]:
         started: set[int] = set()

@@ -50,7 +50,7 @@ WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task,
           convert_to(j.payload::text, pg_catalog.getdatabaseencoding()) AS payload, j.priority,
           least(greatest(j.run_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS run_at,
-          j.attempts + 1 AS attempts, j.max_attempts,
+          j.attempts + 1 AS attempts, j.max_attempts, j.crashes,
           least(greatest(j.created_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS created_at, j.lease_token,
           greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
 
@@ -270,10 +270,19 @@ DELETE FROM notifyq.workers WHERE id = $1::uuid;
 -- name: rescue_expired :many
 -- Requeue (or fail, when attempts are spent) jobs whose lease ran out: their daemon crashed, froze or
 -- lost the database. A job that never started (still reserved in a prefetch buffer: started_at NULL)
--- goes back exactly as it was, attempt and error untouched: it took no part in the crash. SKIP LOCKED
--- lets every daemon run this at once without waiting on each other.
-WITH expired AS (
-    SELECT j.id
+-- goes back exactly as it was, attempt and error untouched: it took no part in the crash.
+-- A started job may not have run either: its daemon begins jobs in batches and starts their handlers one
+-- by one, so a handler that killed the process left the rest of its batch begun but never run, and
+-- nothing here tells them apart. So the first crash a job is part of is forgiven (its attempt given
+-- back, never failed) and counted in `crashes`; the daemon then begins that job alone and holds every
+-- other start until its handler is under way (worker/starter.py), so its next crash is its own: that
+-- one counts, and fails the job when its attempts are spent. SKIP LOCKED lets every daemon run this at
+-- once without waiting on each other.
+WITH judged AS (
+    SELECT j.id,
+           j.started_at IS NOT NULL AS started,
+           j.started_at IS NOT NULL AND j.crashes = 0 AS forgiven,
+           j.started_at IS NOT NULL AND j.crashes > 0 AND j.attempts >= j.max_attempts AS spent
     FROM notifyq.jobs AS j
     WHERE j.state = 'running' AND j.leased_until < notifyq.now()
     ORDER BY j.id
@@ -281,19 +290,24 @@ WITH expired AS (
     FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE notifyq.jobs AS j
-SET state = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts THEN 'failed'
-                 ELSE 'queued' END::notifyq.job_state,
-    last_error = CASE WHEN j.started_at IS NULL THEN j.last_error
+SET state = CASE WHEN judged.spent THEN 'failed' ELSE 'queued' END::notifyq.job_state,
+    attempts = j.attempts - CASE WHEN judged.forgiven THEN 1 ELSE 0 END,
+    crashes = j.crashes + CASE WHEN judged.started THEN 1 ELSE 0 END,
+    last_error = CASE WHEN NOT judged.started THEN j.last_error
                       ELSE 'LeaseExpired: worker ' || coalesce(j.worker_id::text, 'unknown')
-                           || ' stopped heartbeating during attempt ' || j.attempts END,
-    finished_at = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts THEN notifyq.now() END,
-    run_at = CASE WHEN j.started_at IS NULL THEN j.run_at ELSE notifyq.now() END,
+                           || ' stopped heartbeating during attempt ' || j.attempts
+                           || CASE WHEN judged.forgiven
+                                   THEN ' (not counted: the first crash a job is part of is forgiven;'
+                                        || ' it starts alone from now on)'
+                                   ELSE '' END END,
+    finished_at = CASE WHEN judged.spent THEN notifyq.now() END,
+    run_at = CASE WHEN judged.started THEN notifyq.now() ELSE j.run_at END,
     lease_token = NULL,
     leased_until = NULL,
     worker_id = NULL
-FROM expired
-WHERE j.id = expired.id
-RETURNING j.id, j.queue, j.task, j.state::text AS state, j.attempts, j.started_at IS NOT NULL AS started;
+FROM judged
+WHERE j.id = judged.id
+RETURNING j.id, j.queue, j.task, j.state::text AS state, j.attempts, judged.started, judged.forgiven;
 
 -- name: prune_workers :exec
 -- Forget daemons silent for ten of their leases, and never sooner than $1 seconds.

@@ -5,6 +5,7 @@ and a sync handler that cannot be interrupted. Run as `tests.apps.hostile:regist
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -61,6 +62,12 @@ async def cancel_self(job: Job) -> str:
     assert task is not None
     task.cancel()
     return "returned after cancelling itself"
+
+
+@registry.task("hostile.exit", max_attempts=2)
+async def exit_at_once(job: Job) -> None:
+    """Ends its process before its first await, leaving the rest of its begin batch never run."""
+    os._exit(3)
 
 
 @registry.task("hostile.sync_work")

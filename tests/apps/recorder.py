@@ -133,13 +133,10 @@ async def noop(job: Job) -> None:
 
 @registry.task("rec.work")
 async def work(job: Job) -> int:
-    """Records its run; sleeps `seconds` (or `first_seconds` on attempt 1) in between."""
+    """Records its run; sleeps `seconds` (or `first_seconds` on its first run) in between."""
     payload = job.payload if isinstance(job.payload, dict) else {}
-    seconds = (
-        payload.get("first_seconds", payload.get("seconds", 0))
-        if job.attempt == 1
-        else payload.get("seconds", 0)
-    )
+    first = job.attempt == 1 and job.crashes == 0  # a forgiven crash leaves attempt at 1
+    seconds = payload.get("first_seconds", payload.get("seconds", 0)) if first else payload.get("seconds", 0)
     async with recorded(job):
         if seconds:
             await anyio.sleep(float(seconds))

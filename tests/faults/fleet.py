@@ -14,8 +14,9 @@ APP = "tests.apps.recorder:registry"
 
 
 class Fleet:
-    def __init__(self, dsn: str, folder: Path, size: int, **settings: Any) -> None:
+    def __init__(self, dsn: str, folder: Path, size: int, app: str = APP, **settings: Any) -> None:
         self._dsn = dsn
+        self._app = app
         self._folder = folder
         self._settings = settings
         self._spawned = 0
@@ -30,7 +31,7 @@ class Fleet:
     def spawn(self) -> DaemonProcess:
         d = DaemonProcess(
             self._dsn,
-            APP,
+            self._app,
             self._folder / f"daemon{self._spawned}.log",
             extra_env={"NOTIFYQ_RECORDER_JOURNAL": str(self.journal)},
             **self._settings,

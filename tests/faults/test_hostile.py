@@ -151,8 +151,8 @@ async def test_jobs_buffered_behind_a_worker_killer_lose_no_attempt(
     db: asyncpg.Connection, db_dsn: str, tmp_path: Path
 ) -> None:
     """Class 7: a poison job (SIGKILLs its daemon) claimed with ten max_attempts=1 jobs buffered behind
-    it, three times over. The poison ends failed after its three attempts; the buffered jobs, which never
-    started while it killed their daemon, lose nothing and all succeed."""
+    it, four times over. The poison ends failed after its three attempts (its first crash forgiven); the
+    buffered jobs, which never started while it killed their daemon, lose nothing and all succeed."""
     fleet = Fleet(db_dsn, tmp_path, 1, concurrency=1, prefetch=20, lease_seconds=1, poll_interval_seconds=0.5)
     try:
         await fleet.ready()
@@ -165,7 +165,52 @@ async def test_jobs_buffered_behind_a_worker_killer_lose_no_attempt(
         report = await checker.check(
             db, {*poison, *innocent}, report, deaths=fleet.deaths, journal=fleet.journal
         )
-        assert len(fleet.deaths) >= 3, "the poison killed a daemon on each of its attempts"
+        assert len(fleet.deaths) == 4, "the poison killed a daemon on each of its runs"
+        assert_clean(report)
+    finally:
+        fleet.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_killer_takes_no_attempt_from_the_jobs_begun_beside_it(
+    db: asyncpg.Connection, db_dsn: str, tmp_path: Path
+) -> None:
+    """Class 7, at concurrency: a job that ends its process before its first await, at the head of a
+    backlog of thirty max_attempts=1 jobs, with ten runners. Its first run is begun in one statement
+    with nine others, which it takes down before their handlers ran. Rescue cannot tell them apart and
+    forgives that first crash for all ten; from then on the killer starts alone, so each later crash is
+    its own: it ends failed after its two attempts, and all thirty others succeed."""
+    poison = await insert(db, "hostile.exit", ["{}"], priority=10)
+    innocent = await insert(db, "rec.work", ["{}"] * 30, max_attempts=1)
+    fleet = Fleet(
+        db_dsn, tmp_path, 1, app=APP, concurrency=10, prefetch=40, lease_seconds=1, poll_interval_seconds=0.5
+    )
+    try:
+        await all_final(db, poison + innocent, 90, fleet)
+        rows = await db.fetch(
+            "SELECT state::text AS state, attempts, count(*) FROM notifyq.jobs WHERE id = ANY($1) GROUP BY 1, 2",
+            innocent,
+        )
+        assert [tuple(r) for r in rows] == [("succeeded", 1, 30)]
+        killer = await db.fetchrow(
+            "SELECT state::text AS state, attempts, crashes FROM notifyq.jobs WHERE id = $1", poison[0]
+        )
+        assert tuple(killer) == ("failed", 2, 3), "forgiven once, then its two attempts counted"
+        begun_with_it = await db.fetchval(
+            "SELECT count(*) FROM notifyq.jobs WHERE id = ANY($1) AND crashes = 1", innocent
+        )
+        assert begun_with_it >= 1, "the killer's first run was begun with others (the case under test)"
+        report = checker.Report("killer_begun_with_others", faults_injected=len(fleet.deaths))
+        report = await checker.check(
+            db,
+            {*poison, *innocent},
+            report,
+            deaths=fleet.deaths,
+            journal=fleet.journal,
+            outcomes={"hostile.exit": "failed"},
+        )
+        report.figures |= {"begun_with_the_killer": begun_with_it}
+        assert len(fleet.deaths) == 3, "the killer took down one daemon per run, three runs"
         assert_clean(report)
     finally:
         fleet.close()
@@ -246,8 +291,9 @@ async def test_an_exception_that_ends_the_event_loop_is_an_error_and_gives_the_b
     buffered jobs back at once rather than leaving them to lease expiry (60 s here)."""
     d = spawn(daemons, tmp_path, db_dsn, concurrency=1, prefetch=10, lease_seconds=60)
     await d.wait_event("daemon_ready")
-    await insert(db, "hostile.loop_bomb", ["{}"], priority=1)
-    buffered = await insert(db, "rec.work", ["{}"] * 5)
+    async with db.transaction():  # one claim takes all six: the bomb runs with five buffered
+        await insert(db, "hostile.loop_bomb", ["{}"], priority=1)
+        buffered = await insert(db, "rec.work", ["{}"] * 5)
     code = await anyio.to_thread.run_sync(d.proc.wait, 30)
     assert code == 1
     [crash] = d.events("daemon_crashed")

@@ -109,7 +109,7 @@ async def test_sigkill_mid_handler_job_is_rescued_and_finishes_elsewhere(
 
     await wait_for(succeeded, 15, "the rescued job to succeed")
     row = await job(runs, job_id)
-    assert row["attempts"] == 2, "the killed attempt was counted"
+    assert (row["attempts"], row["crashes"]) == (1, 1), "the killed run was its first crash: forgiven"
     assert row["result"] == str(rescuer.pid)
     assert "LeaseExpired" in row["last_error"]
     assert await rescuer.wait_event("job_rescued", job_id=job_id)
@@ -150,7 +150,7 @@ async def test_sigstop_past_the_lease_is_fenced(
     assert (after["state"], after["result"], after["attempts"], after["finished_at"]) == (
         "succeeded",
         str(other.pid),
-        2,
+        1,  # the frozen daemon's run was the job's first crash: forgiven
         before["finished_at"],
     ), "the stale daemon wrote nothing"
     stale_run = await runs.fetchrow(

@@ -17,7 +17,8 @@ the model, which checks the invariants:
 - only the current lease token heartbeats or finishes a job: in a batch the current tokens write and the
   wrong ones (stale, or another job's) write nothing, whatever else the batch holds;
 - rescue takes exactly the expired leases (lowest ids first, up to its limit), puts a job that never
-  started back as it was, and fails a started job that is out of attempts; an attempt is given back
+  started back as it was, forgives a started job's first crash (its attempt given back, `crashes`
+  counted) and fails a started job that crashed before and is out of attempts; an attempt is given back
   only if it was counted.
 
 `NOTIFYQ_STATE_MACHINE_EXAMPLES` sets the number of examples (100 in the suite, 1,000 with --soak; the
@@ -64,6 +65,7 @@ JOBS = st.tuples(
     st.sampled_from(QUEUES),
     st.sampled_from(TASKS),
 )
+FORGIVEN = " (not counted: the first crash a job is part of is forgiven; it starts alone from now on)"
 # What a worker reports per job. "succeeded" with no result is a plain success (complete_succeeded),
 # "result" a success with one; "error" retries while attempts remain and fails after; "failed" is a
 # permanent failure; "snooze" gives the attempt back.
@@ -85,6 +87,7 @@ COLUMNS = (
     "finished_at",
     "last_error",
     "result::text",
+    "crashes",
 )
 
 
@@ -115,6 +118,7 @@ class Model:
     finished_at: datetime | None = None
     error: str | None = None
     result: str | None = None
+    crashes: int = 0
 
 
 def order(item: tuple[int, Model]) -> tuple[int, datetime, int]:
@@ -348,6 +352,7 @@ class JobLifecycle(RuleBasedStateMachine):
             state = self.run(self.conn.fetchval(queries.get("retry_job"), job_id))
             if m.state in ("failed", "cancelled"):
                 m.state, m.attempts, m.run_at, m.finished_at = "queued", 0, self.clock, None
+                m.crashes = 0
         assert state == m.state
 
     # The lease is 30 s: the steps probe its edge. Then the daemon's rescue loop may run (limit 1: it
@@ -368,7 +373,13 @@ class JobLifecycle(RuleBasedStateMachine):
                 continue
             m.error = f"LeaseExpired: worker {m.worker} stopped heartbeating during attempt {m.attempts}"
             assert m.max_attempts is not None  # set by its claim
-            self.release(job_id, "failed" if m.attempts >= m.max_attempts else "queued")
+            m.crashes += 1
+            if m.crashes == 1:  # the first crash it is part of is forgiven: its attempt given back
+                m.error += FORGIVEN
+                m.attempts -= 1
+                self.release(job_id, "queued")
+            else:
+                self.release(job_id, "failed" if m.attempts >= m.max_attempts else "queued")
             m.run_at = self.clock
 
     # -- helpers and the invariant --------------------------------------------------------------
@@ -499,6 +510,7 @@ class JobLifecycle(RuleBasedStateMachine):
                 m.task,
             )
             want += (m.token, m.leased_until, m.worker, m.started_at, m.finished_at, m.error, m.result)
+            want += (m.crashes,)
             got = tuple(r[1:])
             diff = {c: (g, w) for c, g, w in zip(COLUMNS, got, want, strict=True) if g != w}
             assert not diff, (r["id"], "column: (table, model)", diff)

@@ -187,7 +187,8 @@ FINALIZERS: dict[str, tuple[Writer, Callable[[dict[str, Any], datetime, int], No
 
 async def stale_and_current_tokens(conn: asyncpg.Connection) -> tuple[int, uuid.UUID, uuid.UUID]:
     """A job claimed (claim_head), lost to lease expiry and rescue, and claimed again (claim_jobs):
-    returns its id, the stale token of the first claim and the current token of the second."""
+    returns its id, the stale token of the first claim and the current token of the second. The lost
+    run was its first crash, so the second claim is its attempt 1 again."""
     await set_clock(conn, T0)
     job_id = await insert_job(conn)
     first = await claim_head(conn)
@@ -196,7 +197,7 @@ async def stale_and_current_tokens(conn: asyncpg.Connection) -> tuple[int, uuid.
     rescued = await conn.fetch(queries.get("rescue_expired"), 100)
     assert [(r["id"], r["state"]) for r in rescued] == [(job_id, "queued")]
     second = await claim_jobs(conn)
-    assert second["id"] == job_id and second["attempts"] == 2
+    assert second["id"] == job_id and second["attempts"] == 1
     assert second["lease_token"] != first["lease_token"]
     return job_id, first["lease_token"], second["lease_token"]
 
@@ -223,7 +224,7 @@ async def test_only_the_current_lease_token_finalizes(conn: asyncpg.Connection, 
     await set_clock(conn, now)
     assert await write(conn, job_id, current) == [job_id]
     row = await snapshot(conn, job_id)
-    expect(row, now, 2)
+    expect(row, now, 1)
     assert (row["lease_token"], row["leased_until"], row["worker_id"]) == (None, None, None)
 
     # Once written, even the token that wrote it cannot write again (the lease is gone).
@@ -339,12 +340,15 @@ async def test_a_hand_cancelled_job_is_never_overwritten_by_a_late_write(
 
 async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection) -> None:
     await set_clock(conn, T0)
-    tasks = ["expired", "spent", "live", "edge", "queued", "succeeded", "failed", "cancelled"]
+    tasks = ["expired", "again", "spent", "live", "edge", "queued", "succeeded", "failed", "cancelled"]
     ids = {task: await insert_job(conn, task, max_attempts=1 if task == "spent" else 3) for task in tasks}
     await conn.execute("UPDATE notifyq.jobs SET run_at = $1 WHERE task = 'queued'", T0 - timedelta(days=400))
+    # `again` and `spent` were under way in an earlier crash (forgiven then): this one counts.
+    await conn.execute("UPDATE notifyq.jobs SET crashes = 1 WHERE task IN ('again', 'spent')")
 
-    await claim_head(conn, "expired", lease=10)  # expires at T0+10
-    spent = await claim_jobs(conn, "spent", lease=10)  # expires, attempts spent
+    await claim_head(conn, "expired", lease=10)  # expires at T0+10: its first crash
+    await claim_head(conn, "again", lease=10)  # expires: its second crash
+    spent = await claim_jobs(conn, "spent", lease=10)  # expires, its second crash, attempts spent
     assert spent["attempts"] == spent["max_attempts"] == 1
     await claim_head(conn, "live", lease=100)  # live at T0+50
     await claim_jobs(conn, "edge", lease=50)  # leased until exactly T0+50: not yet expired
@@ -361,20 +365,33 @@ async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection)
     now = at(50)
     await set_clock(conn, now)
     rows = await conn.fetch(queries.get("rescue_expired"), 100)
-    assert sorted((r["id"], r["state"], r["attempts"]) for r in rows) == sorted(
-        [(ids["expired"], "queued", 1), (ids["spent"], "failed", 1)]
+    assert sorted((r["id"], r["state"], r["attempts"], r["forgiven"]) for r in rows) == sorted(
+        [
+            (ids["expired"], "queued", 0, True),
+            (ids["again"], "queued", 1, False),
+            (ids["spent"], "failed", 1, False),
+        ]
     )
 
-    requeued = await snapshot(conn, ids["expired"])
-    assert requeued["state"] == "queued"
+    forgiven = await snapshot(conn, ids["expired"])
+    assert (forgiven["state"], forgiven["attempts"], forgiven["crashes"]) == ("queued", 0, 1)
+    assert forgiven["run_at"] == now
+    assert forgiven["finished_at"] is None
+    assert (forgiven["lease_token"], forgiven["leased_until"], forgiven["worker_id"]) == (None, None, None)
+    assert forgiven["last_error"] == (
+        f"LeaseExpired: worker {WORKER} stopped heartbeating during attempt 1 (not counted: the first crash"
+        " a job is part of is forgiven; it starts alone from now on)"
+    )
+
+    requeued = await snapshot(conn, ids["again"])
+    assert (requeued["state"], requeued["attempts"], requeued["crashes"]) == ("queued", 1, 2)
     assert requeued["attempts"] == 1  # the attempt the lost run used stays spent
     assert requeued["run_at"] == now
     assert requeued["finished_at"] is None
-    assert (requeued["lease_token"], requeued["leased_until"], requeued["worker_id"]) == (None, None, None)
     assert requeued["last_error"] == f"LeaseExpired: worker {WORKER} stopped heartbeating during attempt 1"
 
     failed = await snapshot(conn, ids["spent"])
-    assert failed["state"] == "failed"
+    assert (failed["state"], failed["crashes"]) == ("failed", 2)
     assert failed["attempts"] == 1
     assert failed["finished_at"] == now
     assert (failed["lease_token"], failed["leased_until"], failed["worker_id"]) == (None, None, None)
@@ -418,7 +435,7 @@ async def test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_
     # stale_and_current_tokens started both claims: the current one is started already.
     assert await begin(conn, job_id, current) == []
     assert await begin(conn, job_id, stale) == []
-    assert (await snapshot(conn, job_id))["attempts"] == 2
+    assert (await snapshot(conn, job_id))["attempts"] == 1
 
     # A reserved (claimed, not started) job whose lease ran out is not started, even by its holder:
     # a daemon frozen past its lease must not start what another may have run meanwhile.

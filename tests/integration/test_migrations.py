@@ -43,12 +43,13 @@ async def test_two_concurrent_migrates_apply_once(empty_dsn: str) -> None:
     assert [p.returncode for p in procs] == [0, 0], outs
     said = sorted(o[0].strip() for o in outs)
     assert said == [
-        "applied 0001_init\napplied 0002_enqueue_many\napplied 0003_claim_index_only\napplied 0004_producer_guards",
+        "applied 0001_init\napplied 0002_enqueue_many\napplied 0003_claim_index_only\napplied 0004_producer_guards\n"
+        "applied 0005_crashes",
         "schema is current; nothing to apply",
     ]
     conn = await asyncpg.connect(empty_dsn)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 4
+        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 5
     finally:
         await conn.close()
     again = cli("migrate", "--dsn", empty_dsn)

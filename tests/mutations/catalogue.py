@@ -227,12 +227,74 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "SET state = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts THEN 'failed'",
+                "SET state = CASE WHEN judged.spent THEN 'failed'",
                 "SET state = CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed'",
                 "rescue_expired",
             ),
         ),
         (f"{FENCES}::test_rescue_puts_an_unstarted_job_back_as_it_was",),
+    ),
+    Mutation(
+        "rescue_forgives_nothing",
+        "a job begun beside one that killed its worker loses no attempt: a job's first crash is forgiven",
+        (
+            Edit(
+                WORKER_SQL,
+                "j.started_at IS NOT NULL AND j.crashes = 0 AS forgiven",
+                "false AS forgiven",
+                "rescue_expired",
+            ),
+        ),
+        (f"{FENCES}::test_rescue_takes_exactly_the_expired_leases", STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "rescue_forgives_every_crash",
+        "a job that kills its worker cannot retry for ever: only its first crash is forgiven",
+        (
+            Edit(
+                WORKER_SQL,
+                "j.started_at IS NOT NULL AND j.crashes = 0 AS forgiven",
+                "j.started_at IS NOT NULL AS forgiven",
+                "rescue_expired",
+            ),
+        ),
+        (f"{FENCES}::test_rescue_takes_exactly_the_expired_leases", STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "crashes_not_counted",
+        "rescue counts each crash a started job was part of",
+        (
+            Edit(
+                WORKER_SQL,
+                "crashes = j.crashes + CASE WHEN judged.started THEN 1 ELSE 0 END,",
+                "crashes = j.crashes,",
+                "rescue_expired",
+            ),
+        ),
+        (f"{FENCES}::test_rescue_takes_exactly_the_expired_leases", STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "crashed_job_begun_in_a_batch",
+        "a job that crashed a worker before is begun in a statement of its own",
+        (
+            Edit(
+                "notifyq/worker/starter.py",
+                "            if claim.job.crashes and not future.done():",
+                "            if False:",
+            ),
+        ),
+        (
+            "tests/integration/test_alone.py::test_an_async_job_that_crashed_before_starts_alone_until_its_first_await",
+        ),
+    ),
+    Mutation(
+        "crashed_job_not_waited_for",
+        "nothing else is begun until the handler of a job that crashed before is under way",
+        (Edit("notifyq/worker/starter.py", "await self._wait_alone(*batch[0])", "pass"),),
+        ("tests/integration/test_alone.py",),
     ),
     Mutation(
         "claim_runs_early",

@@ -1,0 +1,15 @@
+-- notifyq 0005: a job that was running when its worker died is forgiven once, then runs alone.
+--
+-- The attempt is counted when a job starts (begin_jobs), but one statement begins a batch of jobs and
+-- their handlers then start one after another on the daemon's event loop. A handler that kills its
+-- process before yielding (os._exit, a segfaulting extension) takes the rest of its batch down before
+-- their handlers ran, and rescue could not tell them from it: all of them lost the attempt, and with
+-- max_attempts = 1 all of them failed.
+--
+-- `crashes` counts the times a job had started on a worker whose lease then expired. Rescue forgives the
+-- first (the attempt goes back, the job is queued) and marks the job: the daemon begins a job with
+-- crashes > 0 in a statement of its own, and begins nothing else until its handler has started. Its
+-- next crash is then its own, and counts (it cannot retry for ever).
+ALTER TABLE notifyq.jobs
+    ADD COLUMN crashes integer NOT NULL DEFAULT 0
+        CONSTRAINT jobs_crashes_nonnegative CHECK (crashes >= 0);
