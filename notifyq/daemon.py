@@ -236,7 +236,7 @@ class Daemon:
         tasks = self.registry.names
         worker = self.worker_info
         wake = Wakeup()
-        leases = Leases()
+        leases = Leases(fence_after=s.lease_seconds - s.heartbeat_interval)
         # Room for one batch's worth of outcomes while the previous is being written, and no more: during
         # an outage, every outcome waiting here is a job that may run again once its lease expires.
         completer = Completer(store, leases, self.metrics, buffer=max(2 * s.concurrency, 500))

@@ -240,12 +240,19 @@ class Executor:
                 raise
             finally:
                 self._starting -= 1
-            if started:
-                return claim
-            # Its lease is gone or ran out (another daemon may own the job), or the database could not
-            # be asked: back to the queue, fenced by the lease token, so a lost lease writes nothing.
             job = claim.job
-            self._log.warning("job_not_started", job_id=job.id, task=job.task, queue=job.queue)
+            if started and self._leases.fresh(job.id, claim.lease_token):
+                return claim
+            if started:
+                # Begun, but the loop was then held up (a handler blocking it, a frozen process) for so
+                # long that the lease may have run out and the job be running elsewhere: not run here.
+                reason = "lease unconfirmed for too long since its begin"
+            else:
+                # Its lease is gone or ran out (another daemon may own the job), or the database could
+                # not be asked.
+                reason = "lease gone or expired, or the database unreachable"
+            # Back to the queue, fenced by the lease token, so a lost lease writes nothing.
+            self._log.warning("job_not_started", job_id=job.id, task=job.task, queue=job.queue, reason=reason)
             self._hand_off(claim, outcomes.unstarted(claim))
         return None
 

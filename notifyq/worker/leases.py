@@ -7,6 +7,7 @@ stops their handlers rather than racing the daemon that rescues them.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,8 +20,11 @@ class Lease:
 
 
 class Leases:
-    def __init__(self) -> None:
+    def __init__(self, fence_after: float = math.inf) -> None:
+        """`fence_after`: seconds unconfirmed after which a lease counts as lost here (the heartbeat's
+        self-fence: a lease less a beat)."""
         self._held: dict[int, Lease] = {}
+        self._fence_after = fence_after
 
     def add(self, job_id: int, token: uuid.UUID, since: float) -> None:
         """`since`: monotonic time taken before the claim statement, so the lease is never younger here
@@ -48,6 +52,15 @@ class Leases:
         return [
             (i, lease.token) for i, lease in self._held.items() if now - lease.confirmed_at > lease_seconds
         ]
+
+    def fresh(self, job_id: int, token: uuid.UUID) -> bool:
+        """Held under this token and confirmed by the database within `fence_after`."""
+        lease = self._held.get(job_id)
+        return (
+            lease is not None
+            and lease.token == token
+            and time.monotonic() - lease.confirmed_at <= self._fence_after
+        )
 
     def __len__(self) -> int:
         return len(self._held)

@@ -70,6 +70,13 @@ async def exit_at_once(job: Job) -> None:
     os._exit(3)
 
 
+@registry.task("hostile.block_loop")
+async def block_loop(job: Job) -> None:
+    """On its first run only, blocks the event loop for `seconds` (CPU work that never awaits)."""
+    if job.attempt == 1 and job.crashes == 0:
+        time.sleep(float(job.payload.get("seconds", 0)))  # noqa: ASYNC251 -- the point
+
+
 @registry.task("hostile.sync_work")
 def sync_work(job: Job) -> None:
     """Records its run (like rec.work) but sleeps in a thread: it cannot be cancelled."""

@@ -254,6 +254,38 @@ async def test_a_frozen_daemon_starts_no_buffered_job_it_no_longer_owns(
 
 
 @pytest.mark.timeout(90)
+async def test_jobs_begun_beside_a_loop_blocker_do_not_run_once_their_leases_are_gone(
+    db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """Class 8: a handler blocks its daemon's event loop for three leases right after it and two others
+    were begun in one statement. Another daemon rescues and runs the two meanwhile. When the loop comes
+    back, the blocked daemon's runners reach the two begun jobs before its heartbeat learns anything: they
+    must see that the leases went unconfirmed too long and not run them (the checker: no run begins after
+    its lease ended, no two runs overlap)."""
+    settings = {"concurrency": 3, "prefetch": 3, "lease_seconds": 2, "poll_interval_seconds": 0.5}
+    blocked = spawn(daemons, tmp_path, db_dsn, **settings)
+    await blocked.wait_event("daemon_ready")
+    async with db.transaction():  # one claim, one begin for all three
+        blocker = await insert(db, "hostile.block_loop", ['{"seconds": 6}'], priority=1)
+        ids = await insert(db, "rec.work", ["{}"] * 2)
+    await wait_for(
+        lambda: db.fetchval("SELECT count(*) = 3 FROM notifyq.jobs WHERE started_at IS NOT NULL"),
+        10,
+        "all three begun",
+    )
+    rescuer = spawn(daemons, tmp_path, db_dsn, **settings)
+    await all_final(db, blocker + ids, 40)
+    await blocked.wait_event("job_not_started", timeout=20)
+    refused = blocked.events("job_not_started")
+    assert sorted(e["job_id"] for e in refused) == ids
+    assert all(e["reason"] == "lease unconfirmed for too long since its begin" for e in refused)
+    runs = await db.fetch("SELECT job_id, pid FROM test_runs ORDER BY job_id")
+    assert [(r["job_id"], r["pid"]) for r in runs] == [(i, rescuer.pid) for i in ids]
+    report = await checker.check(db, {*blocker, *ids}, checker.Report("loop_blocker", faults_injected=1))
+    assert_clean(report)
+
+
+@pytest.mark.timeout(90)
 async def test_one_daemon_never_runs_one_job_twice_at_once(
     db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:

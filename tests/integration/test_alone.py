@@ -51,6 +51,8 @@ async def run_jobs(db_dsn: str, conn: asyncpg.Connection, registry: Registry, su
             "default", tasks, [None] * len(tasks), CONCURRENCY, 30.0, uuid.uuid4(), 1 << 40
         )
         assert len(claims) == CONCURRENCY and claims[0].job.crashes == 1
+        for claim in claims:  # as the claimer does
+            leases.add(claim.job.id, claim.lease_token, time.monotonic())
         prefetch.add(claims, 0.0)
         prefetch.close()
         with anyio.fail_after(20):

@@ -222,6 +222,18 @@ CATALOGUE: tuple[Mutation, ...] = (
         ("tests/unit/test_executor.py",),
     ),
     Mutation(
+        "run_after_a_held_up_begin",
+        "a begun job whose lease went unconfirmed too long (the loop was held up) is not run",
+        (
+            Edit(
+                "notifyq/worker/executor.py",
+                "            if started and self._leases.fresh(job.id, claim.lease_token):",
+                "            if started:",
+            ),
+        ),
+        ("tests/unit/test_executor.py",),
+    ),
+    Mutation(
         "rescue_fails_unstarted_jobs",
         "a job that never started is put back as it was by rescue, never failed for a crash",
         (

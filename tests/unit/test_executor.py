@@ -5,6 +5,7 @@ tests/integration/test_fences.py (begin_jobs) and in the fault suite (tests/faul
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -67,8 +68,12 @@ def test_a_job_runs_only_once_its_attempt_is_counted_and_a_refused_one_goes_back
         metrics = Metrics(["default"], ["t"], "test")
         prefetch = Prefetch(10, 10, metrics)
         starter, completer = Starter({1, 3}), Completer()
-        executor = Executor(registry, prefetch, starter, completer, Leases(), metrics, 2, lambda: None)  # type: ignore[arg-type]
-        prefetch.add([_claim(i) for i in (1, 2, 3)], 0.0)
+        leases = Leases()
+        executor = Executor(registry, prefetch, starter, completer, leases, metrics, 2, lambda: None)  # type: ignore[arg-type]
+        claims = [_claim(i) for i in (1, 2, 3)]
+        for claim in claims:
+            leases.add(claim.job.id, claim.lease_token, time.monotonic())
+        prefetch.add(claims, 0.0)
         prefetch.close()
         with anyio.fail_after(5):
             await executor.run()
@@ -76,5 +81,36 @@ def test_a_job_runs_only_once_its_attempt_is_counted_and_a_refused_one_goes_back
         assert sorted(ran) == [1, 3], "the refused job never reached its handler"
         kinds = {o.job_id: o.kind for o in completer.outcomes}
         assert kinds == {1: OutcomeKind.SUCCEEDED, 2: OutcomeKind.UNSTARTED, 3: OutcomeKind.SUCCEEDED}
+
+    anyio.run(main)
+
+
+def test_a_begun_job_whose_lease_went_unconfirmed_too_long_is_not_run() -> None:
+    """The loop was held up between a job's begin and its turn (a handler blocking the loop, a frozen
+    process) for longer than the heartbeat's self-fence: its lease may have run out and the job be
+    running elsewhere, so it goes back unstarted (a write fenced by its token) instead of running."""
+    ran: list[int] = []
+    registry = Registry()
+
+    @registry.task("t")
+    async def handler(job: Job) -> None:
+        ran.append(job.id)
+
+    async def main() -> None:
+        metrics = Metrics(["default"], ["t"], "test")
+        prefetch = Prefetch(10, 10, metrics)
+        starter, completer = Starter({1, 2}), Completer()
+        leases = Leases(fence_after=10.0)
+        executor = Executor(registry, prefetch, starter, completer, leases, metrics, 2, lambda: None)  # type: ignore[arg-type]
+        fresh, stale = _claim(1), _claim(2)
+        leases.add(1, fresh.lease_token, time.monotonic())
+        leases.add(2, stale.lease_token, time.monotonic() - 11.0)  # last confirmed 11 s ago
+        prefetch.add([fresh, stale], 0.0)
+        prefetch.close()
+        with anyio.fail_after(5):
+            await executor.run()
+        assert ran == [1]
+        kinds = {o.job_id: o.kind for o in completer.outcomes}
+        assert kinds == {1: OutcomeKind.SUCCEEDED, 2: OutcomeKind.UNSTARTED}
 
     anyio.run(main)
