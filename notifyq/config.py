@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         check_dsn(value, f"NOTIFYQ_{(info.field_name or 'dsn').upper()}")
         return value
 
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        # DEBUG, Info: what logging and most tools accept.
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("queues", mode="before")
     @classmethod
     def _split_queues(cls, value: Any) -> Any:

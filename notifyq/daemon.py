@@ -192,6 +192,10 @@ class Daemon:
                     # Every statement is small; a 10 s bound keeps one hung connection from stalling a
                     # claim turn past the systemd watchdog (60 s in deploy/notifyq.service).
                     command_timeout=min(10.0, s.lease_seconds / 3),
+                    # The server's own limit a little beyond it, whatever the DSN's options, the role
+                    # or the database say: `statement_timeout=1` there made every statement fail, and
+                    # the daemon waited it out as an outage for ever.
+                    statement_timeout=min(10.0, s.lease_seconds / 3) + 1.0,
                     # At-least-once tolerates losing the daemon's last writes in a database crash: a
                     # lost claim leaves the job queued, a lost outcome is rescued and run again.
                     synchronous_commit=s.synchronous_commit,

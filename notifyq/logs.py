@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -81,6 +82,36 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(_LEVELS[level], logging.WARNING))
+    # A thread a handler started, or an object's __del__, raising: Python prints those to stderr as
+    # a bare traceback, which breaks the one-JSON-line-per-event stream.
+    threading.excepthook = _thread_exception
+    sys.unraisablehook = _unraisable
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as Python's own hook: a thread's sys.exit() is quiet
+    get("thread").error(
+        "thread_exception",
+        thread=args.thread.name if args.thread is not None else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _unraisable(args: Any) -> None:
+    get("python").warning(
+        "unraisable_exception",
+        message=args.err_msg or "Exception ignored in",
+        object=_safe_repr(args.object),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _safe_repr(obj: Any) -> str:
+    try:
+        return repr(obj)[:200]
+    except BaseException:
+        return f"<unprintable {type(obj).__name__}>"
 
 
 def enabled(level: str) -> bool:

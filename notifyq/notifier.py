@@ -36,6 +36,8 @@ _SESSION_SETTINGS = {
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
     "tcp_user_timeout": "25000",
+    # Its own, over a database's or role's (a tiny one there failed every probe); its statements are tiny.
+    "statement_timeout": "10000",
 }
 _RECONNECT = Backoff(base_seconds=0.05, factor=2.0, cap_seconds=15.0, jitter=0.5)
 
@@ -103,6 +105,7 @@ class Notifier:
         self._lost = False
         self._connected = False
         self._stale_pid: int | None = None
+        self._probed = False  # the current session got a probe through
         self._log = logs.get("listener")
 
     @property
@@ -113,11 +116,11 @@ class Notifier:
         self._changed.set()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        failures = 0
+        failures = 0  # sessions in a row that failed or never got a probe through
         ready = False
         while True:
             conn: asyncpg.Connection | None = None
-            healthy = False
+            self._probed = False
             try:
                 conn = await self._connect()
                 self._connected = True
@@ -131,13 +134,13 @@ class Notifier:
                 if not ready:
                     ready = True
                     task_status.started()
-                healthy = await self._session(conn)
+                await self._session(conn)
                 self._log.warning("listener_lost", reason="connection closed or probe unanswered")
             except DatabaseConfigError as exc:
                 if not ready:
                     raise  # wrong credentials at start-up: say so and stop
                 # Later (a rotated password, a dropped role): keep trying, the pool may still work.
-                self._log.error("listener_error", error=str(exc), failures=failures)
+                self._log.error("listener_error", error=str(exc), failures=self._failures(failures))
             except (
                 DatabaseUnavailable,
                 asyncpg.PostgresError,
@@ -145,8 +148,9 @@ class Notifier:
                 OSError,
                 TimeoutError,
             ) as exc:
-                if failures == 0 or failures % 10 == 0:
-                    self._log.warning("listener_error", error=describe(exc), failures=failures)
+                count = self._failures(failures)
+                if count == 1 or count % 10 == 0:
+                    self._log.warning("listener_error", error=describe(exc), failures=count)
             finally:
                 self._connected = False
                 for topic in self._topics:
@@ -157,8 +161,13 @@ class Notifier:
                     conn.terminate()
             # Back off from the first failure on, and keep backing off while sessions never get a probe
             # through: a connection that opens but cannot carry notifications must not spin.
-            failures = 1 if healthy else failures + 1
+            failures = self._failures(failures)
             await anyio.sleep(_RECONNECT.delay(failures))
+
+    def _failures(self, before: int) -> int:
+        """Failures in a row, this session's end included: a session that got a probe through was
+        healthy, so its end is the first failure since."""
+        return 1 if self._probed else before + 1
 
     async def _end_stale_session(self, conn: asyncpg.Connection) -> None:
         """End our previous backend if it is still there (a half-open socket): it holds idle locks that
@@ -192,16 +201,16 @@ class Notifier:
             raise
         return conn
 
-    async def _session(self, conn: asyncpg.Connection) -> bool:
-        """Serve one connection until it is lost or stops answering probes; True if a probe came back."""
+    async def _session(self, conn: asyncpg.Connection) -> None:
+        """Serve one connection until it is lost or stops answering probes; `_probed` once one came
+        back."""
         next_probe = anyio.current_time() + self._probe_interval
-        probed = False
         session = _Session(conn, self._probe_timeout * 2)
         while True:
             # Reset first, then look at the flags: a change made after this line is never missed.
             self._changed = anyio.Event()
             if self._lost or conn.is_closed():
-                return probed
+                return
             pending = [topic for topic in self._topics if topic.pending]
             if pending:
                 for topic in pending:
@@ -209,8 +218,8 @@ class Notifier:
                 continue
             if anyio.current_time() >= next_probe:
                 if not await self._probe(conn):
-                    return probed
-                probed = True
+                    return
+                self._probed = True
                 next_probe = anyio.current_time() + self._probe_interval
                 continue
             with anyio.move_on_after(next_probe - anyio.current_time()):

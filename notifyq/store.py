@@ -136,7 +136,10 @@ class Store:
         command_timeout: float = 30.0,
         application_name: str = "notifyq",
         synchronous_commit: bool = True,
+        statement_timeout: float | None = None,
     ) -> Store:
+        """`statement_timeout`: seconds, set on the server for this pool's sessions, over whatever the
+        DSN's options, the role or the database set (a startup setting outranks those)."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -149,6 +152,11 @@ class Store:
                     "application_name": application_name,
                     # Session-level, so only this pool's statements are affected.
                     **({} if synchronous_commit else {"synchronous_commit": "off"}),
+                    **(
+                        {}
+                        if statement_timeout is None
+                        else {"statement_timeout": str(max(1, round(statement_timeout * 1000)))}
+                    ),
                 },
                 reset=_light_reset,
             )

@@ -5,7 +5,9 @@ and a sync handler that cannot be interrupted. Run as `tests.apps.hostile:regist
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import threading
 import time
 from typing import Any
 
@@ -75,6 +77,25 @@ async def block_loop(job: Job) -> None:
     """On its first run only, blocks the event loop for `seconds` (CPU work that never awaits)."""
     if job.attempt == 1 and job.crashes == 0:
         time.sleep(float(job.payload.get("seconds", 0)))  # noqa: ASYNC251 -- the point
+
+
+class _RaisesOnDelete:
+    def __del__(self) -> None:
+        raise RuntimeError("raised in __del__")
+
+
+@registry.task("hostile.stray_errors")
+async def stray_errors(job: Job) -> None:
+    """Raises where no runner can catch it: in a thread of its own and in a __del__; then succeeds."""
+
+    def boom() -> None:
+        raise RuntimeError("raised in a handler's own thread")
+
+    thread = threading.Thread(target=boom, name="handler-thread")
+    thread.start()
+    await anyio.to_thread.run_sync(thread.join)
+    _RaisesOnDelete()
+    gc.collect()
 
 
 @registry.task("hostile.sync_work")

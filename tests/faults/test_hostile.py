@@ -127,6 +127,25 @@ async def test_bad_values_from_handlers_fail_their_job_and_nothing_else(
 
 
 @pytest.mark.timeout(60)
+async def test_errors_raised_outside_any_runner_are_json_log_lines(
+    db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
+) -> None:
+    """An exception in a thread a handler started, or in a __del__, is one JSON line at error/warning
+    level with its traceback inside: never a bare traceback on stderr breaking the log stream."""
+    d = spawn(daemons, tmp_path, db_dsn, concurrency=1)
+    await d.wait_event("daemon_ready")
+    ids = await insert(db, "hostile.stray_errors", ["{}"])
+    await all_final(db, ids, 20)
+    thread = await d.wait_event("thread_exception")
+    assert thread["level"] == "error" and thread["thread"] == "handler-thread"
+    assert "raised in a handler's own thread" in thread["exception"]
+    [unraisable] = d.events("unraisable_exception")
+    assert "raised in __del__" in unraisable["exception"]
+    lines = d.log_path.read_text().splitlines()
+    assert all(line.startswith("{") for line in lines), [line for line in lines if not line.startswith("{")]
+
+
+@pytest.mark.timeout(60)
 async def test_a_handler_that_cancels_its_own_task_breaks_no_runner(
     db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:

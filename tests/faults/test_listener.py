@@ -58,6 +58,8 @@ async def test_listener_killed_a_new_job_still_starts_quickly(conn: asyncpg.Conn
         # within 10 s came from the reconnect's re-scan.
         assert time.monotonic() - t0 < 10.0
         await wait_for(lambda: log.events("listener_reconnected"), 5, "reconnect logged")
+        [reconnected] = log.events("listener_reconnected")
+        assert reconnected["after_failures"] == 1, "one lost session, counted from 1"
     await _checked(conn, job_id, "listener_killed")
 
 

@@ -591,3 +591,25 @@ async def test_buffered_jobs_go_back_at_shutdown_even_when_a_runner_frees_up_dur
     assert len(started) == 1, f"jobs started after SIGTERM: {started[1:]}"
     rows = await conn.fetch("SELECT state::text, attempts FROM notifyq.jobs ORDER BY id")
     assert sorted((r["state"], r["attempts"]) for r in rows) == [("queued", 0)] * 5 + [("succeeded", 1)]
+
+
+async def test_a_tiny_statement_timeout_set_for_the_database_does_not_stop_the_daemon(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    """`statement_timeout = 1ms` from the database's (or the role's, or the DSN's) settings made every
+    daemon statement fail, waited out as an outage for ever. The daemon sets its own on its sessions."""
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 1')
+    try:
+        registry = Registry()
+
+        @registry.task("t")
+        async def handler(job: Job) -> None:
+            return None
+
+        async with running_daemon(db_dsn, registry, poll_interval_seconds=0.5):
+            # Slow enough for 1 ms on every statement: each claim reads and locks 200 rows.
+            ids = [await enqueue(conn, "t", {"n": n}) for n in range(200)]
+            await wait_state(conn, ids[-1], "succeeded", timeout=30)
+    finally:
+        await conn.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')

@@ -242,3 +242,12 @@ def test_payload_nulls_and_deep_nesting_pass() -> None:
         deep = [deep]
     assert _dumps({"a": None, "b": 1.5, "deep": deep}, "payload").startswith('{"a":null,"b":1.5,')
     assert _dumps(None, "payload") == "{}"
+
+
+def test_log_level_and_format_take_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFYQ_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("NOTIFYQ_LOG_FORMAT", " JSON ")
+    settings = load_settings()
+    assert (settings.log_level, settings.log_format) == ("debug", "json")
+    with pytest.raises(ConfigError, match="log_level"):
+        load_settings(log_level="LOUD")
