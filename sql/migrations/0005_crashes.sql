@@ -13,3 +13,12 @@
 ALTER TABLE notifyq.jobs
     ADD COLUMN crashes integer NOT NULL DEFAULT 0
         CONSTRAINT jobs_crashes_nonnegative CHECK (crashes >= 0);
+
+-- Backstops for what an UPDATE with the table's rights could still write (the producer role has no
+-- UPDATE; an owner or an operator's script does): attempts beyond max_attempts (a queued job with no
+-- attempt left, which no claim would ever finish), and times nobody can compute with. NOT VALID: no
+-- scan of an existing table and no lock beyond the moment; every new row and every update is checked.
+ALTER TABLE notifyq.jobs
+    ADD CONSTRAINT jobs_attempts_within_max CHECK (attempts <= max_attempts) NOT VALID,
+    ADD CONSTRAINT jobs_times_finite CHECK (
+        isfinite(created_at) AND isfinite(started_at) AND isfinite(finished_at)) NOT VALID;

@@ -216,6 +216,27 @@ async def test_an_infinite_lease_is_refused(conn: asyncpg.Connection) -> None:
     _refused(caught, "leased_until")
 
 
+@pytest.mark.parametrize(
+    ("assignment", "constraint"),
+    [
+        ("attempts = 4", "jobs_attempts_within_max"),
+        ("max_attempts = 1, attempts = 2", "jobs_attempts_within_max"),
+        ("created_at = 'infinity'", "jobs_times_finite"),
+        ("finished_at = '-infinity'", "jobs_times_finite"),
+        ("started_at = 'infinity'", "jobs_times_finite"),
+    ],
+)
+async def test_updates_no_job_could_live_with_are_refused(
+    conn: asyncpg.Connection, assignment: str, constraint: str
+) -> None:
+    """Migration 0005's backstops: attempts beyond max_attempts (a queued job with none left) and
+    infinite times, written by UPDATE with the table's rights (the producer role has none)."""
+    job_id = await enqueue(conn, "t", max_attempts=3)
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await conn.execute(f"UPDATE notifyq.jobs SET {assignment} WHERE id = $1", job_id)
+    assert caught.value.constraint_name == constraint
+
+
 async def test_valid_updates_of_producer_columns_still_work(conn: asyncpg.Connection) -> None:
     job_id = await enqueue(conn, "t", max_attempts=3)
     await conn.execute(

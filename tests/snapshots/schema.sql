@@ -329,8 +329,12 @@ CREATE TABLE notifyq.workers (
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     last_seen timestamp with time zone DEFAULT now() NOT NULL
 );
+ALTER TABLE notifyq.jobs
+    ADD CONSTRAINT jobs_attempts_within_max CHECK ((attempts <= max_attempts)) NOT VALID;
 ALTER TABLE ONLY notifyq.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+ALTER TABLE notifyq.jobs
+    ADD CONSTRAINT jobs_times_finite CHECK ((isfinite(created_at) AND isfinite(started_at) AND isfinite(finished_at))) NOT VALID;
 ALTER TABLE ONLY notifyq.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 ALTER TABLE ONLY notifyq.workers
