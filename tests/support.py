@@ -127,6 +127,25 @@ async def count_states(conn: asyncpg.Connection) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
+RECORDER = "tests.apps.recorder:registry"
+
+
+def spawn(
+    daemons: list[DaemonProcess],
+    folder: Path,
+    dsn: str,
+    *,
+    app: str = RECORDER,
+    extra_env: dict[str, str] | None = None,
+    **settings: Any,
+) -> DaemonProcess:
+    """Start a daemon process logging to `folder`/daemonN.log and add it to `daemons` (the fault
+    suite's fixture closes them all)."""
+    d = DaemonProcess(dsn, app, folder / f"daemon{len(daemons)}.log", extra_env=extra_env, **settings)
+    daemons.append(d)
+    return d
+
+
 class DaemonProcess:
     """`python -m notifyq serve` as a real process, with its JSON log in a file."""
 

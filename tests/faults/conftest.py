@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -11,7 +11,17 @@ import pytest
 from notifyq import migrate
 from notifyq.devserver import PrivateCluster
 from tests.faults import checker
-from tests.support import private_cluster
+from tests.support import DaemonProcess, private_cluster
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemon processes a test starts (tests.support.spawn); each is closed (killed if still running)
+    when the test ends, whatever its outcome."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.close()
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ that no job runs twice at once in one daemon."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
 
+from tests import support
 from tests.apps.recorder import SCHEMA
 from tests.faults import checker
 from tests.faults.fleet import Fleet
@@ -30,18 +30,8 @@ async def db(conn: asyncpg.Connection) -> asyncpg.Connection:
     return conn
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.close()
-
-
 def spawn(daemons: list[DaemonProcess], tmp_path: Path, dsn: str, **settings: object) -> DaemonProcess:
-    d = DaemonProcess(dsn, APP, tmp_path / f"daemon{len(daemons)}.log", **settings)
-    daemons.append(d)
-    return d
+    return support.spawn(daemons, tmp_path, dsn, app=APP, **settings)
 
 
 async def insert(

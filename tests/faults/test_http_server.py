@@ -11,31 +11,20 @@ import resource
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
 
-from tests.support import DaemonProcess, wait_for
+from tests.support import DaemonProcess, spawn, wait_for
 
-APP = "tests.apps.recorder:registry"
 # What an idle attacker sends: the start of a request, never its end.
 PARTIAL = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.close()
-
-
 async def start(daemons: list[DaemonProcess], tmp_path: Path, dsn: str) -> tuple[DaemonProcess, int]:
-    d = DaemonProcess(dsn, APP, tmp_path / f"daemon{len(daemons)}.log", http_address="127.0.0.1:0")
-    daemons.append(d)
+    d = spawn(daemons, tmp_path, dsn, http_address="127.0.0.1:0")
     await d.wait_event("daemon_ready", timeout=20)
     return d, await d.http_port()
 

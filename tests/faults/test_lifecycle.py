@@ -12,7 +12,6 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -20,11 +19,11 @@ import asyncpg
 import pytest
 
 from notifyq.devserver import PrivateCluster
+from tests import support
 from tests.apps.recorder import SCHEMA
 from tests.faults import checker
 from tests.support import DaemonProcess, wait_for
 
-APP = "tests.apps.recorder:registry"
 MIB = 1024 * 1024
 
 
@@ -34,22 +33,12 @@ async def db(conn: asyncpg.Connection) -> asyncpg.Connection:
     return conn
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.close()
-
-
 def spawn(daemons: list[DaemonProcess], folder: Path, dsn: str, **settings: object) -> DaemonProcess:
     """A daemon of the recorder app, whose handlers also journal each run's end in `folder`/journal (the
     checker reads it for the ends the database could not take during an outage)."""
     journal(folder).mkdir(exist_ok=True)
     env = {"NOTIFYQ_RECORDER_JOURNAL": str(journal(folder))}
-    d = DaemonProcess(dsn, APP, folder / f"daemon{len(daemons)}.log", extra_env=env, **settings)
-    daemons.append(d)
-    return d
+    return support.spawn(daemons, folder, dsn, extra_env=env, **settings)
 
 
 def journal(folder: Path) -> Path:

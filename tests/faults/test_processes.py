@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -14,29 +13,13 @@ import pytest
 
 from tests.apps.recorder import SCHEMA
 from tests.faults import checker
-from tests.support import DaemonProcess, wait_for
-
-APP = "tests.apps.recorder:registry"
+from tests.support import spawn, wait_for
 
 
 @pytest.fixture
 async def runs(conn: asyncpg.Connection) -> asyncpg.Connection:
     await conn.execute(SCHEMA)
     return conn
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, db_dsn: str) -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.close()
-
-
-def spawn(daemons: list[DaemonProcess], tmp_path: Path, dsn: str, **settings: object) -> DaemonProcess:
-    d = DaemonProcess(dsn, APP, tmp_path / f"daemon{len(daemons)}.log", **settings)
-    daemons.append(d)
-    return d
 
 
 async def insert_jobs(conn: asyncpg.Connection, n: int, payload: str = "{}") -> list[int]:
