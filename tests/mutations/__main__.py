@@ -62,28 +62,30 @@ def scratch_copy() -> Path:
     return target
 
 
+def mutated(root: Path, mutation: Mutation) -> dict[Path, tuple[str, str]]:
+    """(original, mutated) text of every file the edits touch, computed in memory. Raises LookupError if
+    an edit's text is not there exactly once."""
+    texts: dict[Path, tuple[str, str]] = {}
+    for edit in mutation.edits:
+        path = root / edit.path
+        if not path.is_file():
+            raise LookupError(f"{mutation.name}: no file {edit.path}")
+        original, text = texts.get(path) or (path.read_text(),) * 2
+        start, end = section(text, edit.within) if edit.within else (0, len(text))
+        found = text[start:end].count(edit.old)
+        if found != 1:
+            where = f"{edit.path} ({edit.within})" if edit.within else edit.path
+            raise LookupError(f"{mutation.name}: {where} holds the text to replace {found} times, not once")
+        texts[path] = (original, text[:start] + text[start:end].replace(edit.old, edit.new) + text[end:])
+    return texts
+
+
 def apply(copy: Path, mutation: Mutation) -> dict[Path, str]:
     """Apply every edit; returns the original texts. Raises if an edit's text is not there exactly once."""
-    originals: dict[Path, str] = {}
-    try:
-        for edit in mutation.edits:
-            path = copy / edit.path
-            if not path.is_file():
-                raise LookupError(f"{mutation.name}: no file {edit.path}")
-            text = path.read_text()
-            originals.setdefault(path, text)
-            start, end = section(text, edit.within) if edit.within else (0, len(text))
-            found = text[start:end].count(edit.old)
-            if found != 1:
-                where = f"{edit.path} ({edit.within})" if edit.within else edit.path
-                raise LookupError(
-                    f"{mutation.name}: {where} holds the text to replace {found} times, not once"
-                )
-            path.write_text(text[:start] + text[start:end].replace(edit.old, edit.new) + text[end:])
-    except LookupError:
-        restore(originals)
-        raise
-    return originals
+    texts = mutated(copy, mutation)
+    for path, (_, text) in texts.items():
+        path.write_text(text)
+    return {path: original for path, (original, _) in texts.items()}
 
 
 def section(text: str, name: str) -> tuple[int, int]:

@@ -215,8 +215,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 "notifyq/worker/executor.py",
-                "            if started:\n                return claim",
-                "            return claim",
+                "            if started and self._leases.fresh(job.id, claim.lease_token):",
+                "            if self._leases.fresh(job.id, claim.lease_token):",
             ),
         ),
         ("tests/unit/test_executor.py",),

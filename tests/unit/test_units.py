@@ -148,3 +148,18 @@ def test_registry_validates_its_options() -> None:
         r.task("x", timeout=0)
     with pytest.raises(ValueError, match="task name"):
         r.task("")
+
+
+def test_every_mutation_edit_applies_to_the_code_as_it_is() -> None:
+    """The mutation gate's entries name exact text; a change that moves it makes the gate error in CI
+    (minutes later). Checked here, in memory, in milliseconds."""
+    from tests.mutations.__main__ import ROOT, mutated
+    from tests.mutations.catalogue import CATALOGUE
+
+    problems = []
+    for mutation in CATALOGUE:
+        try:
+            mutated(ROOT, mutation)
+        except LookupError as exc:
+            problems.append(str(exc))
+    assert problems == []
