@@ -245,10 +245,11 @@ class Daemon:
         # an outage, every outcome waiting here is a job that may run again once its lease expires.
         completer = Completer(store, leases, self.metrics, buffer=max(2 * s.concurrency, 500))
         prefetch = Prefetch(s.prefetch, s.prefetch_max, self.metrics)
+        starter = Starter(store, self.worker_id)
         executor = Executor(
             self.registry,
             prefetch,
-            Starter(store),
+            starter,
             completer,
             leases,
             self.metrics,
@@ -292,7 +293,15 @@ class Daemon:
             executor=executor,
             prefetch=prefetch,
             gauges=GaugeRefresher(store, self.metrics, s.stats_interval_seconds, self._on_reading),
-            heartbeat=Heartbeat(store, leases, executor, worker, s.lease_seconds, s.heartbeat_interval),
+            heartbeat=Heartbeat(
+                store,
+                leases,
+                executor,
+                worker,
+                s.lease_seconds,
+                s.heartbeat_interval,
+                lambda: starter.entered_through,
+            ),
             maintenance=Maintenance(
                 store,
                 s.queues,
@@ -300,6 +309,7 @@ class Daemon:
                 s.lease_seconds,
                 s.retention_seconds,
                 on_rescued=lambda: wake.hint(WakeSource.RESCUE),
+                held=leases.snapshot,
             ),
         )
 

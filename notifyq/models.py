@@ -56,8 +56,9 @@ class ResultDropped(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One job as its handler sees it. `attempt` counts from 1 and includes this run. The first run of
-    a job cut short by its worker's death is not counted (`crashes` says it happened), its next is.
+    """One job as its handler sees it. `attempt` counts from 1 and includes this run. A run is not
+    counted when its worker died before the database knew the handler had been called, the first time
+    (`unclear_crashes` says so): the next run sees the same `attempt`.
 
     `lease_token` is unique to this attempt's claim: a handler can use it as an idempotency key for
     side effects, since a re-run after a lost lease gets a new one."""
@@ -72,7 +73,7 @@ class Job:
     run_at: datetime
     created_at: datetime
     lease_token: uuid.UUID
-    crashes: int = 0  # earlier runs of this job that were under way when their worker died
+    unclear_crashes: int = 0  # its worker died after its start, before its handler was known called
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,7 @@ class RescuedJob:
     state: str
     attempts: int
     started: bool  # False: it waited in a prefetch buffer and goes back with no attempt spent
-    forgiven: bool  # started, but its first crash: the attempt was given back
+    forgiven: bool  # started, but not known to have run, the first time: the attempt was given back
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,4 +205,4 @@ class JobDetail:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    crashes: int  # times it was under way when its worker died (the first is forgiven)
+    unclear_crashes: int  # its worker died after its start, before its handler was known called

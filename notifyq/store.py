@@ -253,10 +253,22 @@ class Store:
         self.writable = True
         return [_claim_from_row(r) for r in rows]
 
-    async def begin(self, claims: Sequence[Claim]) -> set[int]:
-        """Start buffered jobs (count their attempt) whose lease is still current; returns their ids."""
-        rows = await self._fetch("begin_jobs", [c.job.id for c in claims], [c.lease_token for c in claims])
-        return {r[0] for r in rows}
+    async def begin(
+        self, claims: Sequence[Claim], worker_id: uuid.UUID, entered_through: datetime | None
+    ) -> tuple[set[int], datetime | None]:
+        """Start buffered jobs (count their attempt) whose lease is still current, and move this worker's
+        entered_through mark; returns the ids started and their start time."""
+        rows = await self._fetch(
+            "begin_jobs",
+            [c.job.id for c in claims],
+            [c.lease_token for c in claims],
+            worker_id,
+            entered_through,
+        )
+        return {r[0] for r in rows}, rows[0][1] if rows else None
+
+    async def mark_entered(self, worker_id: uuid.UUID, entered_through: datetime) -> None:
+        await self._execute("mark_entered", worker_id, entered_through)
 
     async def record(self, outcomes: Sequence[Outcome]) -> tuple[set[int], set[int]]:
         """Write outcomes in fenced statements (plain successes in one, the rest in another); returns
@@ -286,7 +298,11 @@ class Store:
         return written, busy
 
     async def extend(
-        self, held: dict[int, uuid.UUID], lease_seconds: float, worker: WorkerInfo
+        self,
+        held: dict[int, uuid.UUID],
+        lease_seconds: float,
+        worker: WorkerInfo,
+        entered_through: datetime | None = None,
     ) -> tuple[set[int], set[int]]:
         """Extend every lease in `held` and refresh this worker's row; returns the ids extended, and the
         ids still held but locked by another session (not extended, not lost)."""
@@ -301,6 +317,7 @@ class Store:
             worker.queues,
             worker.tasks,
             worker.concurrency,
+            entered_through,
         )
         extended: set[int] = set()
         busy: set[int] = set()
@@ -314,8 +331,13 @@ class Store:
     async def unregister_worker(self, worker_id: uuid.UUID) -> None:
         await self._execute("unregister_worker", worker_id)
 
-    async def rescue_expired(self, limit: int = 1000) -> list[RescuedJob]:
-        return [RescuedJob(**r) for r in await self._fetch("rescue_expired", limit)]
+    async def rescue_expired(
+        self, limit: int = 1000, held: dict[int, uuid.UUID] | None = None
+    ) -> list[RescuedJob]:
+        """`held`: leases this daemon holds itself (id -> token), never rescued by it."""
+        held = held or {}
+        rows = await self._fetch("rescue_expired", limit, list(held), list(held.values()))
+        return [RescuedJob(**r) for r in rows]
 
     async def prune_workers(self, older_than_seconds: float) -> None:
         await self._execute("prune_workers", older_than_seconds)
@@ -384,7 +406,7 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
         run_at=r["run_at"],
         created_at=r["created_at"],
         lease_token=r["lease_token"],
-        crashes=r["crashes"],
+        unclear_crashes=r["unclear_crashes"],
     )
     return Claim(
         job=job, lease_token=r["lease_token"], waited=r["waited"], decode_error=error, size=len(r["payload"])

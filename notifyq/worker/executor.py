@@ -24,10 +24,10 @@ One daemon never runs one job twice at once: a job claimed again while an older 
 winding down (its lease expired and was rescued, then this daemon claimed it anew) waits until that run
 has ended, which is cancelled as a lost lease.
 
-A job that crashed a worker before (`crashes` > 0) is started alone: the starter begins nothing else
-until its handler is under way, which for an async handler means its first real await (the starter
-shares this event loop, so it cannot run before the runner yields), and for a sync one its thread's
-return.
+Each begun job tells the starter when its handler is being called (or that it will not run here), so
+that the daemon's `entered_through` mark can follow: an async handler just before the call (the
+starter shares this event loop, so it cannot write the mark before the runner yields), a sync one from
+its thread. See worker/starter.py.
 
 Runners survive whatever a handler does. A handler that cancels its own task, or an error escaping the
 classification, ends that job as a failed attempt (never a release: a job that breaks its runner must not
@@ -236,6 +236,7 @@ class Executor:
             except BaseException:
                 # Shutdown, or a handler's stray cancel of this task: a claim taken out of the buffer is
                 # handed back, never lost (its attempt given back if the begin got through after all).
+                self._starter.entered(claim.job.id)
                 self._hand_off(claim, outcomes.unstarted(claim))
                 raise
             finally:
@@ -253,6 +254,7 @@ class Executor:
                 reason = "lease gone or expired, or the database unreachable"
             # Back to the queue, fenced by the lease token, so a lost lease writes nothing.
             self._log.warning("job_not_started", job_id=job.id, task=job.task, queue=job.queue, reason=reason)
+            self._starter.entered(job.id)
             self._hand_off(claim, outcomes.unstarted(claim))
         return None
 
@@ -277,10 +279,9 @@ class Executor:
         running.series.running += 1
         if spec is not None and spec.timeout is not None:
             scope.deadline = anyio.current_time() + spec.timeout
-        if job.crashes and (spec is None or spec.is_async):
-            # The starter runs again only once this task yields, at the handler's first real await (or
-            # after it returned): until then no other job starts, so a handler that kills the process
-            # before that is alone to blame.
+        if spec is None or spec.is_async:
+            # Called in this same step, before the starter can write the mark again (see starter.py).
+            # A sync handler's thread says so itself once it calls the handler.
             self._starter.entered(job.id)
         if self._debug:
             self._log.debug("job_started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
@@ -306,8 +307,7 @@ class Executor:
             # Ours (shutdown or a lost lease), or the daemon is going down: give the job back.
             outcome = self._stopped(claim, running.reason or StopReason.SHUTDOWN)
         del self._running[job.id]
-        if job.crashes:  # a sync handler's thread has returned
-            self._starter.entered(job.id)
+        self._starter.entered(job.id)  # in case nothing called the handler (a payload not decoded)
         if running.ended is not None:
             running.ended.set()
         self.finished += 1
@@ -364,7 +364,9 @@ class Executor:
             args = (claim.job, Context.for_attempt(claim.job, spec.timeout))
         if spec.is_async:
             return await spec.handler(*args)
-        value = await anyio.to_thread.run_sync(spec.handler, *args, limiter=self._threads)
+        value = await anyio.to_thread.run_sync(
+            _entered_then(spec.handler, claim.job.id, self._starter), *args, limiter=self._threads
+        )
         if inspect.isawaitable(value):  # a callable object whose __call__ is async
             value = await value
         return value
@@ -374,6 +376,17 @@ class Executor:
         if reason is StopReason.LEASE_LOST:
             return outcomes.lease_lost(claim)
         return outcomes.released(claim)
+
+
+def _entered_then(handler: Callable[..., Any], job_id: int, starter: Starter) -> Callable[..., Any]:
+    """The sync handler, telling the starter (on the loop) from its thread that it is being called."""
+    loop = asyncio.get_running_loop()
+
+    def call(*args: Any) -> Any:
+        loop.call_soon_threadsafe(starter.entered, job_id)
+        return handler(*args)
+
+    return call
 
 
 def _cancelled_from_outside(exc: BaseException) -> bool:

@@ -1,14 +1,16 @@
 """Periodic upkeep, safe with any number of daemons running at once (SKIP LOCKED, idempotent deletes).
 
 - rescue: every half lease, jobs whose lease expired go back to the queue (or to `failed` once their
-  attempts are spent), so a crashed daemon's jobs run again within about two leases; a started job's
-  first crash is forgiven (sql/queries/worker.sql, rescue_expired);
+  attempts are spent), so a crashed daemon's jobs run again within about two leases; a started job
+  not known to have run is forgiven once (sql/queries/worker.sql, rescue_expired). Leases this daemon
+  still holds are left to its heartbeat;
 - jobs without a handler in the served queues are reported once a minute (they stay queued);
 - finished jobs older than the retention are deleted in bounded batches; silent workers are forgotten.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -32,8 +34,10 @@ class Maintenance:
         lease_seconds: float,
         retention_seconds: float,
         on_rescued: Callable[[], None],
+        held: Callable[[], dict[int, uuid.UUID]] = dict,
     ) -> None:
         self._store = store
+        self._held = held  # leases this daemon holds: its heartbeat extends or fences them, rescue not
         self._queues = list(queues)
         self._tasks = list(tasks)
         self._lease_seconds = lease_seconds
@@ -65,7 +69,7 @@ class Maintenance:
             await anyio.sleep(max(0.0, min(due.values()) - anyio.current_time()))
 
     async def rescue(self) -> int:
-        rows = await self._store.rescue_expired()
+        rows = await self._store.rescue_expired(held=self._held())
         for row in rows:
             self._log.warning(
                 "job_rescued",

@@ -11,17 +11,24 @@ attempt counted before it ran, so it cannot retry forever.
 Runners ask at once and one statement answers them all: every request made while a write is on its way
 goes into the next one, so under load the cost is one statement per batch, not per job.
 
-A batch's handlers then start one after another, so a handler that kills the process before it yields
-(os._exit, a crashing extension) takes the rest of its batch down begun but never run. Rescue cannot
-tell them apart, so it forgives the first crash a job is part of and counts it in `crashes`
-(sql/queries/worker.sql, rescue_expired). A job that crashed before is begun here alone, and nothing else
-is begun until its handler is under way (`entered`): if the process dies in between, that job is the
-one that killed it, and the next rescue counts its attempt.
+A batch's handlers are then called one after another, so a handler that ends the process before it
+yields (os._exit, a crashing extension) takes the rest of its batch down begun but never run. So the
+daemon keeps a mark, `entered_through`: the start time up to which every job it began has had its
+handler called (or was given back). It travels with the next begin statement and with the heartbeat,
+and rescue counts the attempt of a job started at or before it, and forgives (once) one started after
+it (sql/queries/worker.sql, rescue_expired). A job forgiven before (`unclear_crashes` > 0) is begun in
+a statement of its own once every earlier start is covered by the mark, and nothing else is begun until
+the mark covers it too: if the process dies in between, that job is the only one whose start is
+unclear, and the next rescue counts its attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import anyio
 
@@ -30,24 +37,37 @@ from notifyq.errors import DatabaseUnavailable, QueryError
 from notifyq.models import Claim
 from notifyq.store import Store
 
-# At most this long without other starts while a job that crashed before gets under way: its handler
-# normally yields within microseconds; a sync one holds the gate until its thread returns, up to this.
+# The longest a job begun alone may hold other starts while its handler gets called and the mark is
+# written: normally one round trip. Beyond it starts go on (a stuck runner must not stall the daemon).
 ALONE_SECONDS = 1.0
 
 Pending = tuple[Claim, asyncio.Future[bool]]
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Jobs begun by one statement whose handlers have not all been called (or given back) yet."""
+
+    started_at: datetime
+    open: set[int]
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
 class Starter:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, worker_id: uuid.UUID) -> None:
         self._store = store
+        self._worker_id = worker_id
         self._pending: list[Pending] = []
         self._wake: asyncio.Future[None] | None = None
-        self._alone: tuple[int, asyncio.Future[None]] | None = None  # a crashed-before job getting going
+        self._batches: deque[_Batch] = deque()  # in the order begun
+        self._open: dict[int, _Batch] = {}  # job id -> its batch, until its handler is called
+        self.entered_through: datetime | None = None  # the mark, as this daemon knows it
         self._log = logs.get("starter")
 
     async def begin(self, claim: Claim) -> bool:
         """True once the job's attempt is counted and it may run; False if it must not run (its lease
-        is gone or ran out, or the database could not be asked): the caller gives it back."""
+        is gone or ran out, or the database could not be asked): the caller gives it back. Either way
+        the caller then calls `entered` for it."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((claim, future))
         if self._wake is not None and not self._wake.done():
@@ -55,9 +75,17 @@ class Starter:
         return await future
 
     def entered(self, job_id: int) -> None:
-        """The job's handler is under way (or will never be): starts may go on."""
-        if self._alone is not None and self._alone[0] == job_id and not self._alone[1].done():
-            self._alone[1].set_result(None)
+        """The job's handler is being called, or the job will not run here after all (given back). Safe
+        to call more than once, and for a job that was never begun."""
+        batch = self._open.pop(job_id, None)
+        if batch is None:
+            return
+        batch.open.discard(job_id)
+        if batch.open:
+            return
+        batch.done.set()
+        while self._batches and not self._batches[0].open:
+            self.entered_through = self._batches.popleft().started_at
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Write the waiting requests, a batch at a time, until cancelled."""
@@ -68,49 +96,66 @@ class Starter:
                     self._wake = asyncio.get_running_loop().create_future()
                     await self._wake
                     continue
-                batch = self._next_batch()
-                started = await self._write([claim for claim, _ in batch])
-                for claim, future in batch:
-                    if not future.done():
-                        future.set_result(claim.job.id in started)
-                if len(batch) == 1 and batch[0][0].job.crashes and batch[0][0].job.id in started:
-                    await self._wait_alone(*batch[0])
+                alone = self._next_alone()
+                if alone is not None:
+                    await self._begin_alone(*alone)
+                    continue
+                batch, self._pending = self._pending, []
+                # Row locks in id order, as the completer and the heartbeat take them: no deadlocks.
+                batch.sort(key=lambda entry: entry[0].job.id)
+                await self._begin(batch)
         finally:
             for _, future in self._pending:
                 if not future.done():
                     future.set_result(False)
             self._pending = []
 
-    def _next_batch(self) -> list[Pending]:
-        """Every waiting request, or a job that crashed before on its own."""
+    def _next_alone(self) -> Pending | None:
+        """A waiting job that was forgiven an unclear crash before: it is begun on its own."""
         for n, (claim, future) in enumerate(self._pending):
-            if claim.job.crashes and not future.done():
+            if claim.job.unclear_crashes and not future.done():
                 del self._pending[n]
-                return [(claim, future)]
-        batch, self._pending = self._pending, []
-        # Row locks in id order, as the completer and the heartbeat take them: no deadlocks.
-        batch.sort(key=lambda entry: entry[0].job.id)
-        return batch
+                return claim, future
+        return None
 
-    async def _wait_alone(self, claim: Claim, future: asyncio.Future[bool]) -> None:
-        if future.cancelled():  # its runner is gone (shutdown): the job goes back, never runs
+    async def _begin_alone(self, claim: Claim, future: asyncio.Future[bool]) -> None:
+        # Every earlier start covered by the mark first (their handlers are normally being called by
+        # now), so that if the process dies before the mark covers this job too, it alone is unclear.
+        with anyio.move_on_after(ALONE_SECONDS):
+            for earlier in list(self._batches):
+                await earlier.done.wait()
+        batch = await self._begin([(claim, future)])
+        if batch is None:
             return
-        gate = asyncio.get_running_loop().create_future()
-        self._alone = (claim.job.id, gate)
-        try:
-            with anyio.move_on_after(ALONE_SECONDS):
-                await gate
-        finally:
-            self._alone = None
+        with anyio.move_on_after(ALONE_SECONDS):
+            await batch.done.wait()
+            if self.entered_through is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._store.mark_entered(self._worker_id, self.entered_through)
 
-    async def _write(self, claims: list[Claim]) -> set[int]:
+    async def _begin(self, batch: list[Pending]) -> _Batch | None:
+        """One begin statement for `batch`; answers each request. The batch's record, if any started."""
         started: set[int] = set()
+        started_at: datetime | None = None
         try:
             # Shielded: once sent, the answer decides whether a counted attempt runs or is given back.
             with anyio.CancelScope(shield=True):
-                started = await self._store.begin(claims)
+                started, started_at = await self._store.begin(
+                    [claim for claim, _ in batch], self._worker_id, self.entered_through
+                )
         except (DatabaseUnavailable, QueryError) as exc:
             # Not retried: each job goes back unstarted (the completer retries that write), and a
             # database that is away stops the claims anyway.
-            self._log.warning("jobs_not_started", jobs=len(claims), error=str(exc))
-        return started
+            self._log.warning("jobs_not_started", jobs=len(batch), error=str(exc))
+        record: _Batch | None = None
+        if started and started_at is not None:
+            record = _Batch(started_at, set(started))
+            self._batches.append(record)
+            for job_id in started:
+                self._open[job_id] = record
+        for claim, future in batch:
+            if not future.done():
+                future.set_result(claim.job.id in started)
+            elif claim.job.id in started:
+                self.entered(claim.job.id)  # its runner is gone (shutdown): it will not run here
+        return record

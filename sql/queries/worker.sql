@@ -50,17 +50,23 @@ WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task,
           convert_to(j.payload::text, pg_catalog.getdatabaseencoding()) AS payload, j.priority,
           least(greatest(j.run_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS run_at,
-          j.attempts + 1 AS attempts, j.max_attempts, j.crashes,
+          j.attempts + 1 AS attempts, j.max_attempts, j.unclear_crashes,
           least(greatest(j.created_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS created_at, j.lease_token,
           greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
 
 -- name: begin_jobs :many
 -- Start buffered jobs: count the attempt and stamp started_at, right before their handlers run, only
 -- while this daemon's lease is current and not yet expired (a daemon frozen past its lease must not
--- start jobs another daemon may have run meanwhile). Returns the ids that may start. A row another
--- session holds locked is skipped (not started, given back), never waited for: see record_outcomes.
--- $1 ids, $2 lease tokens.
-WITH mine AS (
+-- start jobs another daemon may have run meanwhile). Returns the ids that may start, with the start
+-- time. A row another session holds locked is skipped (not started, given back), never waited for: see
+-- record_outcomes. The same statement moves this worker's mark, entered_through: every job it started
+-- at or before that time has had its handler called (rescue_expired reads it).
+-- $1 ids, $2 lease tokens, $3 worker id, $4 the mark (NULL: unchanged).
+WITH marked AS (
+    UPDATE notifyq.workers AS w
+    SET entered_through = greatest(w.entered_through, $4::timestamptz)
+    WHERE w.id = $3::uuid AND $4::timestamptz IS NOT NULL
+), mine AS (
     SELECT j.id
     FROM notifyq.jobs AS j
     JOIN unnest($1::bigint[], $2::uuid[]) AS b(id, token) ON j.id = b.id
@@ -76,7 +82,13 @@ SET attempts = j.attempts + 1,
     started_at = notifyq.now()
 FROM mine
 WHERE j.id = mine.id
-RETURNING j.id;
+RETURNING j.id, j.started_at;
+
+-- name: mark_entered :exec
+-- begin_jobs's move of the mark alone, once a job begun alone is under way: $1 worker id, $2 the mark.
+UPDATE notifyq.workers AS w
+SET entered_through = greatest(w.entered_through, $2::timestamptz)
+WHERE w.id = $1::uuid;
 
 -- name: claim_jobs :many
 -- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
@@ -237,12 +249,14 @@ WHERE o.id NOT IN (SELECT id FROM mine)
 -- record_outcomes does: a lease another session's lock keeps from being extended is not lost, and the
 -- daemon fences that one job itself if it stays unconfirmed for most of a lease.
 -- $1 ids, $2 tokens, $3 lease seconds, $4 worker id, $5 hostname, $6 pid, $7 queues, $8 tasks,
--- $9 concurrency.
+-- $9 concurrency, $10 the entered_through mark (see begin_jobs; NULL: unchanged).
 WITH seen AS (
-    INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running, lease_seconds)
+    INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running, lease_seconds,
+                                      entered_through)
     VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]),
-            $3::float8)
-    ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now(), running = excluded.running
+            $3::float8, $10::timestamptz)
+    ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now(), running = excluded.running,
+        entered_through = greatest(w.entered_through, excluded.entered_through)
 ), o AS (
     SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS h(id, token)
 ), mine AS (
@@ -271,36 +285,43 @@ DELETE FROM notifyq.workers WHERE id = $1::uuid;
 -- Requeue (or fail, when attempts are spent) jobs whose lease ran out: their daemon crashed, froze or
 -- lost the database. A job that never started (still reserved in a prefetch buffer: started_at NULL)
 -- goes back exactly as it was, attempt and error untouched: it took no part in the crash.
--- A started job may not have run either: its daemon begins jobs in batches and starts their handlers one
--- by one, so a handler that killed the process left the rest of its batch begun but never run, and
--- nothing here tells them apart. So the first crash a job is part of is forgiven (its attempt given
--- back, never failed) and counted in `crashes`; the daemon then begins that job alone and holds every
--- other start until its handler is under way (worker/starter.py), so its next crash is its own: that
--- one counts, and fails the job when its attempts are spent. SKIP LOCKED lets every daemon run this at
--- once without waiting on each other.
+-- A started job ran if it started at or before its worker's entered_through mark (begin_jobs): its
+-- attempt counts, like any failed attempt. One started after the mark may never have run (its batch
+-- was begun, then a handler ended the process before the others were called; or the mark had not been
+-- written yet): the first time, its attempt is given back, it is queued (never failed) and
+-- unclear_crashes counts it. The daemon then begins that job alone and holds every other start until
+-- the mark covers it (worker/starter.py), so its next unclear crash is its own: that one counts, and
+-- fails the job when its attempts are spent.
+-- $1 how many at most; $2 ids and $3 tokens of the leases this daemon holds itself: not rescued, since
+-- this daemon is alive and its heartbeat extends them or fences them (after a pause, rescue would
+-- otherwise throw away outcomes already in hand). SKIP LOCKED lets every daemon run this at once.
 WITH judged AS (
     SELECT j.id,
            j.started_at IS NOT NULL AS started,
-           j.started_at IS NOT NULL AND j.crashes = 0 AS forgiven,
-           j.started_at IS NOT NULL AND j.crashes > 0 AND j.attempts >= j.max_attempts AS spent
+           j.started_at > coalesce(w.entered_through, '-infinity') AS unclear,
+           j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven
     FROM notifyq.jobs AS j
+    LEFT JOIN notifyq.workers AS w ON w.id = j.worker_id
     WHERE j.state = 'running' AND j.leased_until < notifyq.now()
+      AND NOT EXISTS (SELECT FROM unnest($2::bigint[], $3::uuid[]) AS h(id, token)
+                      WHERE h.id = j.id AND h.token = j.lease_token)
     ORDER BY j.id
     LIMIT $1
-    FOR NO KEY UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE OF j SKIP LOCKED
 )
 UPDATE notifyq.jobs AS j
-SET state = CASE WHEN judged.spent THEN 'failed' ELSE 'queued' END::notifyq.job_state,
+SET state = CASE WHEN judged.started AND NOT judged.forgiven AND j.attempts >= j.max_attempts THEN 'failed'
+                 ELSE 'queued' END::notifyq.job_state,
     attempts = j.attempts - CASE WHEN judged.forgiven THEN 1 ELSE 0 END,
-    crashes = j.crashes + CASE WHEN judged.started THEN 1 ELSE 0 END,
+    unclear_crashes = j.unclear_crashes + CASE WHEN judged.unclear THEN 1 ELSE 0 END,
     last_error = CASE WHEN NOT judged.started THEN j.last_error
                       ELSE 'LeaseExpired: worker ' || coalesce(j.worker_id::text, 'unknown')
                            || ' stopped heartbeating during attempt ' || j.attempts
                            || CASE WHEN judged.forgiven
-                                   THEN ' (not counted: the first crash a job is part of is forgiven;'
-                                        || ' it starts alone from now on)'
+                                   THEN ' (not counted: it may never have started; it starts alone from now on)'
                                    ELSE '' END END,
-    finished_at = CASE WHEN judged.spent THEN notifyq.now() END,
+    finished_at = CASE WHEN judged.started AND NOT judged.forgiven AND j.attempts >= j.max_attempts
+                       THEN notifyq.now() END,
     run_at = CASE WHEN judged.started THEN notifyq.now() ELSE j.run_at END,
     lease_token = NULL,
     leased_until = NULL,

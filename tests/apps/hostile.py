@@ -75,7 +75,7 @@ async def exit_at_once(job: Job) -> None:
 @registry.task("hostile.block_loop")
 async def block_loop(job: Job) -> None:
     """On its first run only, blocks the event loop for `seconds` (CPU work that never awaits)."""
-    if job.attempt == 1 and job.crashes == 0:
+    if job.attempt == 1 and job.unclear_crashes == 0:
         time.sleep(float(job.payload.get("seconds", 0)))  # noqa: ASYNC251 -- the point
 
 

@@ -135,7 +135,7 @@ async def noop(job: Job) -> None:
 async def work(job: Job) -> int:
     """Records its run; sleeps `seconds` (or `first_seconds` on its first run) in between."""
     payload = job.payload if isinstance(job.payload, dict) else {}
-    first = job.attempt == 1 and job.crashes == 0  # a forgiven crash leaves attempt at 1
+    first = job.attempt == 1 and job.unclear_crashes == 0  # a forgiven crash leaves attempt at 1
     seconds = payload.get("first_seconds", payload.get("seconds", 0)) if first else payload.get("seconds", 0)
     async with recorded(job):
         if seconds:

@@ -213,8 +213,10 @@ async def test_job_unfinished_in_an_outage_is_rescued_and_run_again(
     try:
         await all_final(conn, [job_id], 20)
         row = await job(conn, job_id)
-        assert (row["state"], row["attempts"], row["result"]) == ("succeeded", 1, str(second.pid))
-        assert row["crashes"] == 1, "its run on the killed daemon: a first crash, forgiven"
+        assert (row["state"], row["result"]) == ("succeeded", str(second.pid))
+        # The killed run counts if the daemon's mark had recorded it before the outage (a heartbeat),
+        # else it was an unclear crash, forgiven: either way one attempt for the two runs.
+        assert row["attempts"] + row["unclear_crashes"] == 2
         assert "LeaseExpired" in row["last_error"]
         runs = await conn.fetch(
             "SELECT pid, finished_at FROM test_runs WHERE job_id = $1 ORDER BY started_at", job_id

@@ -82,6 +82,16 @@ async def test_sigkill_mid_handler_job_is_rescued_and_finishes_elsewhere(
         10,
         "the first run to start",
     )
+    # The daemon's heartbeat records that the handler was called (its entered_through mark).
+    await wait_for(
+        lambda: runs.fetchval(
+            "SELECT w.entered_through >= j.started_at FROM notifyq.jobs AS j"
+            " JOIN notifyq.workers AS w ON w.id = j.worker_id WHERE j.id = $1",
+            job_id,
+        ),
+        10,
+        "the mark to cover the run",
+    )
     victim.signal(signal.SIGKILL)
     victim.wait(10)
     rescuer = spawn(daemons, tmp_path, db_dsn, lease_seconds=2, poll_interval_seconds=1)
@@ -92,7 +102,7 @@ async def test_sigkill_mid_handler_job_is_rescued_and_finishes_elsewhere(
 
     await wait_for(succeeded, 15, "the rescued job to succeed")
     row = await job(runs, job_id)
-    assert (row["attempts"], row["crashes"]) == (1, 1), "the killed run was its first crash: forgiven"
+    assert (row["attempts"], row["unclear_crashes"]) == (2, 0), "the killed run ran: it was counted"
     assert row["result"] == str(rescuer.pid)
     assert "LeaseExpired" in row["last_error"]
     assert await rescuer.wait_event("job_rescued", job_id=job_id)

@@ -166,7 +166,9 @@ async def test_poison_job_ends_failed_after_max_attempts(
 
     await wait_for(finished, 60, "the poison job to end failed", every=0.1)
     [job_id] = ids
-    row = await db.fetchrow("SELECT attempts, last_error FROM notifyq.jobs WHERE id = $1", job_id)
+    row = await db.fetchrow(
+        "SELECT attempts, last_error, unclear_crashes FROM notifyq.jobs WHERE id = $1", job_id
+    )
     report = await checker.check(
         db, ids, checker.Report("poison", faults_injected=deaths), deaths=fleet.deaths, journal=fleet.journal
     )
@@ -175,7 +177,9 @@ async def test_poison_job_ends_failed_after_max_attempts(
         "handler_runs": await db.fetchval("SELECT count(*) FROM test_runs"),
     }
     assert row["attempts"] == 3 and "LeaseExpired" in row["last_error"]
-    assert report.figures["handler_runs"] == 4, "it ran max_attempts times after its forgiven first crash"
+    # max_attempts runs, plus one if its first crash came before its daemon recorded the run as entered
+    # (an unclear crash, forgiven once).
+    assert report.figures["handler_runs"] == 3 + min(row["unclear_crashes"], 1)
     assert_clean(report)
 
 

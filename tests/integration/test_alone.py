@@ -1,7 +1,8 @@
-"""A job that was under way when its worker died starts alone (worker/starter.py): the real executor,
-starter and store against real Postgres. Its begin is a statement of its own, and no other job's begin
-is sent until its handler is under way: for an async handler its first real await, for a sync one its
-thread's return, and never longer than the starter's ALONE_SECONDS."""
+"""A job forgiven an unclear crash starts alone (worker/starter.py): the real executor, starter and
+store against real Postgres. Its begin is a statement of its own, sent once every earlier start is
+covered by the worker's entered_through mark, and no other job's begin is sent until its handler has
+been called and the mark covers it too: for an async handler, after its first real await (the starter
+shares the event loop); for a sync one, once its thread calls it. Never longer than ALONE_SECONDS."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from notifyq.worker.starter import Starter
 
 pytestmark = pytest.mark.timeout(30)
 CONCURRENCY = 5
+WORKER = uuid.UUID(int=7)
 
 
 async def run_jobs(db_dsn: str, conn: asyncpg.Connection, registry: Registry, suspect_task: str) -> None:
@@ -35,8 +37,14 @@ async def run_jobs(db_dsn: str, conn: asyncpg.Connection, registry: Registry, su
     five and run them on five runners until they finish."""
     await conn.execute("INSERT INTO notifyq.jobs (task, priority) VALUES ($1, 1)", suspect_task)
     await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 'plain' FROM generate_series(1, 4)")
-    # Rescue's mark (sql/queries/worker.sql, rescue_expired), set directly: crashed once, forgiven.
-    await conn.execute("UPDATE notifyq.jobs SET crashes = 1 WHERE task = $1", suspect_task)
+    # What rescue (sql/queries/worker.sql, rescue_expired) leaves, set directly: forgiven once.
+    await conn.execute("UPDATE notifyq.jobs SET unclear_crashes = 1 WHERE task = $1", suspect_task)
+    await conn.execute(
+        "INSERT INTO notifyq.workers (id, hostname, pid, queues, tasks, concurrency, lease_seconds)"
+        " VALUES ($1, 'test', 1, '{default}', '{}', $2, 30)",
+        WORKER,
+        CONCURRENCY,
+    )
     store = await Store.open(db_dsn)
     try:
         metrics = Metrics(["default"], registry.names, "test")
@@ -44,13 +52,13 @@ async def run_jobs(db_dsn: str, conn: asyncpg.Connection, registry: Registry, su
         leases = Leases()
         completer = Completer(store, leases, metrics, 100)
         executor = Executor(
-            registry, prefetch, Starter(store), completer, leases, metrics, CONCURRENCY, lambda: None
+            registry, prefetch, Starter(store, WORKER), completer, leases, metrics, CONCURRENCY, lambda: None
         )
         tasks = registry.names
         claims = await store.claim_head(
-            "default", tasks, [None] * len(tasks), CONCURRENCY, 30.0, uuid.uuid4(), 1 << 40
+            "default", tasks, [None] * len(tasks), CONCURRENCY, 30.0, WORKER, 1 << 40
         )
-        assert len(claims) == CONCURRENCY and claims[0].job.crashes == 1
+        assert len(claims) == CONCURRENCY and claims[0].job.unclear_crashes == 1
         for claim in claims:  # as the claimer does
             leases.add(claim.job.id, claim.lease_token, time.monotonic())
         prefetch.add(claims, 0.0)
@@ -82,7 +90,12 @@ def registry_with(suspect: Callable[..., Any], name: str) -> Registry:
     return registry
 
 
-async def test_an_async_job_that_crashed_before_starts_alone_until_its_first_await(
+async def mark(conn: asyncpg.Connection) -> datetime:
+    value: datetime = await conn.fetchval("SELECT entered_through FROM notifyq.workers WHERE id = $1", WORKER)
+    return value
+
+
+async def test_an_async_job_forgiven_before_starts_alone_until_its_first_await(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
     entered: list[datetime] = []
@@ -98,34 +111,79 @@ async def test_an_async_job_that_crashed_before_starts_alone_until_its_first_awa
     others = await started_at(conn, "plain")
     assert alone < entered[0], "begun before its handler ran"
     assert min(others) > entered[1], "nothing else began before the suspect's first await"
+    # Written before the others began; theirs goes with the next begin or heartbeat (none here).
+    assert await mark(conn) == alone, "the mark covers it"
 
 
-async def test_a_sync_job_that_crashed_before_holds_other_starts_until_its_thread_returns(
+async def test_a_sync_job_forgiven_before_holds_other_starts_until_its_thread_calls_it(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
+    called: list[datetime] = []
     returned: list[datetime] = []
 
     def suspect(job: Job) -> None:
-        time.sleep(0.3)
+        called.append(datetime.now(UTC))
+        time.sleep(0.5)
         returned.append(datetime.now(UTC))
 
     await run_jobs(db_dsn, conn, registry_with(suspect, "suspect_sync"), "suspect_sync")
+    [alone] = await started_at(conn, "suspect_sync")
     others = await started_at(conn, "plain")
-    assert min(others) >= returned[0], "nothing else began while its thread ran"
+    assert alone < called[0] < min(others), "nothing else began before its thread called it"
+    assert max(others) < returned[0], "the others did not wait for the thread to return"
 
 
-async def test_other_starts_wait_no_longer_than_alone_seconds(
+async def test_a_begin_alone_waits_no_longer_than_alone_seconds(
     db_dsn: str, conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(starter_module, "ALONE_SECONDS", 0.2)
-    returned: list[datetime] = []
+    """A job begun alone whose handler is never called (a stuck runner) holds other starts for
+    ALONE_SECONDS at most: the starter itself, against real Postgres, with no executor."""
+    monkeypatch.setattr(starter_module, "ALONE_SECONDS", 0.3)
+    await conn.execute("INSERT INTO notifyq.jobs (task, unclear_crashes) VALUES ('a', 0), ('b', 0)")
+    await conn.execute("UPDATE notifyq.jobs SET unclear_crashes = 1 WHERE task = 'a'")
+    store = await Store.open(db_dsn)
+    try:
+        starter = Starter(store, WORKER)
+        claims = await store.claim_head("default", ["a", "b"], [None, None], 2, 30.0, WORKER, 1 << 40)
+        async with anyio.create_task_group() as tg:
+            await tg.start(starter.run)
+            with anyio.fail_after(5):
+                assert await starter.begin(claims[0])  # never reported as called
+                t0 = time.monotonic()
+                assert await starter.begin(claims[1])
+                waited = time.monotonic() - t0
+            tg.cancel_scope.cancel()
+    finally:
+        await store.close()
+    assert 0.3 <= waited < 2.0
 
-    def suspect(job: Job) -> None:
-        time.sleep(2.0)
-        returned.append(datetime.now(UTC))
 
-    await run_jobs(db_dsn, conn, registry_with(suspect, "suspect_slow"), "suspect_slow")
-    [alone] = await started_at(conn, "suspect_slow")
-    others = await started_at(conn, "plain")
-    assert max(others) < returned[0], "the others started while the long sync handler still ran"
-    assert (min(others) - alone).total_seconds() >= 0.2
+async def test_the_mark_moves_only_past_batches_whose_handlers_were_all_called(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The starter's entered_through: the start time of the latest batch such that every job begun up
+    to it has had its handler called (or will not run here). Real begin statements, no executor."""
+    await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 't' FROM generate_series(1, 3)")
+    store = await Store.open(db_dsn)
+    try:
+        starter = Starter(store, WORKER)
+        a, b, c = await store.claim_head("default", ["t"], [None], 3, 30.0, WORKER, 1 << 40)
+        async with anyio.create_task_group() as tg:
+            await tg.start(starter.run)
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as first:  # one statement for a and b
+                    first.start_soon(starter.begin, a)
+                    first.start_soon(starter.begin, b)
+                assert await starter.begin(c)
+            tg.cancel_scope.cancel()
+    finally:
+        await store.close()
+    starts = dict(await conn.fetch("SELECT id, started_at FROM notifyq.jobs"))
+    assert starts[a.job.id] == starts[b.job.id] < starts[c.job.id]
+    starter.entered(c.job.id)
+    assert starter.entered_through is None, "a's and b's batch is still open"
+    starter.entered(a.job.id)
+    starter.entered(a.job.id)  # twice: no harm
+    assert starter.entered_through is None
+    starter.entered(b.job.id)
+    assert starter.entered_through == starts[c.job.id], "both batches closed, in order"

@@ -52,8 +52,14 @@ async def insert_job(conn: asyncpg.Connection, task: str = "t", max_attempts: in
 
 async def begin(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
     """The daemon's start of a claimed job (counts its attempt), as a runner sends it."""
-    rows = await conn.fetch(queries.get("begin_jobs"), [job_id], [token])
+    rows = await conn.fetch(queries.get("begin_jobs"), [job_id], [token], WORKER, None)
     return [r["id"] for r in rows]
+
+
+async def rescue(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
+    """The daemons' rescue, as one holding no lease of its own sends it."""
+    rows: list[asyncpg.Record] = await conn.fetch(queries.get("rescue_expired"), limit, [], [])
+    return rows
 
 
 async def claim_head(
@@ -194,7 +200,7 @@ async def stale_and_current_tokens(conn: asyncpg.Connection) -> tuple[int, uuid.
     first = await claim_head(conn)
     assert first["id"] == job_id and first["attempts"] == 1
     await set_clock(conn, at(LEASE + 1))
-    rescued = await conn.fetch(queries.get("rescue_expired"), 100)
+    rescued = await rescue(conn)
     assert [(r["id"], r["state"]) for r in rescued] == [(job_id, "queued")]
     second = await claim_jobs(conn)
     assert second["id"] == job_id and second["attempts"] == 1
@@ -295,7 +301,7 @@ HAND_CANCEL_CLEARING_THE_LEASE = (
 async def rescue_writer(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
     """Another daemon's rescue, run once the (former) lease has expired."""
     await set_clock(conn, at(LEASE * 3))
-    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    rows = await rescue(conn)
     return [r["id"] for r in rows]
 
 
@@ -343,8 +349,9 @@ async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection)
     tasks = ["expired", "again", "spent", "live", "edge", "queued", "succeeded", "failed", "cancelled"]
     ids = {task: await insert_job(conn, task, max_attempts=1 if task == "spent" else 3) for task in tasks}
     await conn.execute("UPDATE notifyq.jobs SET run_at = $1 WHERE task = 'queued'", T0 - timedelta(days=400))
-    # `again` and `spent` were under way in an earlier crash (forgiven then): this one counts.
-    await conn.execute("UPDATE notifyq.jobs SET crashes = 1 WHERE task IN ('again', 'spent')")
+    # No worker row, so no mark: every started job's start is unclear. `again` and `spent` were forgiven
+    # an unclear crash before: this one counts.
+    await conn.execute("UPDATE notifyq.jobs SET unclear_crashes = 1 WHERE task IN ('again', 'spent')")
 
     await claim_head(conn, "expired", lease=10)  # expires at T0+10: its first crash
     await claim_head(conn, "again", lease=10)  # expires: its second crash
@@ -364,7 +371,7 @@ async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection)
     before = {task: await snapshot(conn, ids[task]) for task in untouched}
     now = at(50)
     await set_clock(conn, now)
-    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    rows = await rescue(conn)
     assert sorted((r["id"], r["state"], r["attempts"], r["forgiven"]) for r in rows) == sorted(
         [
             (ids["expired"], "queued", 0, True),
@@ -374,24 +381,24 @@ async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection)
     )
 
     forgiven = await snapshot(conn, ids["expired"])
-    assert (forgiven["state"], forgiven["attempts"], forgiven["crashes"]) == ("queued", 0, 1)
+    assert (forgiven["state"], forgiven["attempts"], forgiven["unclear_crashes"]) == ("queued", 0, 1)
     assert forgiven["run_at"] == now
     assert forgiven["finished_at"] is None
     assert (forgiven["lease_token"], forgiven["leased_until"], forgiven["worker_id"]) == (None, None, None)
     assert forgiven["last_error"] == (
-        f"LeaseExpired: worker {WORKER} stopped heartbeating during attempt 1 (not counted: the first crash"
-        " a job is part of is forgiven; it starts alone from now on)"
+        f"LeaseExpired: worker {WORKER} stopped heartbeating during attempt 1 (not counted: it may never"
+        " have started; it starts alone from now on)"
     )
 
     requeued = await snapshot(conn, ids["again"])
-    assert (requeued["state"], requeued["attempts"], requeued["crashes"]) == ("queued", 1, 2)
+    assert (requeued["state"], requeued["attempts"], requeued["unclear_crashes"]) == ("queued", 1, 2)
     assert requeued["attempts"] == 1  # the attempt the lost run used stays spent
     assert requeued["run_at"] == now
     assert requeued["finished_at"] is None
     assert requeued["last_error"] == f"LeaseExpired: worker {WORKER} stopped heartbeating during attempt 1"
 
     failed = await snapshot(conn, ids["spent"])
-    assert (failed["state"], failed["crashes"]) == ("failed", 2)
+    assert (failed["state"], failed["unclear_crashes"]) == ("failed", 2)
     assert failed["attempts"] == 1
     assert failed["finished_at"] == now
     assert (failed["lease_token"], failed["leased_until"], failed["worker_id"]) == (None, None, None)
@@ -402,7 +409,7 @@ async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection)
 
     # A microsecond later the edge lease has expired too, and only it is taken.
     await set_clock(conn, now + timedelta(microseconds=1))
-    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    rows = await rescue(conn)
     assert [(r["id"], r["state"]) for r in rows] == [(ids["edge"], "queued")]
     for task in ("live", "queued", "succeeded", "failed", "cancelled"):
         assert await snapshot(conn, ids[task]) == before[task], task
@@ -421,6 +428,7 @@ async def extend(conn: asyncpg.Connection, held: dict[int, uuid.UUID], lease: fl
         ["default"],
         ["t"],
         10,
+        None,
     )
     return [r["id"] for r in rows]
 
@@ -453,6 +461,51 @@ async def test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_
     assert (row["attempts"], row["started_at"]) == (1, at(9))
 
 
+async def test_rescue_counts_a_start_the_mark_covers_and_forgives_one_it_does_not(
+    conn: asyncpg.Connection,
+) -> None:
+    """A worker's entered_through mark moves with its begin statements (and never back): a job started
+    at or before it ran, and its crash counts like any failed attempt; one started after it may never
+    have run, and is forgiven the first time."""
+    await set_clock(conn, T0)
+    assert await extend(conn, {}, LEASE) == []  # the heartbeat creates the worker's row
+    ran, unclear = await insert_job(conn, "a"), await insert_job(conn, "b")
+    a = await claim_head(conn, "a", start=False)
+    b = await claim_head(conn, "b", start=False)
+    [first] = await conn.fetch(queries.get("begin_jobs"), [ran], [a["lease_token"]], WORKER, None)
+    assert first["started_at"] == T0
+    await set_clock(conn, at(1))
+    # The second begin carries the mark: every handler of the first batch has been called.
+    await conn.fetch(queries.get("begin_jobs"), [unclear], [b["lease_token"]], WORKER, T0)
+    await conn.execute(queries.get("mark_entered"), WORKER, T0 - timedelta(seconds=5))  # never back
+    assert await conn.fetchval("SELECT entered_through FROM notifyq.workers WHERE id = $1", WORKER) == T0
+
+    await set_clock(conn, at(LEASE + 2))
+    rows = await rescue(conn)
+    assert sorted((r["id"], r["state"], r["attempts"], r["forgiven"]) for r in rows) == [
+        (ran, "queued", 1, False),
+        (unclear, "queued", 0, True),
+    ]
+    assert (await snapshot(conn, ran))["unclear_crashes"] == 0
+    assert (await snapshot(conn, unclear))["unclear_crashes"] == 1
+
+
+async def test_rescue_leaves_the_leases_its_own_daemon_still_holds(conn: asyncpg.Connection) -> None:
+    """A daemon back from a pause rescued its own expired leases before its heartbeat could extend them,
+    and threw away outcomes it had in hand. What it still holds, its heartbeat extends or fences."""
+    await set_clock(conn, T0)
+    mine, theirs = await insert_job(conn, "a"), await insert_job(conn, "b")
+    held = await claim_head(conn, "a")
+    await claim_head(conn, "b")
+    await set_clock(conn, at(LEASE + 1))
+    rows = await conn.fetch(queries.get("rescue_expired"), 100, [mine], [held["lease_token"]])
+    assert [r["id"] for r in rows] == [theirs]
+    assert (await snapshot(conn, mine))["state"] == "running"
+    # Held under another token (a stale claim of ours): not ours any more, so rescued.
+    rows = await conn.fetch(queries.get("rescue_expired"), 100, [mine], [uuid.uuid4()])
+    assert [r["id"] for r in rows] == [mine]
+
+
 async def test_rescue_puts_an_unstarted_job_back_as_it_was(conn: asyncpg.Connection) -> None:
     await set_clock(conn, T0)
     job_id = await insert_job(conn, max_attempts=1)
@@ -464,7 +517,7 @@ async def test_rescue_puts_an_unstarted_job_back_as_it_was(conn: asyncpg.Connect
     assert (reserved["state"], reserved["attempts"], reserved["started_at"]) == ("running", 0, None)
 
     await set_clock(conn, at(11))
-    rows = await conn.fetch(queries.get("rescue_expired"), 100)
+    rows = await rescue(conn)
     assert [(r["id"], r["state"], r["attempts"], r["started"]) for r in rows] == [
         (job_id, "queued", 0, False)
     ]

@@ -263,8 +263,9 @@ async def test_the_daemons_updates_never_call_the_guard(conn: asyncpg.Connection
         ids = sorted(r["id"] for r in claimed)
         tokens = [next(r["lease_token"] for r in claimed if r["id"] == i) for i in ids]
         await conn.fetch(
-            queries.get("extend_leases"), ids, tokens, 30.0, WORKER, "host", 1, ["default"], ["t"], 5
+            queries.get("extend_leases"), ids, tokens, 30.0, WORKER, "host", 1, ["default"], ["t"], 5, None
         )
+        await conn.fetch(queries.get("begin_jobs"), ids, tokens, WORKER, None)
         await conn.fetch(queries.get("complete_succeeded"), ids[:1], tokens[:1])
         # A retry (run_at moves), a failure and a snooze in one batch.
         await conn.fetch(
@@ -279,7 +280,7 @@ async def test_the_daemons_updates_never_call_the_guard(conn: asyncpg.Connection
         )
         # Rescue: the last lease runs out (the clock is pinned past it).
         await conn.execute("SET LOCAL notifyq.now = '9999-01-01 00:00:00+00'")
-        rescued = await conn.fetch(queries.get("rescue_expired"), 10)
+        rescued = await conn.fetch(queries.get("rescue_expired"), 10, [], [])
         assert [r["id"] for r in rescued] == ids[4:]
         await conn.fetchval(queries.get("retry_job"), ids[2])
         calls = await conn.fetchval("SELECT pg_stat_get_xact_function_calls($1)", guard)
@@ -335,7 +336,7 @@ async def test_migration_0004_keeps_existing_jobs_as_the_old_rules_ran_them(empt
         await conn.execute("UPDATE notifyq.jobs SET state = 'succeeded' WHERE id = $1", done)
 
         applied = await migrate.apply(conn)
-        assert [m.label for m in applied] == ["0004_producer_guards", "0005_crashes"]
+        assert [m.label for m in applied] == ["0004_producer_guards", "0005_unclear_crashes"]
         rows = {
             r["id"]: r
             for r in await conn.fetch(

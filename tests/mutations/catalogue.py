@@ -239,8 +239,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "SET state = CASE WHEN judged.spent THEN 'failed'",
-                "SET state = CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed'",
+                "SET state = CASE WHEN judged.started AND NOT judged.forgiven AND j.attempts >= j.max_attempts",
+                "SET state = CASE WHEN j.attempts + 1 >= j.max_attempts",
                 "rescue_expired",
             ),
         ),
@@ -248,11 +248,11 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "rescue_forgives_nothing",
-        "a job begun beside one that killed its worker loses no attempt: a job's first crash is forgiven",
+        "a job whose start is not known to have run loses no attempt the first time (a killer's batch-mates)",
         (
             Edit(
                 WORKER_SQL,
-                "j.started_at IS NOT NULL AND j.crashes = 0 AS forgiven",
+                "j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven",
                 "false AS forgiven",
                 "rescue_expired",
             ),
@@ -261,13 +261,13 @@ CATALOGUE: tuple[Mutation, ...] = (
         SMALL_MACHINE,
     ),
     Mutation(
-        "rescue_forgives_every_crash",
-        "a job that kills its worker cannot retry for ever: only its first crash is forgiven",
+        "rescue_forgives_every_unclear_crash",
+        "a job that kills its worker cannot retry for ever: only its first unclear crash is forgiven",
         (
             Edit(
                 WORKER_SQL,
-                "j.started_at IS NOT NULL AND j.crashes = 0 AS forgiven",
-                "j.started_at IS NOT NULL AS forgiven",
+                "j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven",
+                "j.started_at > coalesce(w.entered_through, '-infinity') AS forgiven",
                 "rescue_expired",
             ),
         ),
@@ -275,37 +275,85 @@ CATALOGUE: tuple[Mutation, ...] = (
         SMALL_MACHINE,
     ),
     Mutation(
-        "crashes_not_counted",
-        "rescue counts each crash a started job was part of",
+        "rescue_ignores_the_mark",
+        "a job its worker's mark records as run has its crash counted, not forgiven (max_attempts=1 stays at most once)",
         (
             Edit(
                 WORKER_SQL,
-                "crashes = j.crashes + CASE WHEN judged.started THEN 1 ELSE 0 END,",
-                "crashes = j.crashes,",
+                "coalesce(w.entered_through, '-infinity') AS unclear,",
+                "'infinity'::timestamptz AS unclear,",
+                "rescue_expired",
+            ),
+            Edit(
+                WORKER_SQL,
+                "j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven",
+                "j.unclear_crashes = 0 AS forgiven",
                 "rescue_expired",
             ),
         ),
-        (f"{FENCES}::test_rescue_takes_exactly_the_expired_leases", STATE_MACHINE),
+        (f"{FENCES}::test_rescue_counts_a_start_the_mark_covers_and_forgives_one_it_does_not", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
-        "crashed_job_begun_in_a_batch",
-        "a job that crashed a worker before is begun in a statement of its own",
+        "mark_not_moved_by_begin",
+        "each begin statement carries the worker's entered_through mark",
+        (
+            Edit(
+                WORKER_SQL,
+                "SET entered_through = greatest(w.entered_through, $4::timestamptz)\n    WHERE w.id = $3::uuid AND $4::timestamptz IS NOT NULL",
+                "SET entered_through = w.entered_through\n    WHERE w.id = $3::uuid AND $4::timestamptz IS NOT NULL",
+                "begin_jobs",
+            ),
+        ),
+        (f"{FENCES}::test_rescue_counts_a_start_the_mark_covers_and_forgives_one_it_does_not", STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "mark_follows_no_handler",
+        "the mark moves only once every job begun before it has had its handler called",
         (
             Edit(
                 "notifyq/worker/starter.py",
-                "            if claim.job.crashes and not future.done():",
+                "while self._batches and not self._batches[0].open:",
+                "while self._batches:",
+            ),
+        ),
+        (
+            "tests/integration/test_alone.py::test_the_mark_moves_only_past_batches_whose_handlers_were_all_called",
+        ),
+    ),
+    Mutation(
+        "rescue_takes_its_own_held_leases",
+        "a daemon does not rescue leases it still holds (its heartbeat extends or fences them)",
+        (
+            Edit(
+                WORKER_SQL,
+                "WHERE h.id = j.id AND h.token = j.lease_token)",
+                "WHERE false)",
+                "rescue_expired",
+            ),
+        ),
+        (f"{FENCES}::test_rescue_leaves_the_leases_its_own_daemon_still_holds", STATE_MACHINE),
+        SMALL_MACHINE,
+    ),
+    Mutation(
+        "forgiven_job_begun_in_a_batch",
+        "a job forgiven an unclear crash is begun in a statement of its own",
+        (
+            Edit(
+                "notifyq/worker/starter.py",
+                "            if claim.job.unclear_crashes and not future.done():",
                 "            if False:",
             ),
         ),
         (
-            "tests/integration/test_alone.py::test_an_async_job_that_crashed_before_starts_alone_until_its_first_await",
+            "tests/integration/test_alone.py::test_an_async_job_forgiven_before_starts_alone_until_its_first_await",
         ),
     ),
     Mutation(
-        "crashed_job_not_waited_for",
-        "nothing else is begun until the handler of a job that crashed before is under way",
-        (Edit("notifyq/worker/starter.py", "await self._wait_alone(*batch[0])", "pass"),),
+        "forgiven_job_not_waited_for",
+        "nothing else is begun until the mark covers a job begun alone",
+        (Edit("notifyq/worker/starter.py", "            await batch.done.wait()\n", "            pass\n"),),
         ("tests/integration/test_alone.py",),
     ),
     Mutation(

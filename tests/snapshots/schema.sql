@@ -234,6 +234,7 @@ BEGIN
     END IF;
     NEW.created_at := now();
     NEW.started_at := NULL;
+    NEW.unclear_crashes := 0;
     NEW.finished_at := NULL;
     NEW.result := NULL;
     NEW.last_error := NULL;
@@ -289,9 +290,8 @@ CREATE TABLE notifyq.jobs (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
-    crashes integer DEFAULT 0 NOT NULL,
+    unclear_crashes integer DEFAULT 0 NOT NULL,
     CONSTRAINT jobs_attempts_range CHECK ((attempts >= 0)),
-    CONSTRAINT jobs_crashes_nonnegative CHECK ((crashes >= 0)),
     CONSTRAINT jobs_dedup_key_length CHECK (((dedup_key IS NULL) OR ((char_length(dedup_key) >= 1) AND (char_length(dedup_key) <= 200)))),
     CONSTRAINT jobs_lease_only_when_running CHECK (((state = 'running'::notifyq.job_state) = ((lease_token IS NOT NULL) AND (leased_until IS NOT NULL)))),
     CONSTRAINT jobs_leased_until_finite CHECK (isfinite(leased_until)),
@@ -300,7 +300,8 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_queue_format CHECK ((queue ~ '^[a-z0-9][a-z0-9_.:-]{0,62}$'::text)),
     CONSTRAINT jobs_run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT jobs_run_at_range CHECK (((run_at >= notifyq.min_run_at()) AND (run_at <= notifyq.max_run_at()))),
-    CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200)))
+    CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200))),
+    CONSTRAINT jobs_unclear_crashes_nonnegative CHECK ((unclear_crashes >= 0))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
 ALTER TABLE notifyq.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -327,7 +328,8 @@ CREATE TABLE notifyq.workers (
     running integer DEFAULT 0 NOT NULL,
     lease_seconds double precision NOT NULL,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_seen timestamp with time zone DEFAULT now() NOT NULL
+    last_seen timestamp with time zone DEFAULT now() NOT NULL,
+    entered_through timestamp with time zone
 );
 ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_attempts_within_max CHECK ((attempts <= max_attempts)) NOT VALID;

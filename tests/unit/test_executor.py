@@ -34,6 +34,9 @@ class Starter:
         self.asked.append(claim.job.id)
         return claim.job.id in self.allowed
 
+    def entered(self, job_id: int) -> None:
+        pass
+
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await anyio.sleep_forever()
