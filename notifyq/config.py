@@ -355,11 +355,13 @@ def misspelled_environment(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     return found
 
 
-_DSN_IN_TEXT = re.compile(r"postgres(?:ql)?://\S+")
+# Any URL: a handler's error may quote a Redis, AMQP or HTTP URL with a password in it just as well.
+_DSN_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 def scrub_secrets(text: str) -> str:
-    """`text` with the password of any DSN in it hidden, in URL or key=value form (for log lines)."""
+    """`text` with the password of any URL or DSN in it hidden, in URL or key=value form (for log lines
+    and stored errors)."""
     if "://" in text:
         text = _DSN_IN_TEXT.sub(lambda m: redact_dsn(m.group()), text)
     if "ssword" in text or "SSWORD" in text:

@@ -367,7 +367,7 @@ class Daemon:
             return False, "starting"
         problems = []
         if not self._store.available:
-            problems.append("database unreachable")
+            problems.append(self._store.unavailable_reason or "database unreachable")
         elif not self._store.writable:
             problems.append("database is read-only")
         if not self._parts.notifier.connected:

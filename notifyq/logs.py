@@ -86,6 +86,8 @@ def configure(log_format: str = "auto", level: str = "info", stream: TextIO | No
     # a bare traceback, which breaks the one-JSON-line-per-event stream.
     threading.excepthook = _thread_exception
     sys.unraisablehook = _unraisable
+    # Library warnings (asyncpg's about a password file others can read) as log lines, not raw stderr.
+    logging.captureWarnings(True)
 
 
 def _thread_exception(args: threading.ExceptHookArgs) -> None:

@@ -87,7 +87,7 @@ def map_error(exc: BaseException) -> BaseException:
     if isinstance(exc, _FATAL):
         return DatabaseConfigError(describe(exc))
     if isinstance(exc, TimeoutError | asyncpg.exceptions.QueryCanceledError):
-        return StatementTimeout(describe(exc))
+        return StatementTimeout(f"statement timed out ({describe(exc)})")
     if isinstance(exc, _UNAVAILABLE):
         return DatabaseUnavailable(describe(exc))
     if isinstance(exc, asyncpg.PostgresError):
@@ -124,6 +124,7 @@ class Store:
         # writable: False from a read-only error until a write (claim, heartbeat, outcome) succeeds, so
         # that reads going through on a read-only node do not make it look healthy.
         self.available = True
+        self.unavailable_reason = ""
         self.writable = True
 
     @classmethod
@@ -188,6 +189,12 @@ class Store:
                 raise
             if isinstance(mapped, DatabaseUnavailable):
                 self.available = False
+                # A table lock (or a server too busy to answer in time) is not an unreachable server.
+                self.unavailable_reason = (
+                    "database statements time out (a lock on notifyq.jobs, or an overloaded server)"
+                    if isinstance(mapped, StatementTimeout)
+                    else "database unreachable"
+                )
             raise mapped from None
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from notifyq.config import scrub_secrets
 from notifyq.errors import MAX_DELAY_SECONDS, Discard, Retry, Snooze
 from notifyq.models import Claim, JobState, Outcome, OutcomeKind, ResultDropped
 from notifyq.registry import TaskSpec
@@ -61,7 +62,7 @@ def describe_error(exc: BaseException) -> str:
         message = str(exc)
     except BaseException as bad:  # even SystemExit or CancelledError: describing must not end the daemon
         message = f"<unprintable: its __str__ raised {type(bad).__name__}>"
-    return clean_text(f"{type(exc).__name__}: {message}")
+    return clean_text(scrub_secrets(f"{type(exc).__name__}: {message}"))
 
 
 def format_error(exc: BaseException) -> str:
@@ -70,7 +71,7 @@ def format_error(exc: BaseException) -> str:
         frames = "".join(traceback.format_tb(exc.__traceback__, limit=-5))
     except BaseException:
         frames = ""
-    return clean_text(describe_error(exc) + "\n" + frames)
+    return clean_text(describe_error(exc) + "\n" + scrub_secrets(frames))
 
 
 def from_exception(claim: Claim, spec: TaskSpec | None, exc: BaseException) -> Outcome:

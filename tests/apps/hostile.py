@@ -9,6 +9,7 @@ import gc
 import os
 import threading
 import time
+import warnings
 from typing import Any
 
 import anyio
@@ -96,6 +97,7 @@ async def stray_errors(job: Job) -> None:
     await anyio.to_thread.run_sync(thread.join)
     _RaisesOnDelete()
     gc.collect()
+    warnings.warn("a library's warning", UserWarning, stacklevel=1)
 
 
 @registry.task("hostile.sync_work")

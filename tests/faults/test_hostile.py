@@ -120,8 +120,9 @@ async def test_bad_values_from_handlers_fail_their_job_and_nothing_else(
 async def test_errors_raised_outside_any_runner_are_json_log_lines(
     db: asyncpg.Connection, db_dsn: str, daemons: list[DaemonProcess], tmp_path: Path
 ) -> None:
-    """An exception in a thread a handler started, or in a __del__, is one JSON line at error/warning
-    level with its traceback inside: never a bare traceback on stderr breaking the log stream."""
+    """An exception in a thread a handler started, or in a __del__, and a library's warning (asyncpg
+    warns so about a password file others can read) are JSON lines, the exceptions with their traceback
+    inside: never bare text on stderr breaking the log stream."""
     d = spawn(daemons, tmp_path, db_dsn, concurrency=1)
     await d.wait_event("daemon_ready")
     ids = await insert(db, "hostile.stray_errors", ["{}"])
@@ -131,6 +132,8 @@ async def test_errors_raised_outside_any_runner_are_json_log_lines(
     assert "raised in a handler's own thread" in thread["exception"]
     [unraisable] = d.events("unraisable_exception")
     assert "raised in __del__" in unraisable["exception"]
+    [warning] = [e for e in d.events() if e.get("logger") == "py.warnings"]
+    assert "a library's warning" in warning["event"]
     lines = d.log_path.read_text().splitlines()
     assert all(line.startswith("{") for line in lines), [line for line in lines if not line.startswith("{")]
 

@@ -83,6 +83,10 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
     async def fine(job: Job) -> str:
         return "ok"
 
+    @registry.task("leaks.secrets", max_attempts=1)
+    async def leaks_secrets(job: Job) -> None:
+        raise RuntimeError("cache redis://:hunter2H@cache:6379/0 and api password=s3cretX down")
+
     ids = {
         name: await enqueue(conn, name)
         for name in (
@@ -95,6 +99,7 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
             "retry.long",
             "unprintable",
             "sys.exit",
+            "leaks.secrets",
         )
     }
     async with running_daemon(db_dsn, registry) as daemon:
@@ -103,6 +108,7 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
         nul_err = await wait_done(conn, ids["nul.error"], ("failed",))
         unprintable_row = await wait_done(conn, ids["unprintable"], ("failed",))
         exited = await wait_done(conn, ids["sys.exit"], ("failed",))
+        leaked = await wait_done(conn, ids["leaks.secrets"], ("failed",))
         forever = await wait_done(conn, ids["snooze.forever"], ("failed",))
         too_far = await wait_done(conn, ids["retry.far"], ("failed",))
         snoozed = await wait_for(lambda: _requeued(conn, ids["snooze.long"]), 10, "snooze written")
@@ -122,6 +128,10 @@ async def test_misbehaving_handlers_are_failures_not_crashes(conn: asyncpg.Conne
     assert forever["last_error"].startswith("ValueError: Snooze(seconds) must be between 0 and 315360000")
     assert too_far["last_error"].startswith("ValueError: Retry(delay) must be between 0 and 315360000")
     assert exited["last_error"].startswith("SystemExit: 3")
+    # A password in any URL or key=value text of a handler's error is hidden in the stored error too.
+    assert leaked["last_error"].startswith(
+        "RuntimeError: cache redis://:***@cache:6379/0 and api password=***"
+    )
     assert snoozed["attempts"] == 0 and snoozed["delay_days"] > 3000
     assert far["attempts"] == 1 and far["delay_days"] > 3000
 

@@ -613,3 +613,27 @@ async def test_a_tiny_statement_timeout_set_for_the_database_does_not_stop_the_d
             await wait_state(conn, ids[-1], "succeeded", timeout=30)
     finally:
         await conn.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+
+
+async def test_readyz_names_statement_timeouts_apart_from_an_unreachable_database(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    """A lock held on notifyq.jobs makes the daemon's statements time out: /readyz says that, not
+    "database unreachable", and recovers once the lock is gone."""
+    registry = Registry()
+
+    @registry.task("t")
+    async def handler(job: Job) -> None:
+        return None
+
+    async with running_daemon(db_dsn, registry, lease_seconds=3, poll_interval_seconds=0.2) as daemon:
+        locker = await asyncpg.connect(db_dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE notifyq.jobs IN ACCESS EXCLUSIVE MODE")
+                await wait_for(lambda: not daemon.readiness()[0], 15, "the daemon to report not ready")
+                _, reason = daemon.readiness()
+                assert "statements time out" in reason and "unreachable" not in reason, reason
+        finally:
+            await locker.close()
+        await wait_for(lambda: daemon.readiness()[0], 15, "ready again once the lock is gone")
