@@ -38,6 +38,8 @@ MANY_SQL = "sql/migrations/0002_enqueue_many.sql"
 # 0004 replaced the insert guard (now notifyq.jobs_guard, for INSERT and UPDATE) and both enqueue
 # functions: their live text is here, not in 0001/0002.
 GUARDS_SQL = "sql/migrations/0004_producer_guards.sql"
+# 0005 redefined notifyq.jobs_guard() once more (one line added): the guard's live text is there.
+GUARD_FN_SQL = "sql/migrations/0005_unclear_crashes.sql"
 
 FENCES = "tests/integration/test_fences.py"
 STATE_MACHINE = "tests/faults/test_state_machine.py::test_job_lifecycle_state_machine"
@@ -606,13 +608,13 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "guard_accepts_any_state",
         "producers may only insert queued jobs",
-        (Edit(GUARDS_SQL, "    IF NEW.state IS DISTINCT FROM 'queued' THEN", "    IF false THEN"),),
+        (Edit(GUARD_FN_SQL, "    IF NEW.state IS DISTINCT FROM 'queued' THEN", "    IF false THEN"),),
         ("tests/integration/test_producer.py::test_bad_rows_are_refused_naming_the_field",),
     ),
     Mutation(
         "guard_accepts_attempts",
         "producers may not insert spent attempts",
-        (Edit(GUARDS_SQL, "    IF NEW.attempts IS DISTINCT FROM 0 THEN", "    IF false THEN"),),
+        (Edit(GUARD_FN_SQL, "    IF NEW.attempts IS DISTINCT FROM 0 THEN", "    IF false THEN"),),
         ("tests/integration/test_producer.py::test_bad_rows_are_refused_naming_the_field",),
     ),
     Mutation(
@@ -620,7 +622,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "priority is refused beyond -1000..1000, naming the field",
         (
             Edit(
-                GUARDS_SQL,
+                GUARD_FN_SQL,
                 "IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1000 AND 1000 THEN",
                 "IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1001 AND 1001 THEN",
             ),
@@ -637,7 +639,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "payloads over 1 MiB are refused, naming the field",
         (
             Edit(
-                GUARDS_SQL,
+                GUARD_FN_SQL,
                 "IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048576 THEN",
                 "IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048577 THEN",
             ),
@@ -649,7 +651,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "an empty dedup key is refused, naming the field",
         (
             Edit(
-                GUARDS_SQL,
+                GUARD_FN_SQL,
                 "IF NEW.dedup_key IS NOT NULL AND char_length(NEW.dedup_key) NOT BETWEEN 1 AND 200 THEN",
                 "IF NEW.dedup_key IS NOT NULL AND char_length(NEW.dedup_key) NOT BETWEEN 0 AND 200 THEN",
             ),
@@ -966,7 +968,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "an id the identity did not hand out is refused, so later producers' inserts never collide",
         (
             Edit(
-                GUARDS_SQL,
+                GUARD_FN_SQL,
                 "IF NEW.id > coalesce(pg_sequence_last_value('notifyq.jobs_id_seq'::regclass), 0) THEN",
                 "IF false THEN",
             ),
@@ -978,7 +980,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         "a run_at beyond what drivers decode is refused at INSERT, naming the column",
         (
             Edit(
-                GUARDS_SQL,
+                GUARD_FN_SQL,
                 "    IF NEW.run_at NOT BETWEEN notifyq.min_run_at() AND notifyq.max_run_at() THEN",
                 "    IF false THEN",
             ),

@@ -163,3 +163,30 @@ def test_every_mutation_edit_applies_to_the_code_as_it_is() -> None:
         except LookupError as exc:
             problems.append(str(exc))
     assert problems == []
+
+
+def test_no_mutation_edits_a_function_a_later_migration_replaced() -> None:
+    """A mutation of a function's text in a migration that a later migration redefines changes nothing
+    live, and survives (the guard's entries did, twice): they must edit the latest definition."""
+    import re
+
+    from tests.mutations.__main__ import ROOT
+    from tests.mutations.catalogue import CATALOGUE
+
+    migrations = sorted((ROOT / "sql" / "migrations").glob("*.sql"))
+    stale = []
+    for mutation in CATALOGUE:
+        for edit in mutation.edits:
+            path = ROOT / edit.path
+            if path not in migrations:
+                continue
+            text = path.read_text()
+            before = text[: text.index(edit.old)]
+            created = list(re.finditer(r"CREATE (?:OR REPLACE )?FUNCTION ([\w.]+)\(", before))
+            if not created or "$$;" in before[created[-1].start() :]:
+                continue  # not inside a function body
+            name = created[-1].group(1)
+            later = [m for m in migrations if m.name > path.name and f"FUNCTION {name}(" in m.read_text()]
+            if later:
+                stale.append(f"{mutation.name}: {name} is redefined in {later[-1].name}")
+    assert stale == []
