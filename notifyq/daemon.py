@@ -243,9 +243,16 @@ class Daemon:
         leases = Leases(fence_after=s.lease_seconds - s.heartbeat_interval)
         # Room for one batch's worth of outcomes while the previous is being written, and no more: during
         # an outage, every outcome waiting here is a job that may run again once its lease expires.
-        completer = Completer(store, leases, self.metrics, buffer=max(2 * s.concurrency, 500))
-        prefetch = Prefetch(s.prefetch, s.prefetch_max, self.metrics)
         starter = Starter(store, self.worker_id)
+        completer = Completer(
+            store,
+            leases,
+            self.metrics,
+            buffer=max(2 * s.concurrency, 500),
+            # A begun job given back unrun closes in the starter's mark only once its attempt is back.
+            on_settled=lambda outcome: starter.entered(outcome.job_id, outcome.lease_token),
+        )
+        prefetch = Prefetch(s.prefetch, s.prefetch_max, self.metrics)
         executor = Executor(
             self.registry,
             prefetch,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 
@@ -42,9 +43,17 @@ BUSY_RETRY_SECONDS = 0.5
 
 class Completer:
     def __init__(
-        self, store: Store, leases: Leases, metrics: Metrics, buffer: int, batch_max: int = 500
+        self,
+        store: Store,
+        leases: Leases,
+        metrics: Metrics,
+        buffer: int,
+        batch_max: int = 500,
+        on_settled: Callable[[Outcome], None] = lambda outcome: None,
     ) -> None:
         self._store = store
+        self._on_settled = on_settled  # an outcome written, or its lease found lost: never written
+        self._retried = False  # the last write needed more than one try
         self._leases = leases
         self._metrics = metrics
         self._buffer = buffer
@@ -150,6 +159,7 @@ class Completer:
         The write and the waits between tries run in one cancel scope whose deadline `close()` sets, so
         a statement already stuck on a hung connection is cut at the flush deadline too."""
         attempt = 0
+        self._retried = False
         with anyio.CancelScope(deadline=self._deadline) as scope:
             self._pending = scope
             try:
@@ -158,6 +168,7 @@ class Completer:
                         return await self._store.record(batch)
                     except DatabaseUnavailable as exc:
                         attempt += 1
+                        self._retried = True
                         delay = _RETRY.delay(attempt)
                         if attempt == 1 or attempt % 10 == 0:
                             self._log.warning(
@@ -198,6 +209,7 @@ class Completer:
     def _account(self, batch: list[Outcome], written: set[int]) -> None:
         for outcome in batch:
             self._leases.discard(outcome.job_id, outcome.lease_token)
+            self._on_settled(outcome)
             completed = self._metrics.for_job(outcome.queue, outcome.task).completed
             if outcome.kind is OutcomeKind.UNSTARTED and outcome.job_id in written:
                 continue  # never started, so never completed either
@@ -212,4 +224,6 @@ class Completer:
                     task=outcome.task,
                     queue=outcome.queue,
                     outcome=outcome.kind.value,
+                    # A try whose connection broke may have committed: the retry then finds nothing.
+                    **({"note": "or an earlier try whose answer was lost wrote it"} if self._retried else {}),
                 )

@@ -236,7 +236,7 @@ class Executor:
             except BaseException:
                 # Shutdown, or a handler's stray cancel of this task: a claim taken out of the buffer is
                 # handed back, never lost (its attempt given back if the begin got through after all).
-                self._starter.entered(claim.job.id)
+                # The starter hears of it once the completer has given the attempt back (settled()).
                 self._hand_off(claim, outcomes.unstarted(claim))
                 raise
             finally:
@@ -254,7 +254,6 @@ class Executor:
                 reason = "lease gone or expired, or the database unreachable"
             # Back to the queue, fenced by the lease token, so a lost lease writes nothing.
             self._log.warning("job_not_started", job_id=job.id, task=job.task, queue=job.queue, reason=reason)
-            self._starter.entered(job.id)
             self._hand_off(claim, outcomes.unstarted(claim))
         return None
 
@@ -282,7 +281,7 @@ class Executor:
         if spec is None or spec.is_async:
             # Called in this same step, before the starter can write the mark again (see starter.py).
             # A sync handler's thread says so itself once it calls the handler.
-            self._starter.entered(job.id)
+            self._starter.entered(job.id, claim.lease_token)
         if self._debug:
             self._log.debug("job_started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         return running
@@ -307,7 +306,7 @@ class Executor:
             # Ours (shutdown or a lost lease), or the daemon is going down: give the job back.
             outcome = self._stopped(claim, running.reason or StopReason.SHUTDOWN)
         del self._running[job.id]
-        self._starter.entered(job.id)  # in case nothing called the handler (a payload not decoded)
+        self._starter.entered(job.id, claim.lease_token)  # in case nothing called the handler
         if running.ended is not None:
             running.ended.set()
         self.finished += 1
@@ -365,7 +364,7 @@ class Executor:
         if spec.is_async:
             return await spec.handler(*args)
         value = await anyio.to_thread.run_sync(
-            _entered_then(spec.handler, claim.job.id, self._starter), *args, limiter=self._threads
+            _entered_then(spec.handler, claim, self._starter), *args, limiter=self._threads
         )
         if inspect.isawaitable(value):  # a callable object whose __call__ is async
             value = await value
@@ -378,12 +377,12 @@ class Executor:
         return outcomes.released(claim)
 
 
-def _entered_then(handler: Callable[..., Any], job_id: int, starter: Starter) -> Callable[..., Any]:
+def _entered_then(handler: Callable[..., Any], claim: Claim, starter: Starter) -> Callable[..., Any]:
     """The sync handler, telling the starter (on the loop) from its thread that it is being called."""
     loop = asyncio.get_running_loop()
 
     def call(*args: Any) -> Any:
-        loop.call_soon_threadsafe(starter.entered, job_id)
+        loop.call_soon_threadsafe(starter.entered, claim.job.id, claim.lease_token)
         return handler(*args)
 
     return call

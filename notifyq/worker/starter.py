@@ -60,7 +60,9 @@ class Starter:
         self._pending: list[Pending] = []
         self._wake: asyncio.Future[None] | None = None
         self._batches: deque[_Batch] = deque()  # in the order begun
-        self._open: dict[int, _Batch] = {}  # job id -> its batch, until its handler is called
+        # job id -> (lease token, its batch) until its handler is called: a stale run's word, under an
+        # older token, must not close a newer start of the same job.
+        self._open: dict[int, tuple[uuid.UUID, _Batch]] = {}
         self.entered_through: datetime | None = None  # the mark, as this daemon knows it
         self._log = logs.get("starter")
 
@@ -74,12 +76,15 @@ class Starter:
             self._wake.set_result(None)
         return await future
 
-    def entered(self, job_id: int) -> None:
-        """The job's handler is being called, or the job will not run here after all (given back). Safe
-        to call more than once, and for a job that was never begun."""
-        batch = self._open.pop(job_id, None)
-        if batch is None:
+    def entered(self, job_id: int, token: uuid.UUID) -> None:
+        """The job's handler is being called, or the job will not run here and its attempt has been
+        given back (the completer says so once the write is done: before that, the mark must not cover
+        it). Safe to call more than once, and for a job that was never begun."""
+        held = self._open.get(job_id)
+        if held is None or held[0] != token:
             return
+        del self._open[job_id]
+        batch = held[1]
         batch.open.discard(job_id)
         if batch.open:
             return
@@ -130,8 +135,12 @@ class Starter:
         with anyio.move_on_after(ALONE_SECONDS):
             await batch.done.wait()
             if self.entered_through is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._store.mark_entered(self._worker_id, self.entered_through)
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await self._store.mark_entered(self._worker_id, self.entered_through)
+                except (DatabaseUnavailable, QueryError) as exc:
+                    # Safe: the mark only lags (a crash now leaves this job unclear, and counted).
+                    self._log.warning("mark_not_written", error=str(exc))
 
     async def _begin(self, batch: list[Pending]) -> _Batch | None:
         """One begin statement for `batch`; answers each request. The batch's record, if any started."""
@@ -151,11 +160,13 @@ class Starter:
         if started and started_at is not None:
             record = _Batch(started_at, set(started))
             self._batches.append(record)
-            for job_id in started:
-                self._open[job_id] = record
+            for claim, _ in batch:
+                if claim.job.id in started:
+                    self._open[claim.job.id] = (claim.lease_token, record)
         for claim, future in batch:
             if not future.done():
                 future.set_result(claim.job.id in started)
             elif claim.job.id in started:
-                self.entered(claim.job.id)  # its runner is gone (shutdown): it will not run here
+                # Its runner is gone (shutdown): it will not run here, and its give-back is on its way.
+                self.entered(claim.job.id, claim.lease_token)
         return record

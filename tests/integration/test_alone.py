@@ -180,10 +180,73 @@ async def test_the_mark_moves_only_past_batches_whose_handlers_were_all_called(
         await store.close()
     starts = dict(await conn.fetch("SELECT id, started_at FROM notifyq.jobs"))
     assert starts[a.job.id] == starts[b.job.id] < starts[c.job.id]
-    starter.entered(c.job.id)
+    starter.entered(c.job.id, c.lease_token)
     assert starter.entered_through is None, "a's and b's batch is still open"
-    starter.entered(a.job.id)
-    starter.entered(a.job.id)  # twice: no harm
+    starter.entered(a.job.id, uuid.uuid4())  # a stale run's word (another lease token): ignored
+    starter.entered(b.job.id, uuid.uuid4())
     assert starter.entered_through is None
-    starter.entered(b.job.id)
+    starter.entered(a.job.id, a.lease_token)
+    starter.entered(a.job.id, a.lease_token)  # twice: no harm
+    assert starter.entered_through is None
+    starter.entered(b.job.id, b.lease_token)
     assert starter.entered_through == starts[c.job.id], "both batches closed, in order"
+
+
+async def test_a_begun_job_given_back_unrun_is_covered_only_once_its_attempt_is_back(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A begun job the runner gives back (its lease went unconfirmed too long) did not run: the mark
+    must not cover it before the completer has given its attempt back, or a crash in between would
+    count an attempt for a job whose handler was never called."""
+    await conn.execute("INSERT INTO notifyq.jobs (task) VALUES ('t')")
+    registry = Registry()
+
+    @registry.task("t")
+    async def handler(job: Job) -> None:
+        raise AssertionError("must not run")
+
+    store = await Store.open(db_dsn)
+    try:
+        metrics = Metrics(["default"], registry.names, "test")
+        prefetch = Prefetch(1, 1, metrics)
+        leases = Leases(fence_after=10.0)
+        starter = Starter(store, WORKER)
+        completer = Completer(
+            store, leases, metrics, 100, on_settled=lambda o: starter.entered(o.job_id, o.lease_token)
+        )
+        executor = Executor(registry, prefetch, starter, completer, leases, metrics, 1, lambda: None)
+        [claim] = await store.claim_head("default", ["t"], [None], 1, 30.0, WORKER, 1 << 40)
+        leases.add(claim.job.id, claim.lease_token, time.monotonic() - 11.0)  # unconfirmed for 11 s
+        prefetch.add([claim], 0.0)
+        prefetch.close()
+        with anyio.fail_after(10):
+            await executor.run()  # begins it, then gives it back unrun; the completer is not running
+            assert starter.entered_through is None, "not covered while its attempt is not back"
+            async with anyio.create_task_group() as tg:
+                completer.close(5.0)
+                tg.start_soon(completer.run)
+    finally:
+        await store.close()
+    row = await conn.fetchrow("SELECT state::text, attempts, started_at FROM notifyq.jobs")
+    assert (row["state"], row["attempts"]) == ("queued", 0), "given back, attempt refunded"
+    assert starter.entered_through is not None, "covered once the write is done"
+
+
+async def test_a_mark_that_cannot_be_written_stops_nothing(db_dsn: str, conn: asyncpg.Connection) -> None:
+    """The mark written after a job begun alone fails (here: a trigger refuses mark_entered's update of
+    the workers row; in the field a dropped connection): the starter logs it and goes on. It used to end
+    the daemon."""
+    await conn.execute(
+        "CREATE FUNCTION pg_temp.no_update() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN IF current_query() NOT LIKE '%started_at%' THEN"  # not begin_jobs: mark_entered
+        "    RAISE EXCEPTION 'workers row refuses updates'; END IF; RETURN NEW; END $$"
+    )
+    await conn.execute(
+        "CREATE TRIGGER no_update BEFORE UPDATE ON notifyq.workers"
+        " FOR EACH ROW EXECUTE FUNCTION pg_temp.no_update()"
+    )
+
+    async def suspect(job: Job) -> None:
+        await asyncio.sleep(0)
+
+    await run_jobs(db_dsn, conn, registry_with(suspect, "suspect"), "suspect")

@@ -359,6 +359,33 @@ CATALOGUE: tuple[Mutation, ...] = (
         ("tests/integration/test_alone.py",),
     ),
     Mutation(
+        "mark_covers_a_given_back_job_early",
+        "a begun job given back unrun is covered by the mark only once its attempt is back",
+        (
+            Edit(
+                "notifyq/worker/executor.py",
+                "reason=reason)\n            self._hand_off(claim, outcomes.unstarted(claim))",
+                "reason=reason)\n            self._starter.entered(job.id, claim.lease_token)\n"
+                "            self._hand_off(claim, outcomes.unstarted(claim))",
+            ),
+        ),
+        (
+            "tests/integration/test_alone.py::test_a_begun_job_given_back_unrun_is_covered_only_once_its_attempt_is_back",
+        ),
+    ),
+    Mutation(
+        "mark_write_failure_escapes",
+        "a mark that cannot be written stops nothing (it only lags)",
+        (
+            Edit(
+                "notifyq/worker/starter.py",
+                "                except (DatabaseUnavailable, QueryError) as exc:\n                    # Safe: the mark",
+                "                except ZeroDivisionError as exc:\n                    # Safe: the mark",
+            ),
+        ),
+        ("tests/integration/test_alone.py::test_a_mark_that_cannot_be_written_stops_nothing",),
+    ),
+    Mutation(
         "claim_runs_early",
         "no job runs before its run_at (both claims share the condition)",
         (Edit(WORKER_SQL, "\n  AND j.run_at <= notifyq.now())", ")", "claim_runnable"),),

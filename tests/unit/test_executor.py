@@ -34,7 +34,7 @@ class Starter:
         self.asked.append(claim.job.id)
         return claim.job.id in self.allowed
 
-    def entered(self, job_id: int) -> None:
+    def entered(self, job_id: int, token: uuid.UUID) -> None:
         pass
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
