@@ -59,7 +59,10 @@ def _claim(job_id: int) -> Claim:
     return Claim(Job(job_id, "default", "t", {}, 1, 3, 0, now, now, token), token)
 
 
-def test_a_job_runs_only_once_its_attempt_is_counted_and_a_refused_one_goes_back_unstarted() -> None:
+def run(allowed: set[int], confirmed_ago: dict[int, float]) -> tuple[Starter, Completer, list[int]]:
+    """Run one claim per job id in `confirmed_ago` (seconds since its lease was last confirmed) on two
+    runners whose starter starts the ids in `allowed`; the self-fence is 10 s. Returns the stand-ins
+    and the ids whose handler ran."""
     ran: list[int] = []
     registry = Registry()
 
@@ -67,53 +70,38 @@ def test_a_job_runs_only_once_its_attempt_is_counted_and_a_refused_one_goes_back
     async def handler(job: Job) -> None:
         ran.append(job.id)
 
+    starter, completer = Starter(allowed), Completer()
+
     async def main() -> None:
         metrics = Metrics(["default"], ["t"], "test")
         prefetch = Prefetch(10, 10, metrics)
-        starter, completer = Starter({1, 3}), Completer()
-        leases = Leases()
+        leases = Leases(fence_after=10.0)
         executor = Executor(registry, prefetch, starter, completer, leases, metrics, 2, lambda: None)  # type: ignore[arg-type]
-        claims = [_claim(i) for i in (1, 2, 3)]
+        claims = [_claim(i) for i in confirmed_ago]
         for claim in claims:
-            leases.add(claim.job.id, claim.lease_token, time.monotonic())
+            leases.add(claim.job.id, claim.lease_token, time.monotonic() - confirmed_ago[claim.job.id])
         prefetch.add(claims, 0.0)
         prefetch.close()
         with anyio.fail_after(5):
             await executor.run()
-        assert sorted(starter.asked) == [1, 2, 3]
-        assert sorted(ran) == [1, 3], "the refused job never reached its handler"
-        kinds = {o.job_id: o.kind for o in completer.outcomes}
-        assert kinds == {1: OutcomeKind.SUCCEEDED, 2: OutcomeKind.UNSTARTED, 3: OutcomeKind.SUCCEEDED}
 
     anyio.run(main)
+    return starter, completer, ran
+
+
+def test_a_job_runs_only_once_its_attempt_is_counted_and_a_refused_one_goes_back_unstarted() -> None:
+    starter, completer, ran = run({1, 3}, {1: 0.0, 2: 0.0, 3: 0.0})
+    assert sorted(starter.asked) == [1, 2, 3]
+    assert sorted(ran) == [1, 3], "the refused job never reached its handler"
+    kinds = {o.job_id: o.kind for o in completer.outcomes}
+    assert kinds == {1: OutcomeKind.SUCCEEDED, 2: OutcomeKind.UNSTARTED, 3: OutcomeKind.SUCCEEDED}
 
 
 def test_a_begun_job_whose_lease_went_unconfirmed_too_long_is_not_run() -> None:
     """The loop was held up between a job's begin and its turn (a handler blocking the loop, a frozen
     process) for longer than the heartbeat's self-fence: its lease may have run out and the job be
     running elsewhere, so it goes back unstarted (a write fenced by its token) instead of running."""
-    ran: list[int] = []
-    registry = Registry()
-
-    @registry.task("t")
-    async def handler(job: Job) -> None:
-        ran.append(job.id)
-
-    async def main() -> None:
-        metrics = Metrics(["default"], ["t"], "test")
-        prefetch = Prefetch(10, 10, metrics)
-        starter, completer = Starter({1, 2}), Completer()
-        leases = Leases(fence_after=10.0)
-        executor = Executor(registry, prefetch, starter, completer, leases, metrics, 2, lambda: None)  # type: ignore[arg-type]
-        fresh, stale = _claim(1), _claim(2)
-        leases.add(1, fresh.lease_token, time.monotonic())
-        leases.add(2, stale.lease_token, time.monotonic() - 11.0)  # last confirmed 11 s ago
-        prefetch.add([fresh, stale], 0.0)
-        prefetch.close()
-        with anyio.fail_after(5):
-            await executor.run()
-        assert ran == [1]
-        kinds = {o.job_id: o.kind for o in completer.outcomes}
-        assert kinds == {1: OutcomeKind.SUCCEEDED, 2: OutcomeKind.UNSTARTED}
-
-    anyio.run(main)
+    _, completer, ran = run({1, 2}, {1: 0.0, 2: 11.0})  # job 2 last confirmed 11 s ago
+    assert ran == [1]
+    kinds = {o.job_id: o.kind for o in completer.outcomes}
+    assert kinds == {1: OutcomeKind.SUCCEEDED, 2: OutcomeKind.UNSTARTED}
