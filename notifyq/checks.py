@@ -71,7 +71,7 @@ async def _check_handlers(settings: Settings, store: Store, echo: Callable[[str]
         handled = handled_by(workers)
         source = f"{len(workers)} live worker(s)"
     echo(f"ok    workers: {len(workers)} live")
-    overview = summarize(await store.queue_stats(), workers, handled)
+    overview = summarize((await store.queue_stats()).stats, workers, handled)
     for (queue, task), jobs in sorted(overview.orphans.items()):
         echo(
             f"WARN  handlers: {jobs} queued job(s) of task {task!r} in queue {queue!r}, "

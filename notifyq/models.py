@@ -140,6 +140,14 @@ class QueueStat:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueReading:
+    """The database gauges' groups, as counted at `taken_at` (None: no job to count)."""
+
+    stats: list[QueueStat]
+    taken_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerInfo:
     """A daemon as it describes itself in `notifyq.workers`."""
 

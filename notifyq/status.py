@@ -18,7 +18,7 @@ async def gather(settings: Settings) -> Overview:
     try:
         async with store.connection() as conn:
             await migrate.ensure_current(conn)
-        rows = await store.queue_stats()
+        rows = (await store.queue_stats()).stats
         workers = await store.live_workers()
     finally:
         await store.close()

@@ -31,6 +31,7 @@ from notifyq.models import (
     JobSummary,
     OrphanGroup,
     Outcome,
+    QueueReading,
     QueueStat,
     RescuedJob,
     WorkerInfo,
@@ -378,8 +379,12 @@ class Store:
     ) -> list[JobSummary]:
         return [JobSummary(**r) for r in await self._fetch("list_jobs", state, queue, task, limit)]
 
-    async def queue_stats(self) -> list[QueueStat]:
-        return [QueueStat(**r) for r in await self._fetch("queue_stats")]
+    async def queue_stats(self, max_age: float = 0.0) -> QueueReading:
+        """The jobs per queue, task and state, counted at most `max_age` seconds ago (see stats.sql)."""
+        rows = await self._fetch("queue_stats", max_age)
+        taken_at = rows[0]["taken_at"] if rows else None
+        stats = [QueueStat(r["queue"], r["task"], r["state"], r["jobs"], r["oldest_age"]) for r in rows]
+        return QueueReading(stats, taken_at)
 
     async def health_stats(self) -> HealthStats:
         return HealthStats(**(await self._fetch("health_stats"))[0])

@@ -2,19 +2,10 @@
 
 -- name: queue_stats :many
 -- Jobs per queue, task and state ('scheduled' = queued with a future run_at), with the age of the
--- oldest run_at in each group (for 'queued' that is the oldest runnable job). Only the states with a
--- partial index (queued, running, failed): succeeded rows, days of them until retention, are never
--- read. Capped so that a producer inventing task names cannot make this reading unbounded.
-SELECT j.queue,
-       j.task,
-       CASE WHEN j.state = 'queued' AND j.run_at > now() THEN 'scheduled' ELSE j.state::text END AS state,
-       count(*)::bigint AS jobs,
-       extract(epoch FROM now() - min(j.run_at))::float8 AS oldest_age
-FROM notifyq.jobs AS j
-WHERE j.state IN ('queued', 'running', 'failed')
-GROUP BY 1, 2, 3
-ORDER BY jobs DESC
-LIMIT 10000;
+-- oldest run_at in each group, and when they were counted. The count (migration 0006) reads each state's
+-- partial index, never the succeeded rows retention keeps, and one session counts for all: it is redone
+-- first when older than $1 seconds, unless another session is counting at that moment.
+SELECT c.queue, c.task, c.state, c.jobs, c.oldest_age, c.taken_at FROM notifyq.queue_counts($1::float8) AS c;
 
 
 -- name: health_stats :one

@@ -58,6 +58,7 @@ async def run_jobs(db_dsn: str, conn: asyncpg.Connection, registry: Registry, su
         claims = await store.claim_head(
             "default", tasks, [None] * len(tasks), CONCURRENCY, 30.0, WORKER, 1 << 40
         )
+        claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))  # as the claimer does
         assert len(claims) == CONCURRENCY and claims[0].job.unclear_crashes == 1
         for claim in claims:  # as the claimer does
             leases.add(claim.job.id, claim.lease_token, time.monotonic())

@@ -336,7 +336,11 @@ async def test_migration_0004_keeps_existing_jobs_as_the_old_rules_ran_them(empt
         await conn.execute("UPDATE notifyq.jobs SET state = 'succeeded' WHERE id = $1", done)
 
         applied = await migrate.apply(conn)
-        assert [m.label for m in applied] == ["0004_producer_guards", "0005_unclear_crashes"]
+        assert [m.label for m in applied] == [
+            "0004_producer_guards",
+            "0005_unclear_crashes",
+            "0006_queue_counts",
+        ]
         rows = {
             r["id"]: r
             for r in await conn.fetch(

@@ -71,58 +71,52 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "fence_complete_succeeded",
         "a plain success is written only under the job's current lease token",
-        (Edit(WORKER_SQL, "WHERE j.lease_token = o.token\n      AND", "WHERE", "complete_succeeded"),),
+        (
+            Edit(
+                WORKER_SQL,
+                "ON j.id = o.id AND j.lease_token = o.token",
+                "ON j.id = o.id",
+                "complete_succeeded",
+            ),
+        ),
         (f"{FENCES}::test_only_the_current_lease_token_finalizes", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
         "fence_record_outcomes",
         "retries, failures, snoozes and shutdown releases are written only under the current lease",
-        (Edit(WORKER_SQL, "WHERE j.lease_token = o.token\n      AND", "WHERE", "record_outcomes"),),
+        (
+            Edit(
+                WORKER_SQL, "ON j.id = o.id AND j.lease_token = o.token", "ON j.id = o.id", "record_outcomes"
+            ),
+        ),
         (FENCES, STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
         "fence_extend_leases",
         "the heartbeat extends only leases this daemon still holds, and reports the others lost",
-        (Edit(WORKER_SQL, "WHERE j.lease_token = o.token\n      AND", "WHERE", "extend_leases"),),
+        (Edit(WORKER_SQL, "ON j.id = o.id AND j.lease_token = o.token", "ON j.id = o.id", "extend_leases"),),
         (FENCES, STATE_MACHINE),
         SMALL_MACHINE,
     ),
+    # The batch statements match rows by lease token alone: a token is present only while the row runs
+    # (jobs_lease_only_when_running), because every statement that ends a run clears it.
     Mutation(
         "running_complete_succeeded",
-        "a finished row is never overwritten by a late success (state = 'running' and the lease CHECK)",
-        (
-            Edit(
-                WORKER_SQL,
-                "\n      AND j.state = 'running'\n    ORDER BY",
-                "\n    ORDER BY",
-                "complete_succeeded",
-            ),
-            _NO_LEASE_CHECK,
-        ),
+        "a finished row is never overwritten by a late success (its token is cleared, and the lease CHECK)",
+        (Edit(WORKER_SQL, "        lease_token = NULL,\n", "", "complete_succeeded"), _NO_LEASE_CHECK),
         (FENCES,),
     ),
     Mutation(
         "running_record_outcomes",
-        "a finished row is never overwritten by a late outcome (state = 'running' and the lease CHECK)",
+        "a finished row is never overwritten by a late outcome (its token is cleared, and the lease CHECK)",
         (
             Edit(
                 WORKER_SQL,
-                "\n      AND j.state = 'running'\n    ORDER BY",
-                "\n    ORDER BY",
+                "    lease_token = NULL,\n        leased_until",
+                "    leased_until",
                 "record_outcomes",
-            ),
-            _NO_LEASE_CHECK,
-        ),
-        (FENCES,),
-    ),
-    Mutation(
-        "running_extend_leases",
-        "the heartbeat never extends a row that is no longer running (state = 'running' and the CHECK)",
-        (
-            Edit(
-                WORKER_SQL, "\n      AND j.state = 'running'\n    ORDER BY", "\n    ORDER BY", "extend_leases"
             ),
             _NO_LEASE_CHECK,
         ),
@@ -202,7 +196,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation(
         "begin_any_token",
         "only the current lease token starts a job",
-        (Edit(WORKER_SQL, "WHERE j.lease_token = b.token\n      AND", "WHERE", "begin_jobs"),),
+        (Edit(WORKER_SQL, "ON j.id = b.id AND j.lease_token = b.token", "ON j.id = b.id", "begin_jobs"),),
         (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(

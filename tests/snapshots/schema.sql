@@ -6,6 +6,25 @@ CREATE TYPE notifyq.job_state AS ENUM (
     'failed',
     'cancelled'
 );
+CREATE FUNCTION notifyq.count_queues() RETURNS TABLE(queue text, task text, state text, jobs bigint, oldest_run_at timestamp with time zone)
+    LANGUAGE sql STABLE
+    SET enable_seqscan TO 'off'
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+SELECT * FROM (
+    SELECT j.queue, j.task, CASE WHEN j.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+           count(*)::bigint, min(j.run_at)
+    FROM notifyq.jobs AS j WHERE j.state = 'queued' GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT j.queue, j.task, 'running', count(*)::bigint, min(j.run_at)
+    FROM notifyq.jobs AS j WHERE j.state = 'running' GROUP BY 1, 2
+    UNION ALL
+    SELECT j.queue, j.task, 'failed', count(*)::bigint, min(j.run_at)
+    FROM notifyq.jobs AS j WHERE j.state = 'failed' GROUP BY 1, 2
+) AS c
+ORDER BY 4 DESC
+LIMIT 10000
+$$;
 CREATE FUNCTION notifyq.default_max_attempts() RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$SELECT 20$$;
@@ -271,6 +290,33 @@ CREATE FUNCTION notifyq.now() RETURNS timestamp with time zone
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$SELECT coalesce(nullif(pg_catalog.current_setting('notifyq.now', true), '')::timestamptz,
                          pg_catalog.now())$$;
+CREATE FUNCTION notifyq.queue_counts(max_age double precision) RETURNS TABLE(queue text, task text, state text, jobs bigint, oldest_age double precision, taken_at timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    reading notifyq.queue_counts%ROWTYPE;
+BEGIN
+    SELECT * INTO reading FROM notifyq.queue_counts;
+    IF reading.taken_at IS NULL
+       OR reading.taken_at <= clock_timestamp() - make_interval(secs => greatest(max_age, 0))
+    THEN
+        -- hashtext('notifyq.queue_counts'): one key for this lock, apart from the wake-up locks' (7243, q).
+        IF pg_try_advisory_xact_lock(hashtext('notifyq.queue_counts')::bigint) OR reading.taken_at IS NULL THEN
+            INSERT INTO notifyq.queue_counts AS q (taken_at, counts)
+            SELECT clock_timestamp(), coalesce(jsonb_agg(to_jsonb(c)), '[]'::jsonb)
+            FROM notifyq.count_queues() AS c
+            ON CONFLICT (singleton) DO UPDATE SET taken_at = excluded.taken_at, counts = excluded.counts
+            RETURNING q.* INTO reading;
+        END IF;
+    END IF;
+    RETURN QUERY
+        SELECT c.queue, c.task, c.state, c.jobs,
+               extract(epoch FROM now() - c.oldest_run_at)::float8, reading.taken_at
+        FROM jsonb_to_recordset(reading.counts)
+            AS c(queue text, task text, state text, jobs bigint, oldest_run_at timestamptz);
+END
+$$;
 CREATE TABLE notifyq.jobs (
     id bigint NOT NULL,
     queue text DEFAULT 'default'::text NOT NULL,
@@ -312,6 +358,12 @@ ALTER TABLE notifyq.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+CREATE TABLE notifyq.queue_counts (
+    singleton boolean DEFAULT true NOT NULL,
+    taken_at timestamp with time zone NOT NULL,
+    counts jsonb NOT NULL,
+    CONSTRAINT queue_counts_one_row CHECK (singleton)
+);
 CREATE TABLE notifyq.schema_migrations (
     version integer NOT NULL,
     name text NOT NULL,
@@ -337,6 +389,8 @@ ALTER TABLE ONLY notifyq.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_times_finite CHECK ((isfinite(created_at) AND isfinite(started_at) AND isfinite(finished_at))) NOT VALID;
+ALTER TABLE ONLY notifyq.queue_counts
+    ADD CONSTRAINT queue_counts_pkey PRIMARY KEY (singleton);
 ALTER TABLE ONLY notifyq.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 ALTER TABLE ONLY notifyq.workers
