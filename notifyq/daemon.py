@@ -200,6 +200,7 @@ class Daemon:
                     # lost claim leaves the job queued, a lost outcome is rescued and run again.
                     synchronous_commit=s.synchronous_commit,
                 )
+                store.observe = self.metrics.observe_statement
                 async with store.connection() as conn:
                     await migrate.ensure_current(conn)
                 await store.register_worker(self.worker_info)

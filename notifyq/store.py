@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -121,6 +122,8 @@ class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._q = queries.load()
+        # Told each named statement's round trip (name, seconds) when it succeeded: the daemon's metrics.
+        self.observe: Callable[[str, float], None] | None = None
         # For /readyz. available: False from the first "unavailable" error until a statement succeeds.
         # writable: False from a read-only error until a write (claim, heartbeat, outcome) succeeds, so
         # that reads going through on a read-only node do not make it look healthy.
@@ -200,12 +203,18 @@ class Store:
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
         async with self._conn() as conn:
+            began = time.perf_counter()
             rows: list[asyncpg.Record] = await conn.fetch(self._q[name], *args)
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - began)
             return rows
 
     async def _execute(self, name: str, *args: Any) -> None:
         async with self._conn() as conn:
+            began = time.perf_counter()
             await conn.execute(self._q[name], *args)
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - began)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

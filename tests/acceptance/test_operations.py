@@ -35,7 +35,7 @@ PUBLIC_METRICS = [
     "notifyq_jobs_started_total", "notifyq_jobs_completed_total", "notifyq_job_duration_seconds_bucket",
     "notifyq_job_wait_seconds_bucket", "notifyq_jobs_running", "notifyq_worker_slots", "notifyq_claims_total",
     "notifyq_prefetch_jobs",
-    "notifyq_claim_batch_size_bucket", "notifyq_wakeups_total", "notifyq_listener_connected",
+    "notifyq_claim_batch_size_bucket", "notifyq_statement_duration_seconds_bucket", "notifyq_wakeups_total", "notifyq_listener_connected",
     "notifyq_listener_reconnects_total", "notifyq_leases_lost_total", "notifyq_build_info",
     "notifyq_queue_jobs", "notifyq_queue_oldest_job_age_seconds", "notifyq_jobs_without_handler",
     "notifyq_workers_alive", "notifyq_notification_queue_usage_ratio", "notifyq_jobs_dead_tuples",
@@ -133,6 +133,7 @@ def test_dashboard_has_the_promised_panels_and_variables() -> None:
         "failures and retries",
         "listener",
         "wake-ups by source",
+        "statements p99",
     ):
         assert needed in titles, needed
     assert len(alert_exprs()) == 8
