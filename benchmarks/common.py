@@ -21,17 +21,22 @@ import asyncpg
 from notifyq import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def admin_dsn() -> str:
+    """The server the benchmarks run on: BENCH_ADMIN_DSN (read at each call: benchmarks.production points
+    it at a cluster it starts), else the README's server."""
+    return os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def dsn_for(database: str) -> str:
-    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+    return admin_dsn().rsplit("/", 1)[0] + "/" + database
 
 
 async def fresh_database() -> str:
     """A new database with the notifyq schema; returns its DSN."""
     name = f"nq_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
+    admin = await asyncpg.connect(admin_dsn())
     try:
         await admin.execute(f"CREATE DATABASE {name}")
     finally:
@@ -52,7 +57,7 @@ async def insert_noops(conn: asyncpg.Connection, n: int) -> None:
 
 
 async def drop_database(dsn: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
+    admin = await asyncpg.connect(admin_dsn())
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {dsn.rsplit('/', 1)[1]} WITH (FORCE)")
     finally:
@@ -60,8 +65,11 @@ async def drop_database(dsn: str) -> None:
 
 
 @contextmanager
-def daemon(dsn: str, log: Path, **settings: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """`notifyq serve` with the benchmark app, ready when its log says so."""
+def daemon(
+    dsn: str, log: Path, wait_ready: bool = True, **settings: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`notifyq serve` with the benchmark app, ready and idle (unless `wait_ready` is False: a daemon
+    started on a backlog is not idle until it drained it)."""
     env = {
         **os.environ,
         "NOTIFYQ_DSN": dsn,
@@ -84,7 +92,7 @@ def daemon(dsn: str, log: Path, **settings: Any) -> Iterator[subprocess.Popen[by
         # Ready and idle: it holds its idle locks (docs/design.md, section 4). Logs stay at warning, because
         # a JSON line per job would be part of what is measured.
         deadline = time.monotonic() + 30
-        while not _idle_locks(dsn):
+        while wait_ready and not _idle_locks(dsn):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daemon did not start: {log.read_text()[-2000:]}")
             time.sleep(0.05)
@@ -131,14 +139,14 @@ def pgbench(dsn: str, script: Path, seconds: int, clients: int, *extra: str) -> 
 
 
 def machine() -> dict[str, Any]:
-    pg = subprocess.run(["psql", ADMIN_DSN, "-Atc", "SHOW server_version"], capture_output=True, text=True)
+    pg = subprocess.run(["psql", admin_dsn(), "-Atc", "SHOW server_version"], capture_output=True, text=True)
     settings = subprocess.run(
         [
             "psql",
-            ADMIN_DSN,
+            admin_dsn(),
             "-Atc",
             "SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings WHERE name IN "
-            "('shared_buffers', 'synchronous_commit', 'fsync', 'max_connections', 'wal_level')",
+            "('shared_buffers', 'synchronous_commit', 'fsync', 'max_connections', 'wal_level', 'autovacuum')",
         ],
         capture_output=True,
         text=True,

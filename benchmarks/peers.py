@@ -39,7 +39,7 @@ import anyio
 import asyncpg
 from anyio.abc import Process, SocketAttribute
 
-from benchmarks.common import ADMIN_DSN, ROOT, drop_database, dsn_for, emit, run
+from benchmarks.common import ROOT, admin_dsn, drop_database, dsn_for, emit, run
 from benchmarks.wake_latency import summary
 
 PEERS = ("pgqueuer", "procrastinate")
@@ -109,10 +109,10 @@ def _resolve(value: object, concurrency: int) -> object:
 
 
 @asynccontextmanager
-async def _database(peer: str) -> AsyncIterator[str]:
+async def database(peer: str) -> AsyncIterator[str]:
     """A new empty database with the peer's schema, installed with the peer's own API; dropped after."""
     name = f"nq_peer_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN_DSN, timeout=10)
+    admin = await asyncpg.connect(admin_dsn(), timeout=10)
     try:
         await admin.execute(f"CREATE DATABASE {name}", timeout=30)
     finally:
@@ -189,7 +189,7 @@ async def _log_tail(log: Path) -> str:
 
 
 @asynccontextmanager
-async def _worker(
+async def worker(
     peer: str, config: str, dsn: str, concurrency: int, log: Path, udp_port: int = 0
 ) -> AsyncIterator[Process]:
     """The peer's worker as a separate process, output to `log`; terminated (then killed) on exit."""
@@ -276,7 +276,7 @@ class _ProcrastinateClient:
 
 
 @asynccontextmanager
-async def _client(peer: str, dsn: str) -> AsyncIterator[_Client]:
+async def peer_client(peer: str, dsn: str) -> AsyncIterator[_Client]:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         if peer == "pgqueuer":
@@ -319,9 +319,9 @@ async def drain(peer: str, config: str, jobs: int, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / f"{peer}-{config}-drain.log"
         async with (
-            _database(peer) as dsn,
-            _worker(peer, config, dsn, concurrency, log) as proc,
-            _client(peer, dsn) as client,
+            database(peer) as dsn,
+            worker(peer, config, dsn, concurrency, log) as proc,
+            peer_client(peer, dsn) as client,
         ):
             # Ready and idle: one warm-up job ran (LISTEN set up, statements prepared).
             await client.enqueue_noops(1)
@@ -344,9 +344,9 @@ async def wake_latency(peer: str, config: str, samples: int) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
             log = Path(tmp) / f"{peer}-{config}-wake.log"
             async with (
-                _database(peer) as dsn,
-                _worker(peer, config, dsn, WAKE_CONCURRENCY, log, port) as proc,
-                _client(peer, dsn) as client,
+                database(peer) as dsn,
+                worker(peer, config, dsn, WAKE_CONCURRENCY, log, port) as proc,
+                peer_client(peer, dsn) as client,
             ):
                 await client.enqueue_noops(1)
                 await _wait_finished(client, 1, proc, log, START_TIMEOUT_S)
