@@ -10,12 +10,13 @@ This starts a throwaway cluster with initdb's stock settings and autovacuum on, 
   empty history or beside 1,000,000 finished jobs kept (notifyq: succeeded rows in notifyq.jobs, which
   retention keeps; pgqueuer: 'successful' rows in its log table, where its finished jobs go). The rate
   runs from the first job's finish to the last's, on the database clock (so a worker's start-up is not
-  counted): notifyq with concurrency 50 (its default) and 200, pgqueuer in its best configuration
-  (benchmarks/peers.py). The database's CPU is the postgres processes' CPU time over that window.
-- `daemons`: 1, 2, 4 and 8 notifyq daemons on one queue (20,000 jobs, analyzed): jobs/s, the p99 of the
-  claim and outcome statements (from the daemons' own histograms), the database's CPU, and checks that
-  every job ran once (attempts = 1, one success counted across daemons, no error logged). The jobs are
-  inserted due in 20 s so that every daemon is up and idle when they come due.
+  counted): notifyq with concurrency 50 (what the other drain benchmarks use) and 200, pgqueuer in its
+  best configuration (benchmarks/peers.py). The database's CPU is the postgres processes' CPU time over
+  that window.
+- `daemons`: 1, 2, 4 and 8 notifyq daemons of concurrency 50 on one queue (20,000 jobs, analyzed): jobs/s,
+  the p99 of the claim and outcome statements (from the daemons' own histograms), the database's CPU,
+  and checks that every job ran once (attempts = 1, one success counted across daemons, no error
+  logged). The jobs are inserted due in 20 s so that every daemon is up and idle when they come due.
 - `gauges`: the cost of one gauge reading at 0 and 1,000,000 retained rows beside the backlog (the count
   each daemon ran before migration 0006, and the shared reading now), and how many counts 1 and 8
   daemons cause per interval (pg_stat_user_functions).
@@ -282,7 +283,9 @@ async def daemons_run(count: int, jobs: int, data_dir: Path, folder: Path) -> di
             with ExitStack() as stack:
                 for i, port in enumerate(ports):
                     stack.enter_context(
-                        daemon(dsn, folder / f"daemon-{i}.log", http_address=f"127.0.0.1:{port}")
+                        daemon(
+                            dsn, folder / f"daemon-{i}.log", concurrency=50, http_address=f"127.0.0.1:{port}"
+                        )
                     )
                 if await conn.fetchval("SELECT clock_timestamp() > $1", due):
                     raise RuntimeError(f"{count} daemons took longer than {LEAD_SECONDS}s to start")

@@ -3,9 +3,11 @@
 Claims land here (`add`) and runners take them (`wait` until one is there, then `pop`), so a runner
 that finishes a job starts the next without waiting for the database. The buffer holds `minimum`
 (`prefetch`) jobs; while a backlog drains, `adapt` resizes it after each claim to twice what the runners
-finished while that claim was on its way, up to `maximum` (`prefetch_max`) and PREFETCH_BYTES of
-payloads, at most doubling per claim. It so holds a few claim round trips of work: short jobs get large
-claims, which cost Postgres less per job. Once a claim comes back short, the size drops to `minimum`.
+finished while that claim was on its way, and doubles it whenever a runner found it empty since the
+last claim, up to `maximum` (`prefetch_max`) and PREFETCH_BYTES of payloads, at most doubling per claim;
+it does not shrink while the backlog lasts. It so holds a few claim round trips of work: short jobs get
+large claims, which cost Postgres less per job. Once a claim comes back short, the size drops to
+`minimum`.
 
 When the jobs turn slow (a drain of short jobs runs into long ones), the buffer outgrew their pace:
 once a buffered job has waited STALE_BUFFER_SECONDS, every job beyond `minimum` is taken out
@@ -44,6 +46,7 @@ class Prefetch:
         # Idle runners wait on bare asyncio futures: an anyio.Event per wait showed in the profile. The
         # daemon always runs on asyncio (uvloop where installed), so the futures are safe to use.
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._starved = False  # a runner found the buffer empty since the last `adapt`
         self._closed = False
         metrics.prefetch.set(minimum)
 
@@ -81,6 +84,7 @@ class Prefetch:
         while not self._buffer:
             if self._closed:
                 return False
+            self._starved = True
             waiter = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
             try:
@@ -134,6 +138,7 @@ class Prefetch:
         since, finished_then = self._rate_since
         self._rate_since = (now, finished)
         rate = (finished - finished_then) / (now - since) if now > since else 0.0
+        starved, self._starved = self._starved, False
         self._resize(
             prefetch_size(
                 self._size,
@@ -143,6 +148,7 @@ class Prefetch:
                 claim_seconds=claim_seconds,
                 payload_bytes=payload_bytes,
                 backlog=backlog,
+                starved=starved,
             )
         )
 
@@ -181,16 +187,24 @@ def prefetch_size(
     claim_seconds: float,
     payload_bytes: float,
     backlog: bool,
+    starved: bool = False,
 ) -> int:
     """The prefetch buffer's next size. While a backlog remains: twice the jobs the runners finish (at
-    `rate` per second) during one claim, at most double the current size, `maximum`, and PREFETCH_BYTES
-    of payloads of `payload_bytes` each, and never below `minimum`. Once a claim comes back short:
-    `minimum`. Bigger claims cost Postgres less per job, so a drain of short jobs runs in fewer, larger
-    batches (the drain benchmark doubled from prefetch 10 to 300)."""
+    `rate` per second) during one claim, or double the current size if a runner found the buffer empty
+    (`starved`), never less than the current size; at most double the current size, `maximum`, and
+    PREFETCH_BYTES of payloads of `payload_bytes` each, and never below `minimum`. Once a claim comes back
+    short: `minimum`. Bigger claims cost Postgres less per job, so a drain of short jobs runs in fewer,
+    larger batches (the drain benchmark doubled from prefetch 10 to 300).
+
+    The rate alone could settle low: a daemon woken by a burst while idle made small claims, which are
+    quick, so twice the jobs finished during one stayed near `minimum`, and 20,000 jobs drained at half
+    the rate of a daemon started on them (benchmarks/README.md, issue 13). Starved runners prove the
+    buffer too small, whatever the rate says."""
     if not backlog:
         return minimum
     cap = min(maximum, 2 * current, int(PREFETCH_BYTES / max(payload_bytes, 1.0)))
-    return max(minimum, min(math.ceil(2 * rate * claim_seconds), cap))
+    wanted = max(math.ceil(2 * rate * claim_seconds), current, 2 * current if starved else 0)
+    return max(minimum, min(wanted, cap))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -35,9 +35,18 @@ def _prefetch(minimum: int = 2, maximum: int = 100) -> Prefetch:
 
 
 def test_prefetch_size_follows_the_rate_within_its_bounds() -> None:
-    def size(current: int, rate: float, payload: float = 10.0, backlog: bool = True) -> int:
+    def size(
+        current: int, rate: float, payload: float = 10.0, backlog: bool = True, starved: bool = False
+    ) -> int:
         return prefetch_size(
-            current, 10, 500, rate=rate, claim_seconds=0.002, payload_bytes=payload, backlog=backlog
+            current,
+            10,
+            500,
+            rate=rate,
+            claim_seconds=0.002,
+            payload_bytes=payload,
+            backlog=backlog,
+            starved=starved,
         )
 
     assert size(10, rate=1_000) == 10  # 2 * 1,000/s * 2 ms = 4: never below the minimum
@@ -47,6 +56,12 @@ def test_prefetch_size_follows_the_rate_within_its_bounds() -> None:
     assert size(400, rate=1_000_000, payload=1024 * 1024) == 16  # PREFETCH_BYTES of 1 MiB payloads
     assert size(400, rate=1_000_000, payload=8 * 1024 * 1024) == 10  # the minimum wins over the budget
     assert size(400, rate=1_000_000, backlog=False) == 10  # a short claim: back to the minimum
+    # Runners that found the buffer empty: double, whatever the rate says (quick small claims kept a
+    # daemon woken by a burst at the minimum); and no shrinking while the backlog lasts.
+    assert size(10, rate=1_000, starved=True) == 20
+    assert size(400, rate=1_000, starved=True) == 500
+    assert size(300, rate=1_000) == 300
+    assert size(300, rate=1_000, payload=1024 * 1024) == 16  # except to fit the payload budget
     assert prefetch_size(0, 0, 500, rate=1e6, claim_seconds=1.0, payload_bytes=1.0, backlog=True) == 0
 
 
