@@ -24,21 +24,18 @@ from benchmarks.common import daemon, drop_database, emit, fresh_database, run
 COMMITS = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=60)
-    parser.add_argument("--warmup", type=float, default=70)
-    args = parser.parse_args()
+async def idle_rate(seconds: float, warmup: float) -> float:
+    """Transactions per second an idle daemon causes over `seconds`, after `warmup` seconds."""
     dsn = await fresh_database()
     try:
         with tempfile.TemporaryDirectory() as tmp, daemon(dsn, Path(tmp) / "idle.log"):
-            await anyio.sleep(args.warmup)
+            await anyio.sleep(warmup)
             conn = await asyncpg.connect(dsn)
             try:
                 await conn.execute("SELECT pg_stat_force_next_flush()")
                 await anyio.sleep(1.5)
                 before, t0 = await conn.fetchval(COMMITS), time.monotonic()
-                await anyio.sleep(args.seconds)
+                await anyio.sleep(seconds)
                 await anyio.sleep(1.5)  # let the daemon's backends flush their counters
                 after, t1 = await conn.fetchval(COMMITS), time.monotonic()
             finally:
@@ -46,7 +43,15 @@ async def main() -> None:
     finally:
         await drop_database(dsn)
     # Our own two reads are in the count; take them out.
-    per_s = (after - before - 2) / (t1 - t0 - 1.5)
+    return float((after - before - 2) / (t1 - t0 - 1.5))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--warmup", type=float, default=70)
+    args = parser.parse_args()
+    per_s = await idle_rate(args.seconds, args.warmup)
     emit("idle_cost", {"seconds": args.seconds, "warmup": args.warmup, "statements_per_s": round(per_s, 3)})
 
 

@@ -17,6 +17,9 @@ This starts a throwaway cluster with initdb's stock settings and autovacuum on, 
   the p99 of the claim and outcome statements (from the daemons' own histograms), the database's CPU,
   and checks that every job ran once (attempts = 1, one success counted across daemons, no error
   logged). The jobs are inserted due in 20 s so that every daemon is up and idle when they come due.
+- `wake`: wake latency (benchmarks/wake_latency.py: an idle daemon, one job every 20 ms, 200 samples)
+  and its floor in the same run; `idle`: statements per second of an idle daemon over 60 s, after a
+  70 s warm-up and in its first minute (benchmarks/idle_cost.py).
 - `gauges`: the cost of one gauge reading at 0 and 1,000,000 retained rows beside the backlog (the count
   each daemon ran before migration 0006, and the shared reading now), and how many counts 1 and 8
   daemons cause per interval (pg_stat_user_functions).
@@ -43,12 +46,14 @@ import asyncpg
 from benchmarks import peers
 from benchmarks.common import daemon, drop_database, emit, fresh_database, insert_noops, run
 from benchmarks.drain import UNFINISHED
+from benchmarks.idle_cost import idle_rate
+from benchmarks.wake_latency import floor_latency, notifyq_latency, summary
 from notifyq.devserver import PrivateCluster, free_port
 
 # initdb's settings except where a throwaway cluster must differ (port, socket folder); autovacuum is
 # initdb's default (on) and named so that the result says so.
 STOCK = {"fsync": "on", "full_page_writes": "on", "autovacuum": "on"}
-CASES = ("drain", "daemons", "gauges")
+CASES = ("drain", "daemons", "gauges", "wake", "idle")
 LEAD_SECONDS = 20.0  # the daemons case: jobs come due this long after the insert
 
 # The gauges' statement before migration 0006, kept here to measure what it cost.
@@ -428,6 +433,17 @@ async def main() -> None:
                 result["gauges"] = await gauges_case(args, folder)
             if "daemons" in args.only:
                 result["daemons"] = await daemons_case(args, cluster.data_dir, folder)
+            if "wake" in args.only:
+                ours = await notifyq_latency(200, folder)
+                floor = await floor_latency(200)
+                result["wake"] = {"notifyq_ms": summary(ours), "floor_ms": summary(floor)}
+                print("wake", result["wake"], flush=True)
+            if "idle" in args.only:
+                result["idle"] = {
+                    "statements_per_s_after_70s": await idle_rate(60, 70),
+                    "statements_per_s_first_minute": await idle_rate(60, 5),
+                }
+                print("idle", result["idle"], flush=True)
             if "drain" in args.only:
                 result["drain"] = await drain_case(args, cluster.data_dir, folder)
             emit("production", result)
