@@ -233,12 +233,13 @@ UNION ALL
 
 -- name: by_batch_ids :fragment
 -- The rows of a batch ($1 ids), read through the primary key whatever the statistics say. The state is
--- not tested: the lease token the statement matches implies 'running' (jobs_lease_only_when_running),
--- and `state = 'running'` would let the planner walk jobs_running_idx instead, every running row for
--- each batch once ANALYZE ran while few jobs were running (docs/design.md, "Plans"). The ids go through
+-- not tested: a lease token (matched by the statement) and a leased_until imply 'running'
+-- (jobs_lease_only_when_running; the token alone does not: a row failed by hand may keep it), and
+-- `state = 'running'` would let the planner walk jobs_running_idx instead, every running row for each
+-- batch once ANALYZE ran while few jobs were running (docs/design.md, "Plans"). The ids go through
 -- ARRAY(SELECT ...) so that the planner does not see them: given 300 ids it costs 300 lookups above
 -- one pass over a 20,000-row table and reads the table; not knowing them, it assumes a few.
-j.id = ANY(ARRAY(SELECT unnest($1::bigint[])))
+j.id = ANY(ARRAY(SELECT unnest($1::bigint[]))) AND j.leased_until IS NOT NULL
 
 -- name: busy_rows :fragment
 -- The rows of `o` (id, token) that are still this lease's in the statement's snapshot but were not
@@ -246,7 +247,7 @@ j.id = ANY(ARRAY(SELECT unnest($1::bigint[])))
 SELECT o.id, true
 FROM o
 JOIN notifyq.jobs AS j ON j.id = o.id AND j.lease_token = o.token
-WHERE j.id = ANY(ARRAY(SELECT unnest($1::bigint[])))  -- by_batch_ids (fragments do not nest)
+WHERE j.id = ANY(ARRAY(SELECT unnest($1::bigint[]))) AND j.leased_until IS NOT NULL  -- by_batch_ids
   AND o.id NOT IN (SELECT id FROM mine)
 
 -- name: extend_leases :many

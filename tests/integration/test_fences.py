@@ -238,6 +238,30 @@ async def test_only_the_current_lease_token_finalizes(conn: asyncpg.Connection, 
     await assert_writes_nothing(conn, write, job_id, stale)
 
 
+@pytest.mark.parametrize("name", [*FINALIZERS, "heartbeat"])
+async def test_a_row_ended_by_hand_with_its_token_left_is_never_written(
+    conn: asyncpg.Connection, name: str
+) -> None:
+    """The batch statements match rows by lease token, not by state (docs/design.md, "Plans"). A script
+    that fails a running job and clears only leased_until leaves the token in place, which the CHECK
+    allows: nothing the daemon sends under that token may touch the row, and a heartbeat over a batch
+    holding it still extends the others (one failed heartbeat statement would lose every lease)."""
+    write = heartbeat(45.0) if name == "heartbeat" else FINALIZERS[name][0]
+    job_id, _, current = await stale_and_current_tokens(conn)
+    await conn.execute(
+        "UPDATE notifyq.jobs SET state = 'failed', leased_until = NULL, finished_at = now() WHERE id = $1",
+        job_id,
+    )
+    await assert_writes_nothing(conn, write, job_id, current)
+    if name == "heartbeat":
+        other: int = await conn.fetchval("INSERT INTO notifyq.jobs (task) VALUES ('t') RETURNING id")
+        (claimed,) = await conn.fetch(
+            queries.get("claim_head"), "default", ["t"], [None], 1, 30.0, WORKER, 1 << 40
+        )
+        assert claimed["id"] == other
+        assert await extend(conn, {job_id: current, other: claimed["lease_token"]}, 45.0) == [other]
+
+
 async def test_only_the_current_lease_token_heartbeats(conn: asyncpg.Connection) -> None:
     job_id, stale, current = await stale_and_current_tokens(conn)
     beat = heartbeat(45.0)
