@@ -141,7 +141,7 @@ class QueueStat:
 
 @dataclass(frozen=True, slots=True)
 class QueueReading:
-    """The database gauges' groups, as counted at `taken_at` (None: no job to count)."""
+    """The database gauges' groups, as counted at `taken_at` (on the database's clock)."""
 
     stats: list[QueueStat]
     taken_at: datetime | None

@@ -388,11 +388,19 @@ class Store:
     ) -> list[JobSummary]:
         return [JobSummary(**r) for r in await self._fetch("list_jobs", state, queue, task, limit)]
 
-    async def queue_stats(self, max_age: float = 0.0) -> QueueReading:
-        """The jobs per queue, task and state, counted at most `max_age` seconds ago (see stats.sql)."""
-        rows = await self._fetch("queue_stats", max_age)
+    async def queue_stats(self, max_age: float | None = None) -> QueueReading:
+        """The jobs per queue, task and state: the daemons' shared reading, counted at most `max_age`
+        seconds ago; or, with no `max_age`, counted now without writing anything (see stats.sql)."""
+        if max_age is None:
+            rows = await self._fetch("queue_stats_now")
+        else:
+            rows = await self._fetch("queue_stats", max_age)
         taken_at = rows[0]["taken_at"] if rows else None
-        stats = [QueueStat(r["queue"], r["task"], r["state"], r["jobs"], r["oldest_age"]) for r in rows]
+        stats = [
+            QueueStat(r["queue"], r["task"], r["state"], r["jobs"], r["oldest_age"])
+            for r in rows
+            if r["queue"] is not None
+        ]
         return QueueReading(stats, taken_at)
 
     async def health_stats(self) -> HealthStats:

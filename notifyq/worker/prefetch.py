@@ -47,6 +47,9 @@ class Prefetch:
         # daemon always runs on asyncio (uvloop where installed), so the futures are safe to use.
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._starved = False  # a runner found the buffer empty since the last `adapt`
+        # Jobs went back as stale during this backlog: runners starve because the jobs are slow, not the
+        # buffer small, so starvation no longer grows it until a short claim ends the backlog.
+        self._slow = False
         self._closed = False
         metrics.prefetch.set(minimum)
 
@@ -138,7 +141,9 @@ class Prefetch:
         since, finished_then = self._rate_since
         self._rate_since = (now, finished)
         rate = (finished - finished_then) / (now - since) if now > since else 0.0
-        starved, self._starved = self._starved, False
+        starved, self._starved = self._starved and not self._slow, False
+        if not backlog:
+            self._slow = False
         self._resize(
             prefetch_size(
                 self._size,
@@ -171,6 +176,7 @@ class Prefetch:
             self.bytes -= claim.size
             taken.append(claim)
         self._resize(self.minimum)
+        self._slow = True
         return taken
 
     def _resize(self, size: int) -> None:

@@ -40,9 +40,12 @@ CREATE TABLE notifyq.queue_counts (
     counts    jsonb NOT NULL
 );
 
--- The reading, recounted first when it is older than `max_age` seconds and no other session is
--- recounting (0: recount unless another session is). SECURITY DEFINER so that an observer role, which
--- may not write, still gets a fresh reading.
+-- The daemons' reading, recounted first when it is older than `max_age` seconds (clamped to 1 s to
+-- a day, NULL and NaN included) and no other session is recounting. Only the worker role may call it:
+-- a session holding the counting lock in an open transaction keeps everyone on the old reading, and
+-- each call may write the row. Tools that want a fresh count with no write (`notifyq status`, `check`,
+-- an observer, a read-only node) call notifyq.count_queues() instead. With no job to count it returns
+-- one row of NULL groups, so that when it was counted is still known.
 CREATE FUNCTION notifyq.queue_counts(max_age float8)
     RETURNS TABLE (queue text, task text, state text, jobs bigint, oldest_age float8, taken_at timestamptz)
     LANGUAGE plpgsql VOLATILE
@@ -51,10 +54,11 @@ CREATE FUNCTION notifyq.queue_counts(max_age float8)
     AS $$
 DECLARE
     reading notifyq.queue_counts%ROWTYPE;
+    -- greatest() and least() put NaN above every number: NaN becomes the day.
+    wanted float8 := least(greatest(coalesce(max_age, 1), 1), 86400);
 BEGIN
     SELECT * INTO reading FROM notifyq.queue_counts;
-    IF reading.taken_at IS NULL
-       OR reading.taken_at <= clock_timestamp() - make_interval(secs => greatest(max_age, 0))
+    IF reading.taken_at IS NULL OR reading.taken_at <= clock_timestamp() - make_interval(secs => wanted)
     THEN
         -- hashtext('notifyq.queue_counts'): one key for this lock, apart from the wake-up locks' (7243, q).
         IF pg_try_advisory_xact_lock(hashtext('notifyq.queue_counts')::bigint) OR reading.taken_at IS NULL THEN
@@ -70,6 +74,9 @@ BEGIN
                extract(epoch FROM now() - c.oldest_run_at)::float8, reading.taken_at
         FROM jsonb_to_recordset(reading.counts)
             AS c(queue text, task text, state text, jobs bigint, oldest_run_at timestamptz);
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, 0::bigint, NULL::float8, reading.taken_at;
+    END IF;
 END
 $$;
 REVOKE EXECUTE ON FUNCTION notifyq.queue_counts(float8) FROM PUBLIC;

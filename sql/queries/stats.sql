@@ -1,11 +1,21 @@
 -- Statements for the database gauges, `notifyq status` and `notifyq check`.
 
 -- name: queue_stats :many
--- Jobs per queue, task and state ('scheduled' = queued with a future run_at), with the age of the
--- oldest run_at in each group, and when they were counted. The count (migration 0006) reads each state's
--- partial index, never the succeeded rows retention keeps, and one session counts for all: it is redone
--- first when older than $1 seconds, unless another session is counting at that moment.
+-- The daemons' gauges: jobs per queue, task and state ('scheduled' = queued with a future run_at), with
+-- the age of the oldest run_at in each group, and when they were counted (one row of NULL groups when
+-- there was nothing to count). The count (migration 0006) reads each state's partial index, never the
+-- succeeded rows retention keeps, and one session counts for all: it is redone first when older than
+-- $1 seconds, unless another session is counting at that moment.
 SELECT c.queue, c.task, c.state, c.jobs, c.oldest_age, c.taken_at FROM notifyq.queue_counts($1::float8) AS c;
+
+-- name: queue_stats_now :many
+-- The same groups counted now, writing nothing: for `notifyq status` and `check`, observers and
+-- read-only nodes. The last row, of NULL groups, says when.
+SELECT c.queue, c.task, c.state, c.jobs, extract(epoch FROM now() - c.oldest_run_at)::float8 AS oldest_age,
+       now() AS taken_at
+FROM notifyq.count_queues() AS c
+UNION ALL
+SELECT NULL, NULL, NULL, 0, NULL, now();
 
 
 -- name: health_stats :one

@@ -21,8 +21,9 @@ GRANT INSERT (task, payload, queue, run_at, priority, dedup_key, max_attempts) O
 GRANT SELECT, INSERT, UPDATE, DELETE ON notifyq.workers TO notifyq_worker;
 GRANT SELECT ON notifyq.schema_migrations TO notifyq_worker;
 
--- The gauges' shared reading (migration 0006): SECURITY DEFINER, so it may recount for an observer too.
-GRANT EXECUTE ON FUNCTION notifyq.queue_counts(float8) TO notifyq_worker, notifyq_observer;
+-- The daemons' shared gauge reading (migration 0006): SECURITY DEFINER, for workers only; others count
+-- with notifyq.count_queues(), which writes nothing.
+GRANT EXECUTE ON FUNCTION notifyq.queue_counts(float8) TO notifyq_worker;
 
 -- Observers: read everything, change nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA notifyq TO notifyq_observer;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -18,8 +19,9 @@ WORKER = uuid.UUID("00000000-0000-0000-0000-0000000000cc")
 async def reading(conn: asyncpg.Connection, max_age: float) -> tuple[dict[tuple[str, str, str], int], object]:
     rows = await conn.fetch(queries.get("queue_stats"), max_age)
     taken = {r["taken_at"] for r in rows}
-    assert len(taken) <= 1
-    return {(r["queue"], r["task"], r["state"]): r["jobs"] for r in rows}, next(iter(taken), None)
+    assert len(taken) == 1
+    groups = {(r["queue"], r["task"], r["state"]): r["jobs"] for r in rows if r["queue"] is not None}
+    return groups, next(iter(taken))
 
 
 async def test_the_reading_counts_live_states_and_never_finished_ones(conn: asyncpg.Connection) -> None:
@@ -51,29 +53,51 @@ async def test_the_reading_counts_live_states_and_never_finished_ones(conn: asyn
 
 async def test_one_session_counts_for_all_within_the_age_asked(conn: asyncpg.Connection, db_dsn: str) -> None:
     await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 't' FROM generate_series(1, 4)")
-    first, taken_at = await reading(conn, 0)
+    first, taken_at = await reading(conn, 60)
     await conn.execute("INSERT INTO notifyq.jobs (task) SELECT 't' FROM generate_series(1, 6)")
     other = await asyncpg.connect(db_dsn)
     try:
         # Another daemon with a 60 s interval: the reading is recent enough, served as it is.
         assert await reading(other, 60) == (first, taken_at)
-        # Older than it wants, but a third session holds the counting lock: still served as it is.
+        # Older than it wants (made an hour old), but a third session holds the counting lock: still
+        # served as it is.
+        await conn.execute("UPDATE notifyq.queue_counts SET taken_at = taken_at - interval '1 hour'")
+        aged = taken_at - timedelta(hours=1)
         holder = await asyncpg.connect(db_dsn)
         try:
             await holder.execute("SELECT pg_advisory_lock(hashtext('notifyq.queue_counts')::bigint)")
-            assert await reading(other, 0) == (first, taken_at)
+            assert await reading(other, 60) == (first, aged)
         finally:
             await holder.close()
-        again, later = await reading(other, 0)
+        again, later = await reading(other, 60)
     finally:
         await other.close()
     assert again == {("default", "t", "queued"): 10} and later > taken_at  # type: ignore[operator]
 
 
-async def test_the_store_reading_carries_when_it_was_taken(db_dsn: str) -> None:
+async def test_an_empty_reading_still_says_when_it_was_taken(db_dsn: str) -> None:
+    """So that gauges frozen on an empty queue still show as stale (NotifyqStatsStale)."""
     store = await Store.open(db_dsn)
     try:
-        empty = await store.queue_stats()
-        assert empty.stats == [] and empty.taken_at is None
+        for reading in (await store.queue_stats(max_age=60.0), await store.queue_stats()):
+            assert reading.stats == [] and reading.taken_at is not None
     finally:
         await store.close()
+
+
+async def test_odd_ages_serve_a_reading_and_the_fresh_count_writes_nothing(conn: asyncpg.Connection) -> None:
+    await conn.execute("INSERT INTO notifyq.jobs (task) VALUES ('t')")
+    for age in (float("nan"), float("inf"), -5.0, None, 1e300):
+        counts, _ = await reading(conn, age)  # type: ignore[arg-type]
+        assert counts == {("default", "t", "queued"): 1}
+    await conn.execute("TRUNCATE notifyq.queue_counts")
+    await conn.execute("SET default_transaction_read_only = on")
+    try:
+        rows = await conn.fetch(queries.get("queue_stats_now"))
+    finally:
+        await conn.execute("RESET default_transaction_read_only")
+    assert [(r["queue"], r["task"], r["state"], r["jobs"]) for r in rows] == [
+        ("default", "t", "queued", 1),
+        (None, None, None, 0),
+    ]
+    assert await conn.fetchval("SELECT count(*) FROM notifyq.queue_counts") == 0

@@ -296,10 +296,11 @@ CREATE FUNCTION notifyq.queue_counts(max_age double precision) RETURNS TABLE(que
     AS $$
 DECLARE
     reading notifyq.queue_counts%ROWTYPE;
+    -- greatest() and least() put NaN above every number: NaN becomes the day.
+    wanted float8 := least(greatest(coalesce(max_age, 1), 1), 86400);
 BEGIN
     SELECT * INTO reading FROM notifyq.queue_counts;
-    IF reading.taken_at IS NULL
-       OR reading.taken_at <= clock_timestamp() - make_interval(secs => greatest(max_age, 0))
+    IF reading.taken_at IS NULL OR reading.taken_at <= clock_timestamp() - make_interval(secs => wanted)
     THEN
         -- hashtext('notifyq.queue_counts'): one key for this lock, apart from the wake-up locks' (7243, q).
         IF pg_try_advisory_xact_lock(hashtext('notifyq.queue_counts')::bigint) OR reading.taken_at IS NULL THEN
@@ -315,6 +316,9 @@ BEGIN
                extract(epoch FROM now() - c.oldest_run_at)::float8, reading.taken_at
         FROM jsonb_to_recordset(reading.counts)
             AS c(queue text, task text, state text, jobs bigint, oldest_run_at timestamptz);
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::text, 0::bigint, NULL::float8, reading.taken_at;
+    END IF;
 END
 $$;
 CREATE TABLE notifyq.jobs (

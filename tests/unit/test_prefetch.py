@@ -84,6 +84,34 @@ def test_stale_jobs_beyond_the_minimum_are_taken_out_newest_first() -> None:
     assert p.size == 2 and p.stale_at() is None
 
 
+def test_after_a_stale_give_back_starved_runners_grow_nothing_until_the_backlog_ends() -> None:
+    """Slow jobs starve the runners too: doubling then would refill what take_stale just gave back, again
+    and again (a review measured 60 jobs given back in 6 rounds over 10 s)."""
+
+    async def main() -> None:
+        p = _prefetch(minimum=2, maximum=100)
+
+        async def starve() -> None:  # a runner finds the buffer empty
+            with anyio.move_on_after(0.01):
+                await p.wait()
+
+        await starve()
+        p.adapt(0, 0.001, backlog=True, payload_bytes=2.0)
+        assert p.size == 4  # starved during a backlog: doubled
+        p.add(_claims(4), claimed_at=0.0)
+        assert len(p.take_stale(now=STALE_BUFFER_SECONDS)) == 2 and p.size == 2
+        p.take_all()
+        await starve()
+        p.adapt(0, 0.001, backlog=True, payload_bytes=2.0)
+        assert p.size == 2  # the jobs are slow, not the buffer small
+        p.adapt(0, 0.001, backlog=False, payload_bytes=2.0)  # a short claim: the backlog is over
+        await starve()
+        p.adapt(0, 0.001, backlog=True, payload_bytes=2.0)
+        assert p.size == 4
+
+    anyio.run(main)
+
+
 def test_remove_take_all_and_close_release_waiting_runners() -> None:
     async def main() -> None:
         p = _prefetch()
