@@ -67,15 +67,13 @@ WITH marked AS (
     UPDATE notifyq.workers AS w
     SET entered_through = greatest(w.entered_through, $4::timestamptz)
     WHERE w.id = $3::uuid AND $4::timestamptz IS NOT NULL
+), o AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS o(id, token)
 ), mine AS (
     SELECT j.id
-    FROM notifyq.jobs AS j
-    JOIN unnest($1::bigint[], $2::uuid[]) AS b(id, token) ON j.id = b.id AND j.lease_token = b.token
-    WHERE /* include: by_batch_ids */
-      AND j.started_at IS NULL
+    FROM /* include: lock_batch */
+    WHERE j.started_at IS NULL
       AND j.leased_until > notifyq.now()
-    ORDER BY j.id
-    FOR NO KEY UPDATE OF j SKIP LOCKED
 )
 UPDATE notifyq.jobs AS j
 SET attempts = j.attempts + 1,
@@ -178,26 +176,23 @@ WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::text[])
         AS o(id, token, state, delay, refund, error, result)
 ), mine AS (
-    SELECT j.id, o.token
-    FROM notifyq.jobs AS j
-    JOIN o ON j.id = o.id AND j.lease_token = o.token
-    WHERE /* include: by_batch_ids */
-    ORDER BY j.id
-    FOR NO KEY UPDATE OF j SKIP LOCKED
+    SELECT o.*
+    FROM /* include: lock_batch */
 ), written AS (
     UPDATE notifyq.jobs AS j
-    SET state = o.state::notifyq.job_state,
-        attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE o.refund END,
-        run_at = CASE WHEN o.state = 'queued' THEN notifyq.now() + make_interval(secs => o.delay) ELSE j.run_at END,
-        last_error = coalesce(o.error, j.last_error),
-        result = o.result::jsonb,
-        finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE notifyq.now() END,
+    SET state = m.state::notifyq.job_state,
+        attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE m.refund END,
+        run_at = CASE WHEN m.state = 'queued' THEN notifyq.now() + make_interval(secs => m.delay) ELSE j.run_at END,
+        last_error = coalesce(m.error, j.last_error),
+        result = m.result::jsonb,
+        finished_at = CASE WHEN m.state = 'queued' THEN NULL ELSE notifyq.now() END,
         lease_token = NULL,
         leased_until = NULL,
         worker_id = NULL
-    -- By id and token: a batch may hold one id twice, under its current token and a stale one.
-    FROM mine JOIN o ON o.id = mine.id AND o.token = mine.token
-    WHERE j.id = mine.id AND j.id = ANY(ARRAY(SELECT id FROM mine))
+    -- `mine` holds each id once: a batch may hold one id twice, under its current token and a stale
+    -- one, and only the current one matched.
+    FROM mine AS m
+    WHERE j.id = m.id AND j.id = ANY(ARRAY(SELECT id FROM mine))
     RETURNING j.id
 )
 SELECT id, false AS busy FROM written
@@ -211,11 +206,7 @@ WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS o(id, token)
 ), mine AS (
     SELECT j.id
-    FROM notifyq.jobs AS j
-    JOIN o ON j.id = o.id AND j.lease_token = o.token
-    WHERE /* include: by_batch_ids */
-    ORDER BY j.id
-    FOR NO KEY UPDATE OF j SKIP LOCKED
+    FROM /* include: lock_batch */
 ), written AS (
     UPDATE notifyq.jobs AS j
     SET state = 'succeeded',
@@ -231,24 +222,34 @@ SELECT id, false AS busy FROM written
 UNION ALL
 /* include: busy_rows */;
 
--- name: by_batch_ids :fragment
--- The rows of a batch ($1 ids), read through the primary key whatever the statistics say. The state is
--- not tested: a lease token (matched by the statement) and a leased_until imply 'running'
--- (jobs_lease_only_when_running; the token alone does not: a row failed by hand may keep it), and
--- `state = 'running'` would let the planner walk jobs_running_idx instead, every running row for each
--- batch once ANALYZE ran while few jobs were running (docs/design.md, "Plans"). The ids go through
--- ARRAY(SELECT ...) so that the planner does not see them: given 300 ids it costs 300 lookups above
--- one pass over a 20,000-row table and reads the table; not knowing them, it assumes a few.
-j.id = ANY(ARRAY(SELECT unnest($1::bigint[]))) AND j.leased_until IS NOT NULL
+-- name: lock_batch :fragment
+-- The rows of the batch `o` (id, token) still under these leases, locked. Each is looked up alone, by id
+-- through the primary key: the lateral subquery with a row lock cannot be turned into a join, so its
+-- cost is one lookup per batch row whatever the statistics say. As a join, the planner chose by its
+-- estimates: given the ids it preferred reading the whole table, and once ANALYZE had seen nothing
+-- running it expected one row where a batch has 500 and compared every row with every other (a nested
+-- loop over the batch: 250,000 comparisons, the drain at half speed; docs/design.md, "Plans"). The
+-- state is not tested: a lease token and a leased_until imply 'running' (jobs_lease_only_when_running;
+-- the token alone does not: a row failed by hand may keep it). A row another session holds locked is
+-- skipped, never waited for (see record_outcomes); no lock is waited for, so their order is free.
+o CROSS JOIN LATERAL (
+    SELECT j.id, j.started_at, j.leased_until
+    FROM notifyq.jobs AS j
+    WHERE j.id = o.id AND j.lease_token = o.token AND j.leased_until IS NOT NULL
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+) AS j
 
 -- name: busy_rows :fragment
 -- The rows of `o` (id, token) that are still this lease's in the statement's snapshot but were not
--- locked into `mine`: another session holds them. Neither written nor lost; tried again later.
+-- locked into `mine`: another session holds them. Neither written nor lost; tried again later. Looked
+-- up alone like lock_batch's (OFFSET 0 keeps the subquery from being turned into a join).
 SELECT o.id, true
-FROM o
-JOIN notifyq.jobs AS j ON j.id = o.id AND j.lease_token = o.token
-WHERE j.id = ANY(ARRAY(SELECT unnest($1::bigint[]))) AND j.leased_until IS NOT NULL  -- by_batch_ids
-  AND o.id NOT IN (SELECT id FROM mine)
+FROM o CROSS JOIN LATERAL (
+    SELECT FROM notifyq.jobs AS j
+    WHERE j.id = o.id AND j.lease_token = o.token AND j.leased_until IS NOT NULL
+    OFFSET 0
+) AS still
+WHERE o.id NOT IN (SELECT id FROM mine)
 
 -- name: extend_leases :many
 -- The heartbeat: one statement extends every lease this daemon holds and refreshes its workers row
@@ -268,11 +269,7 @@ WITH seen AS (
     SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS h(id, token)
 ), mine AS (
     SELECT j.id
-    FROM notifyq.jobs AS j
-    JOIN o ON j.id = o.id AND j.lease_token = o.token
-    WHERE /* include: by_batch_ids */
-    ORDER BY j.id
-    FOR NO KEY UPDATE OF j SKIP LOCKED
+    FROM /* include: lock_batch */
 ), extended AS (
     UPDATE notifyq.jobs AS j
     SET leased_until = notifyq.now() + make_interval(secs => $3::float8)
@@ -308,8 +305,8 @@ WITH judged AS (
     FROM notifyq.jobs AS j
     LEFT JOIN notifyq.workers AS w ON w.id = j.worker_id
     WHERE j.state = 'running' AND j.leased_until < notifyq.now()
-      AND NOT EXISTS (SELECT FROM unnest($2::bigint[], $3::uuid[]) AS h(id, token)
-                      WHERE h.id = j.id AND h.token = j.lease_token)
+      -- A hashed list, not NOT EXISTS: that became a nested loop over the held leases for each row.
+      AND (j.id, j.lease_token) NOT IN (SELECT * FROM unnest($2::bigint[], $3::uuid[]))
     ORDER BY j.id
     LIMIT $1
     FOR NO KEY UPDATE OF j SKIP LOCKED

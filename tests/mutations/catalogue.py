@@ -69,39 +69,23 @@ _NO_LEASE_CHECK = Edit(
 CATALOGUE: tuple[Mutation, ...] = (
     # -- fenced finalization: only the current lease writes --------------------------------------
     Mutation(
-        "fence_complete_succeeded",
-        "a plain success is written only under the job's current lease token",
+        "fence_batch_statements",
+        "begin, outcomes, successes and the heartbeat write a row only under the job's current lease token",
         (
             Edit(
                 WORKER_SQL,
-                "ON j.id = o.id AND j.lease_token = o.token",
-                "ON j.id = o.id",
-                "complete_succeeded",
+                "WHERE j.id = o.id AND j.lease_token = o.token AND j.leased_until IS NOT NULL\n    FOR NO KEY",
+                "WHERE j.id = o.id AND j.leased_until IS NOT NULL\n    FOR NO KEY",
+                "lock_batch",
             ),
         ),
-        (f"{FENCES}::test_only_the_current_lease_token_finalizes", STATE_MACHINE),
-        SMALL_MACHINE,
-    ),
-    Mutation(
-        "fence_record_outcomes",
-        "retries, failures, snoozes and shutdown releases are written only under the current lease",
         (
-            Edit(
-                WORKER_SQL, "ON j.id = o.id AND j.lease_token = o.token", "ON j.id = o.id", "record_outcomes"
-            ),
+            f"{FENCES}::test_only_the_current_lease_token_finalizes",
+            f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",
+            STATE_MACHINE,
         ),
-        (FENCES, STATE_MACHINE),
         SMALL_MACHINE,
     ),
-    Mutation(
-        "fence_extend_leases",
-        "the heartbeat extends only leases this daemon still holds, and reports the others lost",
-        (Edit(WORKER_SQL, "ON j.id = o.id AND j.lease_token = o.token", "ON j.id = o.id", "extend_leases"),),
-        (FENCES, STATE_MACHINE),
-        SMALL_MACHINE,
-    ),
-    # The batch statements match rows by lease token alone: a token is present only while the row runs
-    # (jobs_lease_only_when_running), because every statement that ends a run clears it.
     Mutation(
         "running_complete_succeeded",
         "a finished row is never overwritten by a late success (its token is cleared, and the lease CHECK)",
@@ -194,15 +178,16 @@ CATALOGUE: tuple[Mutation, ...] = (
         (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(
-        "begin_any_token",
-        "only the current lease token starts a job",
-        (Edit(WORKER_SQL, "ON j.id = b.id AND j.lease_token = b.token", "ON j.id = b.id", "begin_jobs"),),
-        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
-    ),
-    Mutation(
         "begin_twice",
         "one lease counts its attempt once",
-        (Edit(WORKER_SQL, "\n      AND j.started_at IS NULL", "", "begin_jobs"),),
+        (
+            Edit(
+                WORKER_SQL,
+                "WHERE j.started_at IS NULL\n      AND j.leased_until",
+                "WHERE j.leased_until",
+                "begin_jobs",
+            ),
+        ),
         (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(
@@ -324,8 +309,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "WHERE h.id = j.id AND h.token = j.lease_token)",
-                "WHERE false)",
+                "AND (j.id, j.lease_token) NOT IN (SELECT * FROM unnest($2::bigint[], $3::uuid[]))",
+                "AND (j.id, j.lease_token) NOT IN (SELECT * FROM unnest($2::bigint[], $3::uuid[]) WHERE false)",
                 "rescue_expired",
             ),
         ),
@@ -445,7 +430,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE o.refund END,",
+                "attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE m.refund END,",
                 "attempts = j.attempts,",
                 "record_outcomes",
             ),
@@ -950,9 +935,9 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "    FOR NO KEY UPDATE OF j SKIP LOCKED\n), written AS (",
-                "    FOR NO KEY UPDATE OF j\n), written AS (",
-                "record_outcomes",
+                "    FOR NO KEY UPDATE OF j SKIP LOCKED\n) AS j",
+                "    FOR NO KEY UPDATE OF j\n) AS j",
+                "lock_batch",
             ),
         ),
         (f"{HOSTILE}::test_a_row_locked_by_another_session_stalls_only_its_own_job",),
