@@ -316,13 +316,13 @@ async def daemons_run(count: int, jobs: int, data_dir: Path, folder: Path) -> di
     )
     claim = _p99(_merged(by_statement, ("claim_head", "claim_jobs")))
     outcome = _p99(_merged(by_statement, ("complete_succeeded", "record_outcomes")))
-    marks = _p99(_merged(by_statement, ("move_marks",)))
+    begin = _p99(_merged(by_statement, ("begin_jobs",)))
     return {
         "jobs_per_s": rate,
         "db_cpu_cores": cpu_used,
         "claim_p99_ms": 1000 * (claim or 0.0),
         "outcome_p99_ms": 1000 * (outcome or 0.0),
-        "marks_p99_ms": 1000 * (marks or 0.0),
+        "begin_p99_ms": 1000 * (begin or 0.0),
         "finished": float(done),
         "successes_counted": succeeded,
         "jobs_not_run_exactly_once": float(reruns),

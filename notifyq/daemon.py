@@ -244,7 +244,7 @@ class Daemon:
         leases = Leases(fence_after=s.lease_seconds - s.heartbeat_interval)
         # Room for one batch's worth of outcomes while the previous is being written, and no more: during
         # an outage, every outcome waiting here is a job that may run again once its lease expires.
-        starter = Starter(store, self.worker_id, s.concurrency)
+        starter = Starter(store, self.worker_id)
         completer = Completer(
             store,
             leases,
@@ -254,11 +254,6 @@ class Daemon:
             on_settled=lambda outcome: starter.entered(outcome.job_id, outcome.lease_token),
         )
         prefetch = Prefetch(s.prefetch, s.prefetch_max, self.metrics)
-
-        def claimed(claims: list[Claim], claimed_at: float) -> None:
-            starter.claimed_jobs(claims)  # first: a runner may take one as soon as it is buffered
-            prefetch.add(claims, claimed_at)
-
         executor = Executor(
             self.registry,
             prefetch,
@@ -285,7 +280,7 @@ class Daemon:
             worker_id=self.worker_id,
         )
         dispatcher = Dispatcher(
-            Claimer(store, scope, leases, self.metrics, on_claimed=claimed),
+            Claimer(store, scope, leases, self.metrics, on_claimed=prefetch.add),
             prefetch,
             executor,
             wake_topic,
@@ -313,7 +308,7 @@ class Daemon:
                 worker,
                 s.lease_seconds,
                 s.heartbeat_interval,
-                lambda: (starter.entered_mark, starter.begun, starter.claimed),
+                lambda: starter.entered_through,
             ),
             maintenance=Maintenance(
                 store,

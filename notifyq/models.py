@@ -85,7 +85,6 @@ class Claim:
     waited: float = 0.0  # seconds from run_at (runnable) to the claim, on the database clock
     decode_error: str | None = None  # set when the stored payload cannot be turned into Python
     size: int = 0  # the payload's length as JSON text, which bounds the prefetch buffer's memory
-    seq: int = 0  # its place in this daemon's claim order (claim_seq: worker/starter.py)
 
 
 @dataclass(frozen=True, slots=True)

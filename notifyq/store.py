@@ -270,16 +270,22 @@ class Store:
         self.writable = True
         return [_claim_from_row(r) for r in rows]
 
-    async def move_marks(
-        self, worker_id: uuid.UUID, begun: int | None, entered: int | None, lost: tuple[int, int] | None
-    ) -> tuple[int, int] | None:
-        """Move this worker's begun_seq and entered_seq marks (None: unchanged), after giving back the
-        rows of the claim `lost` (claim_seq from, to) never heard back; the marks now, or None when
-        refused (the worker's last heartbeat is older than a lease, or its row is gone)."""
+    async def begin(
+        self, claims: Sequence[Claim], worker_id: uuid.UUID, entered_through: datetime | None
+    ) -> tuple[set[int], datetime | None]:
+        """Start buffered jobs (count their attempt) whose lease is still current, and move this worker's
+        entered_through mark; returns the ids started and their start time."""
         rows = await self._fetch(
-            "move_marks", worker_id, begun, entered, *(lost if lost is not None else (None, None))
+            "begin_jobs",
+            [c.job.id for c in claims],
+            [c.lease_token for c in claims],
+            worker_id,
+            entered_through,
         )
-        return (rows[0][0], rows[0][1]) if rows else None
+        return {r[0] for r in rows}, rows[0][1] if rows else None
+
+    async def mark_entered(self, worker_id: uuid.UUID, entered_through: datetime) -> None:
+        await self._execute("mark_entered", worker_id, entered_through)
 
     async def record(self, outcomes: Sequence[Outcome]) -> tuple[set[int], set[int]]:
         """Write outcomes in fenced statements (plain successes in one, the rest in another); returns
@@ -313,11 +319,10 @@ class Store:
         held: dict[int, uuid.UUID],
         lease_seconds: float,
         worker: WorkerInfo,
-        marks: tuple[int, int, int] = (0, 0, 0),
+        entered_through: datetime | None = None,
     ) -> tuple[set[int], set[int]]:
-        """Extend every lease in `held` and refresh this worker's row, with `marks` (entered_seq, and
-        for a row made anew begun_seq and claimed_seq); returns the ids extended, and the ids still held
-        but locked by another session (not extended, not lost)."""
+        """Extend every lease in `held` and refresh this worker's row; returns the ids extended, and the
+        ids still held but locked by another session (not extended, not lost)."""
         rows = await self._fetch(
             "extend_leases",
             list(held.keys()),
@@ -329,7 +334,7 @@ class Store:
             worker.queues,
             worker.tasks,
             worker.concurrency,
-            *marks,
+            entered_through,
         )
         extended: set[int] = set()
         busy: set[int] = set()
@@ -433,12 +438,7 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
         unclear_crashes=r["unclear_crashes"],
     )
     return Claim(
-        job=job,
-        lease_token=r["lease_token"],
-        waited=r["waited"],
-        decode_error=error,
-        size=len(r["payload"]),
-        seq=r["claim_seq"],
+        job=job, lease_token=r["lease_token"], waited=r["waited"], decode_error=error, size=len(r["payload"])
     )
 
 

@@ -437,14 +437,3 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         timeout=60,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
-
-
-async def add_worker(conn: asyncpg.Connection, worker_id: Any, lease_seconds: float = 30.0) -> None:
-    """A worker's row, as its daemon's first heartbeat makes it: a claim needs it (it numbers the jobs it
-    claims from the row's counter)."""
-    await conn.execute(
-        "INSERT INTO notifyq.workers (id, hostname, pid, queues, tasks, concurrency, lease_seconds)"
-        " VALUES ($1::text::uuid, 'test', 1, '{}', '{}', 1, $2) ON CONFLICT (id) DO NOTHING",
-        str(worker_id),
-        lease_seconds,
-    )

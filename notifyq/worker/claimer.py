@@ -145,5 +145,5 @@ class Claimer:
             claims = await self._store.claim_jobs(
                 s.queues, s.tasks, s.max_attempts, wanted, s.lease_seconds, s.worker_id, starts, max_bytes
             )
-        claims.sort(key=lambda c: c.seq)  # claim order, as the statement numbered them
+        claims.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
         return claims

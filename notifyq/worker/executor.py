@@ -130,10 +130,8 @@ class Executor:
         claim = self._prefetch.remove(job_id, token)
         if claim is None:
             return False
-        # Given back, fenced by its token, even when its lease looks lost: the claim counted its attempt,
-        # and a lease only unconfirmed (the database away for most of a lease) may still be this
-        # daemon's. Until that write is done the starter's entered mark must not pass the job.
-        self._hand_off(claim, outcomes.unstarted(claim))
+        stop = outcomes.lease_lost if reason is StopReason.LEASE_LOST else outcomes.unstarted
+        self._hand_off(claim, stop(claim))
         return True
 
     def cancel_all(self, reason: StopReason) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 import anyio
 
@@ -33,10 +34,10 @@ class Heartbeat:
         worker: WorkerInfo,
         lease_seconds: float,
         interval: float,
-        marks: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0),
+        entered_through: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         self._store = store
-        self._marks = marks  # the starter's marks (worker/starter.py), written with each beat
+        self._entered_through = entered_through  # the starter's mark, written with each beat
         self._leases = leases
         self._executor = executor
         self._worker = worker
@@ -59,7 +60,9 @@ class Heartbeat:
         try:
             # A beat that cannot finish within its interval is as good as failed.
             with anyio.move_on_after(self._interval) as deadline:
-                alive, busy = await self._store.extend(held, self._lease_seconds, self._worker, self._marks())
+                alive, busy = await self._store.extend(
+                    held, self._lease_seconds, self._worker, self._entered_through()
+                )
             if deadline.cancelled_caught:
                 self._failed(f"no answer within {self._interval:.1f}s", len(held))
         except (DatabaseUnavailable, QueryError) as exc:

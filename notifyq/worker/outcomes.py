@@ -167,8 +167,8 @@ def released(claim: Claim) -> Outcome:
 
 def unstarted(claim: Claim) -> Outcome:
     """Given back from the prefetch buffer before it ran (the jobs turned slow, its lease went stale,
-    or shutdown): back to the queue, not counted as completed, and the attempt the claim counted given
-    back."""
+    or shutdown): back to the queue, and not counted as completed. Its attempt is given back if it was
+    counted (a begin whose answer was lost); record_outcomes refunds only started rows."""
     return make(claim, OutcomeKind.UNSTARTED, JobState.QUEUED, refund=1)
 
 

@@ -23,27 +23,17 @@ CASE WHEN pg_column_compression(j.payload) IS NULL THEN pg_column_size(j.payload
      ELSE octet_length(j.payload::text) END
 
 -- name: claim_lease :fragment
--- What both claims do to the rows they picked (a CTE `picked` of id and n, the row's place in claim
--- order from 1): running under a fresh lease token, the attempt counted, numbered in this worker's claim
--- order (claim_seq: the worker's counter `claimed_seq`, moved by this same statement, plus n), the
--- task's max_attempts override when there is one. The job has not begun: rescue gives a job back with
--- its attempt refunded unless the worker's begun_seq mark covers it (move_marks), so a job claimed into
--- the prefetch buffer and lost with its daemon loses no attempt. With no workers row (pruned while this
--- daemon was stopped, until its heartbeat makes it again) nothing is claimed.
--- $2 tasks, $3 max_attempts overrides (NULL = keep the row's), $5 lease seconds, $6 worker id.
+-- What both claims do to the rows they picked (a CTE named `picked`): running under a fresh lease token,
+-- reserved for this daemon but not started (started_at NULL), the task's max_attempts override when
+-- there is one. The attempt is counted by begin_jobs, just before the handler runs, so that a job
+-- claimed into the prefetch buffer and lost with its daemon loses no attempt. $2 tasks, $3 max_attempts
+-- overrides (NULL = keep the row's), $5 lease seconds, $6 worker id.
 -- Times come back clamped to what every driver decodes (Python's datetime: years 1 to 9999) and the
 -- payload as its bytes, unconverted (convert_to the database's own encoding): one row the driver cannot
 -- decode (a run_at before year 1, bytes a SQL_ASCII database holds that are not UTF-8, which Postgres
 -- itself refuses to send as text) must not fail the claim of all the others.
-, counter AS (
-    UPDATE notifyq.workers AS w
-    SET claimed_seq = w.claimed_seq + (SELECT count(*) FROM picked)
-    WHERE w.id = $6::uuid
-    RETURNING w.claimed_seq - (SELECT count(*) FROM picked) AS base
-)
 UPDATE notifyq.jobs AS j
 SET state = 'running',
-    attempts = j.attempts + 1,
     max_attempts = coalesce(
         -- The producer's value when it gave one (NULL: it did not), else the task's, else the default;
         -- written into the row, which then keeps it from its first claim on.
@@ -54,48 +44,48 @@ SET state = 'running',
     lease_token = gen_random_uuid(),
     leased_until = notifyq.now() + make_interval(secs => $5::float8),
     worker_id = $6::uuid,
-    started_at = notifyq.now(),
-    claim_seq = (SELECT base FROM counter) + p.n
--- By id through the primary key (the ids hidden in a subquery), and joined to `picked` for n: as a
--- join alone, the planner hashed `picked` and read the whole table to probe it whenever its
--- statistics made that look cheaper (see docs/design.md).
-FROM picked AS p
-WHERE j.id = p.id AND j.id = ANY(ARRAY(SELECT id FROM picked)) AND EXISTS (SELECT FROM counter)
+    started_at = NULL
+-- By id through the primary key, not a join with `picked`: a join let the planner hash `picked` and
+-- read the whole table to probe it whenever its statistics made that look cheaper (see docs/design.md).
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.queue, j.task,
           convert_to(j.payload::text, pg_catalog.getdatabaseencoding()) AS payload, j.priority,
           least(greatest(j.run_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS run_at,
-          j.attempts, j.max_attempts, j.unclear_crashes,
+          j.attempts + 1 AS attempts, j.max_attempts, j.unclear_crashes,
           least(greatest(j.created_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS created_at, j.lease_token,
-          greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited, j.claim_seq;
+          greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
 
--- name: move_marks :one
--- Move this worker's marks: begun_seq ($2, NULL: unchanged) before the handlers of jobs up to it are
--- called, entered_seq ($3, NULL: unchanged) once they all were (or their jobs were given back). Refused
--- (no row) while the worker's last heartbeat is older than a lease: a daemon frozen past its leases
--- (SIGSTOP, a suspended VM) must not start buffered jobs another daemon may have run meanwhile. The
--- leases its heartbeat confirmed are then still current; the daemon itself holds back a job whose lease
--- it has not seen confirmed for most of a lease.
--- First, the rows of a claim the daemon never heard back from (claim_seq $4 to $5; NULL: none) go back to
--- the queue with their attempt refunded, before a mark can pass over them: a claim can fail on its way
--- back, or time out on the client after the server ran it. Through jobs_running_idx: this worker's
--- running rows only. $1 worker id. Returns the marks as they are now.
-WITH released AS (
-    UPDATE notifyq.jobs AS j
-    SET state = 'queued',
-        attempts = j.attempts - 1,
-        lease_token = NULL,
-        leased_until = NULL,
-        worker_id = NULL
-    WHERE j.worker_id = $1::uuid AND j.state = 'running'
-      AND j.claim_seq BETWEEN $4::bigint AND $5::bigint
-    RETURNING j.id
+-- name: begin_jobs :many
+-- Start buffered jobs: count the attempt and stamp started_at, right before their handlers run, only
+-- while this daemon's lease is current and not yet expired (a daemon frozen past its lease must not
+-- start jobs another daemon may have run meanwhile). Returns the ids that may start, with the start
+-- time. A row another session holds locked is skipped (not started, given back), never waited for: see
+-- record_outcomes. The same statement moves this worker's mark, entered_through: every job it started
+-- at or before that time has had its handler called (rescue_expired reads it).
+-- $1 ids, $2 lease tokens, $3 worker id, $4 the mark (NULL: unchanged).
+WITH marked AS (
+    UPDATE notifyq.workers AS w
+    SET entered_through = greatest(w.entered_through, $4::timestamptz)
+    WHERE w.id = $3::uuid AND $4::timestamptz IS NOT NULL
+), o AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS o(id, token)
+), mine AS (
+    SELECT j.id
+    FROM /* include: lock_batch */
+    WHERE j.started_at IS NULL
+      AND j.leased_until > notifyq.now()
 )
+UPDATE notifyq.jobs AS j
+SET attempts = j.attempts + 1,
+    started_at = notifyq.now()
+WHERE j.id = ANY(ARRAY(SELECT id FROM mine))
+RETURNING j.id, j.started_at;
+
+-- name: mark_entered :exec
+-- begin_jobs's move of the mark alone, once a job begun alone is under way: $1 worker id, $2 the mark.
 UPDATE notifyq.workers AS w
-SET begun_seq = greatest(w.begun_seq, coalesce($2::bigint, w.begun_seq)),
-    entered_seq = greatest(w.entered_seq, coalesce($3::bigint, w.entered_seq))
-WHERE w.id = $1::uuid
-  AND w.last_seen > notifyq.now() - make_interval(secs => w.lease_seconds)
-RETURNING w.begun_seq, w.entered_seq, (SELECT count(*) FROM released) AS released;
+SET entered_through = greatest(w.entered_through, $2::timestamptz)
+WHERE w.id = $1::uuid;
 
 -- name: claim_jobs :many
 -- $1 queues, $2 tasks with a handler, $3 per-task max_attempts override (NULL = keep the row's),
@@ -142,10 +132,9 @@ WITH locked AS (
     LIMIT $4
 ), picked AS (
     -- Within the byte budget ($10): every row whose payloads before it come to less (the first always).
-    SELECT l.id, l.n FROM (
-        SELECT l.id, sum(l.bytes) OVER w - l.bytes AS before, row_number() OVER w AS n
+    SELECT l.id FROM (
+        SELECT l.id, sum(l.bytes) OVER (ORDER BY l.priority DESC, l.run_at, l.id) - l.bytes AS before
         FROM locked AS l
-        WINDOW w AS (ORDER BY l.priority DESC, l.run_at, l.id)
     ) AS l
     WHERE l.before < $10::bigint
 )
@@ -165,10 +154,9 @@ WITH locked AS (
       AND /* include: claim_runnable */
     /* include: claim_order */
 ), picked AS (
-    SELECT l.id, l.n FROM (
-        SELECT l.id, sum(l.bytes) OVER w - l.bytes AS before, row_number() OVER w AS n
+    SELECT l.id FROM (
+        SELECT l.id, sum(l.bytes) OVER (ORDER BY l.priority DESC, l.run_at, l.id) - l.bytes AS before
         FROM locked AS l
-        WINDOW w AS (ORDER BY l.priority DESC, l.run_at, l.id)
     ) AS l
     WHERE l.before < $7::bigint
 )
@@ -177,8 +165,9 @@ WITH locked AS (
 -- name: record_outcomes :many
 -- One fenced statement per batch: a row is written only by the holder of its current lease.
 -- $1 ids, $2 lease tokens, $3 new states, $4 delay seconds (queued only), $5 attempts to give back
--- (1 for a snooze, a shutdown release or a job given back unstarted: the claim counted it), $6 errors,
--- $7 results as JSON text.
+-- (1 for a snooze, a shutdown release or a job given back unstarted), $6 errors, $7 results as JSON
+-- text. Only a started row has an attempt to give back: a job given back from the prefetch buffer
+-- usually never had one counted.
 -- Rows are locked first with SKIP LOCKED: a row another session holds (an operator's open transaction,
 -- a report's SELECT ... FOR UPDATE) must stall its own outcome only, not the whole batch, whose leases
 -- would meanwhile expire and be rescued. Returns (id, busy): busy ids were skipped while still this
@@ -192,7 +181,7 @@ WITH o AS (
 ), written AS (
     UPDATE notifyq.jobs AS j
     SET state = m.state::notifyq.job_state,
-        attempts = j.attempts - m.refund,
+        attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE m.refund END,
         run_at = CASE WHEN m.state = 'queued' THEN notifyq.now() + make_interval(secs => m.delay) ELSE j.run_at END,
         last_error = coalesce(m.error, j.last_error),
         result = m.result::jsonb,
@@ -244,7 +233,7 @@ UNION ALL
 -- the token alone does not: a row failed by hand may keep it). A row another session holds locked is
 -- skipped, never waited for (see record_outcomes); no lock is waited for, so their order is free.
 o CROSS JOIN LATERAL (
-    SELECT j.id
+    SELECT j.id, j.started_at, j.leased_until
     FROM notifyq.jobs AS j
     WHERE j.id = o.id AND j.lease_token = o.token AND j.leased_until IS NOT NULL
     FOR NO KEY UPDATE OF j SKIP LOCKED
@@ -268,16 +257,14 @@ WHERE o.id NOT IN (SELECT id FROM mine)
 -- record_outcomes does: a lease another session's lock keeps from being extended is not lost, and the
 -- daemon fences that one job itself if it stays unconfirmed for most of a lease.
 -- $1 ids, $2 tokens, $3 lease seconds, $4 worker id, $5 hostname, $6 pid, $7 queues, $8 tasks,
--- $9 concurrency, $10 the entered_seq mark (see move_marks; it rides along with every beat), and for a
--- row made anew, $11 its begun_seq and $12 its claimed_seq as this daemon knows them (the marks must not
--- start again from 0 under jobs it already claimed and began).
+-- $9 concurrency, $10 the entered_through mark (see begin_jobs; NULL: unchanged).
 WITH seen AS (
     INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running, lease_seconds,
-                                      last_seen, entered_seq, begun_seq, claimed_seq)
+                                      entered_through)
     VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]),
-            $3::float8, notifyq.now(), $10::bigint, $11::bigint, $12::bigint)
+            $3::float8, $10::timestamptz)
     ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now(), running = excluded.running,
-        entered_seq = greatest(w.entered_seq, excluded.entered_seq)
+        entered_through = greatest(w.entered_through, excluded.entered_through)
 ), o AS (
     SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS h(id, token)
 ), mine AS (
@@ -298,29 +285,25 @@ DELETE FROM notifyq.workers WHERE id = $1::uuid;
 
 -- name: rescue_expired :many
 -- Requeue (or fail, when attempts are spent) jobs whose lease ran out: their daemon crashed, froze or
--- lost the database. The worker's two marks (move_marks) split its jobs, by their place in its claim
--- order, into three:
--- - beyond begun_seq: never begun (still in a prefetch buffer). It goes back as it was, its attempt
---   refunded and its error untouched: it took no part in the crash.
--- - up to entered_seq: its handler was called. Its attempt counts, like any failed attempt.
--- - between: begun, but its handler may never have been called (a handler ended the process before
---   the others of its begin were called, or the mark had not been written yet). The first time, its
---   attempt is refunded, it is queued (never failed) and unclear_crashes counts it. The daemon then
---   begins that job alone and holds every other start until the mark covers it (worker/starter.py), so
---   its next unclear crash is its own: that one counts, and fails the job when its attempts are spent.
--- With its workers row gone (pruned) or no claim_seq, a job's start is unclear.
+-- lost the database. A job that never started (still reserved in a prefetch buffer: started_at NULL)
+-- goes back exactly as it was, attempt and error untouched: it took no part in the crash.
+-- A started job ran if it started at or before its worker's entered_through mark (begin_jobs): its
+-- attempt counts, like any failed attempt. One started after the mark may never have run (its batch
+-- was begun, then a handler ended the process before the others were called; or the mark had not been
+-- written yet): the first time, its attempt is given back, it is queued (never failed) and
+-- unclear_crashes counts it. The daemon then begins that job alone and holds every other start until
+-- the mark covers it (worker/starter.py), so its next unclear crash is its own: that one counts, and
+-- fails the job when its attempts are spent.
 -- $1 how many at most; $2 ids and $3 tokens of the leases this daemon holds itself: not rescued, since
 -- this daemon is alive and its heartbeat extends them or fences them (after a pause, rescue would
 -- otherwise throw away outcomes already in hand). SKIP LOCKED lets every daemon run this at once.
 WITH judged AS (
-    SELECT j.id, b.started, b.started AND b.unclear AS unclear,
-           b.started AND b.unclear AND j.unclear_crashes = 0 AS forgiven
+    SELECT j.id,
+           j.started_at IS NOT NULL AS started,
+           j.started_at > coalesce(w.entered_through, '-infinity') AS unclear,
+           j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven
     FROM notifyq.jobs AS j
     LEFT JOIN notifyq.workers AS w ON w.id = j.worker_id
-    CROSS JOIN LATERAL (
-        SELECT coalesce(j.claim_seq <= w.begun_seq, true) AS started,
-               coalesce(j.claim_seq > w.entered_seq, true) AS unclear
-    ) AS b
     WHERE j.state = 'running' AND j.leased_until < notifyq.now()
       -- A hashed list, not NOT EXISTS: that became a nested loop over the held leases for each row.
       AND (j.id, j.lease_token) NOT IN (SELECT * FROM unnest($2::bigint[], $3::uuid[]))
@@ -331,7 +314,7 @@ WITH judged AS (
 UPDATE notifyq.jobs AS j
 SET state = CASE WHEN judged.started AND NOT judged.forgiven AND j.attempts >= j.max_attempts THEN 'failed'
                  ELSE 'queued' END::notifyq.job_state,
-    attempts = j.attempts - CASE WHEN judged.forgiven OR NOT judged.started THEN 1 ELSE 0 END,
+    attempts = j.attempts - CASE WHEN judged.forgiven THEN 1 ELSE 0 END,
     unclear_crashes = j.unclear_crashes + CASE WHEN judged.unclear THEN 1 ELSE 0 END,
     last_error = CASE WHEN NOT judged.started THEN j.last_error
                       ELSE 'LeaseExpired: worker ' || coalesce(j.worker_id::text, 'unknown')

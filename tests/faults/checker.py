@@ -12,8 +12,8 @@ the checker proves, or reports as violations:
   a row once it is final (a stale or late writer would show there);
 - success recorded by its runner: the lease under which a job succeeded is the lease of a handler run
   that completed;
-- no job ends `failed` without having started: its last lease was begun (its worker's begun mark,
-  audited too, covered it while the lease was live) and has a handler run (recorded tasks);
+- no job ends `failed` without having started: its last lease was begun (its attempt counted, every
+  task) and has a handler run (recorded tasks);
 - leases never overlapped, and each claim has a fresh token: per job, claims and releases alternate, no
   token is claimed twice, and a running row never changes token without a release;
 - runs never overlapped, finished or not: a run ends when it returns, raises or is cancelled, or when its
@@ -22,9 +22,10 @@ the checker proves, or reports as violations:
   note, not a violation); in one daemon, never;
 - no run (and no claim) starts before its `run_at`, and no run starts after its lease ended (a daemon
   frozen past its lease must not start buffered jobs another daemon may have run meanwhile);
-- attempts: each claim adds one, never beyond `max_attempts`; only a release back to `queued` gives
-  one back, and a lease that never began always does; the row's attempts equal claims minus refunds;
-  every run belongs to a lease begun before the run started, one run per lease;
+- attempts: a claim adds none; each begin (the start of a claimed job) adds one, never beyond
+  `max_attempts`, at most once per lease; only a release back to `queued` gives one back, and only one
+  that was counted; the row's attempts equal begins minus refunds; every run belongs to a begun lease,
+  one run per lease;
 - rescue is prompt: a job whose lease expired is rescued within the scenario's bound (measured);
 - deletes are only of finished rows older than the retention, and only where the scenario has one.
 """
@@ -54,27 +55,9 @@ CREATE TABLE IF NOT EXISTS test_audit (
     leased_until timestamptz,
     finished_at timestamptz,
     error text,
-    claim_seq bigint,
-    worker uuid,
     tx_at timestamptz NOT NULL DEFAULT now(),
     at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-CREATE TABLE IF NOT EXISTS test_marks (
-    worker uuid NOT NULL,
-    begun bigint NOT NULL,
-    at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE OR REPLACE FUNCTION test_marks_fn() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' OR NEW.begun_seq IS DISTINCT FROM OLD.begun_seq THEN
-        INSERT INTO test_marks (worker, begun) VALUES (NEW.id, NEW.begun_seq);
-    END IF;
-    RETURN NULL;
-END
-$$;
-DROP TRIGGER IF EXISTS test_marks ON notifyq.workers;
-CREATE TRIGGER test_marks AFTER INSERT OR UPDATE ON notifyq.workers
-    FOR EACH ROW EXECUTE FUNCTION test_marks_fn();
 CREATE OR REPLACE FUNCTION test_audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
@@ -84,15 +67,19 @@ BEGIN
     END IF;
     IF NEW.state = 'running' AND OLD.state <> 'running' THEN
         INSERT INTO test_audit (job_id, event, token, state, attempts_before, attempts_after,
-                                max_attempts, run_at, claim_seq, worker)
+                                max_attempts, run_at)
         VALUES (NEW.id, 'claim', NEW.lease_token, 'running', OLD.attempts, NEW.attempts,
-                NEW.max_attempts, NEW.run_at, NEW.claim_seq, NEW.worker_id);
+                NEW.max_attempts, NEW.run_at);
     ELSIF OLD.state = 'running' AND NEW.state <> 'running' THEN
         INSERT INTO test_audit (job_id, event, token, state, attempts_before, attempts_after,
                                 max_attempts, run_at, leased_until, error)
         VALUES (NEW.id, 'release', OLD.lease_token, NEW.state::text, OLD.attempts, NEW.attempts,
                 NEW.max_attempts, NEW.run_at, OLD.leased_until,
                 CASE WHEN NEW.last_error IS DISTINCT FROM OLD.last_error THEN left(NEW.last_error, 40) END);
+    ELSIF OLD.state = 'running' AND NEW.lease_token IS NOT DISTINCT FROM OLD.lease_token
+          AND OLD.started_at IS NULL AND NEW.started_at IS NOT NULL THEN
+        INSERT INTO test_audit (job_id, event, token, state, attempts_before, attempts_after, max_attempts)
+        VALUES (NEW.id, 'begin', NEW.lease_token, 'running', OLD.attempts, NEW.attempts, NEW.max_attempts);
     ELSIF OLD.state = 'running' AND NEW.lease_token IS DISTINCT FROM OLD.lease_token THEN
         -- A running row that changes hands without a release: two leases would be live at once.
         INSERT INTO test_audit (job_id, event, token, state)
@@ -183,14 +170,9 @@ async def check(
     audit = await conn.fetch(
         "SELECT job_id, event, token, state, attempts_before, attempts_after, max_attempts,"
         " extract(epoch FROM run_at)::float8 AS run_at, extract(epoch FROM leased_until)::float8 AS leased_until,"
-        " extract(epoch FROM finished_at)::float8 AS finished_at, error, claim_seq, worker,"
+        " extract(epoch FROM finished_at)::float8 AS finished_at, error,"
         " extract(epoch FROM at)::float8 AS at FROM test_audit ORDER BY job_id, seq"
     )
-    marks: dict[Any, list[tuple[float, int]]] = {}
-    for m in await conn.fetch(
-        "SELECT worker, begun, extract(epoch FROM at)::float8 AS at FROM test_marks ORDER BY at"
-    ):
-        marks.setdefault(m["worker"], []).append((m["at"], m["begun"]))
     by_job: dict[int, list[asyncpg.Record]] = {}
     for a in audit:
         by_job.setdefault(a["job_id"], []).append(a)
@@ -233,11 +215,11 @@ async def check(
         events = by_job.get(job_id, [])
         job_runs = runs_by_job.get(job_id, [])
         claims = [e for e in events if e["event"] == "claim"]
-        begun_at = _begins(events, marks)
+        begins = [e for e in events if e["event"] == "begin"]
         claims_total += len(claims)
         _leases(v, job_id, events)
-        _attempts(v, job_id, events, jobs.get(job_id), deleted.get(job_id), begun_at)
-        _runs_against_begins(v, job_id, job_runs, claims, begun_at)
+        _attempts(v, job_id, events, jobs.get(job_id), deleted.get(job_id))
+        _runs_against_begins(v, job_id, job_runs, begins)
         _runs_within_leases(v, job_id, job_runs, events)
         _overlaps(v, report.notes, job_id, job_runs, events)
         touched = [e for e in events if e["event"] == "final_touched"]
@@ -252,7 +234,8 @@ async def check(
         if job_id in final and states[job_id] != "cancelled" and len(finals) != 1:
             v.append(f"job {job_id}: outcome written {len(finals)} times")
         ran = {r.token for r in job_runs}
-        if states.get(job_id) == "failed" and (not claims or claims[-1]["token"] not in begun_at):
+        begun = {e["token"] for e in begins}
+        if states.get(job_id) == "failed" and (not claims or claims[-1]["token"] not in begun):
             v.append(f"job {job_id}: failed, but its last lease never started")
         recorded_failure = states.get(job_id) == "failed" and tasks.get(job_id) in RECORDED
         if recorded_failure and (not claims or claims[-1]["token"] not in ran):
@@ -346,77 +329,45 @@ def _leases(v: list[str], job_id: int, events: list[asyncpg.Record]) -> None:
             v.append(f"job {job_id}: a running row changed its lease token without a release")
 
 
-def _begins(events: list[asyncpg.Record], marks: dict[Any, list[tuple[float, int]]]) -> dict[Any, float]:
-    """When each lease of a job was begun: the first move of its worker's begun mark to its claim_seq or
-    beyond, after its claim and before its release (a mark that passes a lease already given back did not
-    begin it)."""
-    begun_at: dict[Any, float] = {}
-    claim: asyncpg.Record | None = None
-    for e in events:
-        if e["event"] == "claim":
-            claim = e
-        elif e["event"] == "release" and claim is not None and claim["token"] == e["token"]:
-            for at, begun in marks.get(claim["worker"], []):
-                if (
-                    claim["at"] <= at <= e["at"]
-                    and claim["claim_seq"] is not None
-                    and begun >= claim["claim_seq"]
-                ):
-                    begun_at[claim["token"]] = at
-                    break
-            claim = None
-    if claim is not None:  # still running
-        for at, begun in marks.get(claim["worker"], []):
-            if at >= claim["at"] and claim["claim_seq"] is not None and begun >= claim["claim_seq"]:
-                begun_at[claim["token"]] = at
-                break
-    return begun_at
-
-
 def _attempts(
-    v: list[str],
-    job_id: int,
-    events: list[asyncpg.Record],
-    row: asyncpg.Record | None,
-    gone: Any,
-    begun_at: dict[Any, float],
+    v: list[str], job_id: int, events: list[asyncpg.Record], row: asyncpg.Record | None, gone: Any
 ) -> None:
-    claims = refunds = 0
+    begins = refunds = 0
+    begun = False  # the current lease was begun: only then has it an attempt to give back
     for e in events:
         before, after = e["attempts_before"], e["attempts_after"]
         if e["event"] == "claim":
-            claims += 1
-            if after != before + 1:
+            begun = False
+            if after != before:
                 v.append(f"job {job_id}: a claim took attempts from {before} to {after}")
+        elif e["event"] == "begin":
+            begins += 1
+            if begun:
+                v.append(f"job {job_id}: one lease begun twice")
+            begun = True
+            if after != before + 1:
+                v.append(f"job {job_id}: a begin took attempts from {before} to {after}")
             if after > e["max_attempts"]:
-                v.append(f"job {job_id}: claimed attempt {after} of {e['max_attempts']}")
+                v.append(f"job {job_id}: started attempt {after} of {e['max_attempts']}")
         elif e["event"] == "release":
-            if after == before - 1 and e["state"] == "queued":
+            if after == before - 1 and e["state"] == "queued" and begun:
                 refunds += 1
             elif after != before:
                 v.append(f"job {job_id}: a release to {e['state']} took attempts from {before} to {after}")
-            elif e["token"] not in begun_at:
-                v.append(
-                    f"job {job_id}: a lease that never began kept its attempt (released to {e['state']})"
-                )
     attempts = row["attempts"] if row is not None else gone["attempts_before"] if gone is not None else None
-    if attempts is not None and attempts != claims - refunds:
-        v.append(f"job {job_id}: attempts {attempts}, but {claims} claims and {refunds} given back")
+    if attempts is not None and attempts != begins - refunds:
+        v.append(f"job {job_id}: attempts {attempts}, but {begins} begins and {refunds} given back")
 
 
-def _runs_against_begins(
-    v: list[str], job_id: int, runs: list[_Run], claims: list[asyncpg.Record], begun_at: dict[Any, float]
-) -> None:
-    attempt_of = {c["token"]: c["attempts_after"] for c in claims}
+def _runs_against_begins(v: list[str], job_id: int, runs: list[_Run], begins: list[asyncpg.Record]) -> None:
+    attempt_of = {b["token"]: b["attempts_after"] for b in begins}
     per_token: dict[Any, int] = {}
     for r in runs:
         per_token[r.token] = per_token.get(r.token, 0) + 1
-        if r.token not in begun_at or r.started < begun_at[r.token]:
+        if r.token not in attempt_of:
             v.append(f"job {job_id}: a run in pid {r.pid} under lease {r.token}, which never began")
-        elif attempt_of.get(r.token) != r.attempt:
-            v.append(
-                f"job {job_id}: a run saw attempt {r.attempt}, its claim counted {attempt_of.get(r.token)}"
-            )
+        elif attempt_of[r.token] != r.attempt:
+            v.append(f"job {job_id}: a run saw attempt {r.attempt}, its begin counted {attempt_of[r.token]}")
         if r.run_at is not None and r.started < r.run_at:
             v.append(f"job {job_id}: a run started {r.run_at - r.started:.3f}s before its run_at")
     doubled = [t for t, n in per_token.items() if n > 1]

@@ -16,16 +16,10 @@ import pytest
 from notifyq import queries
 from notifyq.devserver import free_port
 from tests.faults import checker
-from tests.support import DaemonProcess, add_worker, wait_for
+from tests.support import DaemonProcess, wait_for
 
 pytestmark = pytest.mark.timeout(1200)  # --soak drains for up to 10 minutes
 WORKER = "00000000-0000-0000-0000-000000000000"
-
-
-@pytest.fixture(autouse=True)
-async def _worker_row(conn: asyncpg.Connection) -> None:
-    """The claims here run as WORKER: its row, as the daemon's first heartbeat makes it."""
-    await add_worker(conn, WORKER)
 
 
 def rss_mb(pid: int) -> float:

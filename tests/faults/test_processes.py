@@ -82,10 +82,10 @@ async def test_sigkill_mid_handler_job_is_rescued_and_finishes_elsewhere(
         10,
         "the first run to start",
     )
-    # The daemon's heartbeat records that the handler was called (its entered_seq mark).
+    # The daemon's heartbeat records that the handler was called (its entered_through mark).
     await wait_for(
         lambda: runs.fetchval(
-            "SELECT w.entered_seq >= j.claim_seq FROM notifyq.jobs AS j"
+            "SELECT w.entered_through >= j.started_at FROM notifyq.jobs AS j"
             " JOIN notifyq.workers AS w ON w.id = j.worker_id WHERE j.id = $1",
             job_id,
         ),

@@ -1,6 +1,6 @@
 """A Hypothesis state machine over the job lifecycle, against real Postgres, with time passed in.
 
-Rules drive the daemon's own named statements (`claim_head`, `claim_jobs`, `move_marks`,
+Rules drive the daemon's own named statements (`claim_head`, `claim_jobs`, `begin_jobs`,
 `extend_leases`, `complete_succeeded`, `record_outcomes`, `rescue_expired`) and the producer/operator ones (enqueue,
 cancel, retry) over two queues and two tasks, while a model predicts every column the lifecycle writes
 of every row. The clock only moves when the `advance` rule says so: every statement reads
@@ -11,17 +11,15 @@ the model, which checks the invariants:
   first: `claim_head` from the head of one queue; `claim_jobs` over one or both queues, each from its
   head or after a position (the previous claim's last row there, or any job's key): the same priority
   strictly after (run_at, id), then the lower priorities, never a higher one;
-- a claim needs its worker's row, counts the attempt and numbers the job in its worker's claim order
-  (claim_seq, from the row's counter); a row that did not set max_attempts takes its task's override
+- a claim reserves (no attempt counted); `begin_jobs` counts the attempt, once, only under the current
+  token of a lease that has not run out; a row that did not set max_attempts takes its task's override
   (else the default) at its first claim, and a row that did keeps its own;
-- `move_marks` moves a worker's marks (never back) only while its last heartbeat is younger than a
-  lease, and first gives back, attempt refunded, that worker's running rows in the range it names;
 - only the current lease token heartbeats or finishes a job: in a batch the current tokens write and the
   wrong ones (stale, or another job's) write nothing, whatever else the batch holds;
-- rescue takes exactly the expired leases (lowest ids first, up to its limit), puts a job its worker's
-  begun mark does not cover back as it was (attempt refunded), counts the crash of one its entered mark
-  covers, forgives the first crash of one in between (its attempt given back, `unclear_crashes`
-  counted), and fails a job out of attempts whose crash counts.
+- rescue takes exactly the expired leases (lowest ids first, up to its limit), puts a job that never
+  started back as it was, forgives a started job's first crash (its attempt given back, `crashes`
+  counted) and fails a started job that crashed before and is out of attempts; an attempt is given back
+  only if it was counted.
 
 `NOTIFYQ_STATE_MACHINE_EXAMPLES` sets the number of examples (100 in the suite, 1,000 with --soak; the
 mutation gate runs 40), and
@@ -68,6 +66,8 @@ JOBS = st.tuples(
     st.sampled_from(TASKS),
 )
 FORGIVEN = " (not counted: it may never have started; it starts alone from now on)"
+# A worker's entered_through mark as a begin or a heartbeat sends it: none, or some seconds ago.
+MARK_AGO = st.sampled_from([None, 0, 1, 10, 30])
 # What a worker reports per job. "succeeded" with no result is a plain success (complete_succeeded),
 # "result" a success with one; "error" retries while attempts remain and fails after; "failed" is a
 # permanent failure; "snooze" gives the attempt back.
@@ -121,17 +121,6 @@ class Model:
     error: str | None = None
     result: str | None = None
     unclear_crashes: int = 0
-    seq: int | None = None  # claim_seq: its place in its worker's claim order (not a column checked)
-
-
-@dataclass
-class Worker:
-    """A workers row: its claim counter, its marks and when its heartbeat last ran."""
-
-    claimed: int
-    begun: int
-    entered: int
-    last_seen: datetime
 
 
 def order(item: tuple[int, Model]) -> tuple[int, datetime, int]:
@@ -151,7 +140,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.jobs: dict[int, Model] = {}
         self.stale: list[tuple[int, uuid.UUID]] = []
         self.after: dict[str, Position] = {}  # per queue, the last row of the latest claim there
-        self.workers: dict[uuid.UUID, Worker] = {}  # the workers rows that exist
+        self.marks: dict[uuid.UUID, datetime | None] = {}  # workers rows that exist: their mark
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -166,14 +155,6 @@ class JobLifecycle(RuleBasedStateMachine):
             )
         )
         self.set_clock()
-        # Both workers' rows, as their daemons' first heartbeats make them (a claim needs its worker's).
-        for worker in WORKERS:
-            self.run(
-                self.conn.fetch(
-                    queries.get("extend_leases"), [], [], LEASE, worker, "host", 1, QUEUES, TASKS, 1, 0, 0, 0
-                )
-            )
-            self.workers[worker] = Worker(0, 0, 0, self.clock)
         for job in backlog:
             self.add(*job)
 
@@ -250,33 +231,46 @@ class JobLifecycle(RuleBasedStateMachine):
         )
         self.claimed(rows, expected, worker, dict(zip(tasks, overrides, strict=True)))
 
-    @rule(data=st.data(), worker=st.sampled_from(WORKERS))
-    def marks(self, data: st.DataObject, worker: uuid.UUID) -> None:
-        """A daemon's starter moves its marks: begun_seq before handlers run, entered_seq once they were
-        called, and gives back the rows of a claim it never heard back from."""
-        w = self.workers.get(worker)
-        top = (w.claimed if w else 0) + 1
-        begun = data.draw(st.one_of(st.none(), st.integers(0, top)))
-        entered = data.draw(st.one_of(st.none(), st.integers(0, top)))
-        lost = data.draw(st.one_of(st.none(), st.tuples(st.integers(1, top), st.integers(0, 2))))
-        lo, hi = (None, None) if lost is None else (lost[0], lost[0] + lost[1])
-        rows = self.run(self.conn.fetch(queries.get("move_marks"), worker, begun, entered, lo, hi))
-        if lo is not None and hi is not None:
-            for job_id, m in self.running():
-                if m.worker == worker and m.seq is not None and lo <= m.seq <= hi:
-                    m.attempts -= 1
-                    self.release(job_id, "queued")
-        fresh = w is not None and w.last_seen > self.clock - timedelta(seconds=LEASE)
-        assert bool(rows) == fresh, "moved only while the heartbeat is younger than a lease"
-        if w is not None and fresh:
-            w.begun = max(w.begun, w.begun if begun is None else begun)
-            w.entered = max(w.entered, w.entered if entered is None else entered)
-            assert (rows[0]["begun_seq"], rows[0]["entered_seq"]) == (w.begun, w.entered)
+    @precondition(lambda self: self.running() or self.stale)
+    @rule(data=st.data())
+    def begin(self, data: st.DataObject) -> None:
+        """Runners start jobs: some running ones (reserved or already started) under their current
+        tokens, and wrong tokens. Only a reserved job under its current, unexpired lease starts."""
+        running = [i for i, _ in self.running()]
+        ask = (
+            [(i, self.jobs[i].token) for i in data.draw(st.lists(st.sampled_from(running), unique=True))]
+            if running
+            else []
+        )
+        wrong = self.wrong_tokens()
+        if wrong:
+            ask += data.draw(st.lists(st.sampled_from(wrong), max_size=2, unique=True))
+        ask = data.draw(st.permutations(ask))
+        worker, mark = data.draw(st.sampled_from(WORKERS)), self.mark(data.draw(MARK_AGO))
+        rows = self.run(
+            self.conn.fetch(queries.get("begin_jobs"), [i for i, _ in ask], [t for _, t in ask], worker, mark)
+        )
+        if worker in self.marks:
+            self.move_mark(worker, mark)
+        expected = set()
+        for job_id, token in ask:
+            m = self.jobs[job_id]
+            leased = m.leased_until is not None and m.leased_until > self.clock
+            if m.token == token and m.started_at is None and leased:
+                expected.add(job_id)
+        assert sorted(r["id"] for r in rows) == sorted(expected), (
+            "only reserved, current, unexpired leases start"
+        )
+        for job_id in expected:
+            m = self.jobs[job_id]
+            m.attempts += 1
+            m.started_at = self.clock
 
+    @precondition(lambda self: self.running())
     @rule(data=st.data(), worker=st.sampled_from(WORKERS))
     def heartbeat(self, data: st.DataObject, worker: uuid.UUID) -> None:
         held = {i: m.token for i, m in self.running()}
-        marks = data.draw(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)))
+        mark = self.mark(data.draw(MARK_AGO))
         wrong = self.wrong_tokens()
         extra = data.draw(st.sampled_from(wrong)) if wrong else None
         ask = dict(held)
@@ -298,14 +292,11 @@ class JobLifecycle(RuleBasedStateMachine):
                 QUEUES,
                 TASKS,
                 1,
-                *marks,
+                mark,
             )
         )
-        w = self.workers.get(worker)
-        if w is None:
-            self.workers[worker] = Worker(marks[2], marks[1], marks[0], self.clock)
-        else:
-            w.last_seen, w.entered = self.clock, max(w.entered, marks[0])
+        self.marks.setdefault(worker, None)
+        self.move_mark(worker, mark)
         assert {r["id"] for r in rows} == set(held), "exactly the current tokens are extended"
         for i in held:
             self.jobs[i].leased_until = self.clock + timedelta(seconds=LEASE)
@@ -397,15 +388,13 @@ class JobLifecycle(RuleBasedStateMachine):
         assert sorted(r["id"] for r in rows) == expired, "exactly the expired leases, lowest ids first"
         for job_id in expired:
             m = self.jobs[job_id]
-            assert m.worker is not None and m.seq is not None
-            w = self.workers.get(m.worker)
-            if w is not None and m.seq > w.begun:  # never begun: back as it was, attempt refunded
-                m.attempts -= 1
+            if m.started_at is None:  # reserved, never started: back as it was
                 self.release(job_id, "queued")
                 continue
             m.error = f"LeaseExpired: worker {m.worker} stopped heartbeating during attempt {m.attempts}"
             assert m.max_attempts is not None  # set by its claim
-            unclear = w is None or m.seq > w.entered
+            mark = self.marks.get(m.worker) if m.worker is not None else None
+            unclear = mark is None or m.started_at > mark
             if unclear and m.unclear_crashes == 0:  # it may never have run: forgiven, the first time
                 m.error += FORGIVEN
                 m.attempts -= 1
@@ -416,6 +405,14 @@ class JobLifecycle(RuleBasedStateMachine):
             m.run_at = self.clock
 
     # -- helpers and the invariant --------------------------------------------------------------
+
+    def mark(self, ago: int | None) -> datetime | None:
+        return None if ago is None else self.clock - timedelta(seconds=ago)
+
+    def move_mark(self, worker: uuid.UUID, mark: datetime | None) -> None:
+        """greatest(old, new), as the statements write it: NULL is ignored."""
+        old = self.marks.get(worker)
+        self.marks[worker] = max((m for m in (old, mark) if m is not None), default=None)
 
     def add(self, run_in: int, max_attempts: int | None, priority: int, queue: str, task: str) -> None:
         job_id = self.run(
@@ -469,27 +466,17 @@ class JobLifecycle(RuleBasedStateMachine):
         worker: uuid.UUID,
         overrides: dict[str, int | None],
     ) -> None:
-        w = self.workers.get(worker)
-        if w is None:
-            expected = []  # no workers row: nothing is claimed
         assert sorted(r["id"] for r in rows) == sorted(i for i, _ in expected), "exactly the best runnable"
         for r in sorted(rows, key=lambda r: (-r["priority"], r["run_at"], r["id"])):
-            assert w is not None
             m = self.jobs[r["id"]]
             m.state, m.token, m.worker = "running", r["lease_token"], worker
             m.leased_until = self.clock + timedelta(seconds=LEASE)
-            m.started_at = self.clock
-            m.attempts += 1
-            w.claimed += 1
-            m.seq = w.claimed
+            m.started_at = None  # reserved until begin_jobs
             if m.max_attempts is None:  # the producer left it to the task, else the default
                 override = overrides.get(m.task)
                 m.max_attempts = override if override is not None else DEFAULT_MAX_ATTEMPTS
-            assert (r["attempts"], r["max_attempts"], r["claim_seq"]) == (
-                m.attempts,
-                m.max_attempts,
-                m.seq,
-            ), (
+            # The attempt it will be, once started.
+            assert (r["attempts"], r["max_attempts"]) == (m.attempts + 1, m.max_attempts), (
                 "claimed",
                 r["id"],
             )
@@ -522,7 +509,8 @@ class JobLifecycle(RuleBasedStateMachine):
         assert sorted(r["id"] for r in rows) == sorted(o.id for o in current), "only current tokens write"
         for o in current:
             m = self.jobs[o.id]
-            m.attempts -= o.refund
+            if m.started_at is not None:  # only a counted attempt is given back
+                m.attempts -= o.refund
             self.release(o.id, o.state)
             m.result = o.result
             m.error = o.error or m.error

@@ -10,18 +10,9 @@ import asyncpg
 import pytest
 
 from notifyq import queries
-from tests.support import add_worker
 
 pytestmark = pytest.mark.timeout(30)
 WORKER = uuid.uuid4()
-
-
-@pytest.fixture(autouse=True)
-async def _worker_row(conn: asyncpg.Connection) -> None:
-    """The claims here run as WORKER: its row, as the daemon's first heartbeat makes it."""
-    await add_worker(conn, WORKER)
-
-
 KIB = 1024
 
 

@@ -10,16 +10,9 @@ import asyncpg
 import pytest
 
 from notifyq import NewJob, enqueue, enqueue_many, queries
-from tests.support import add_worker
 
 pytestmark = pytest.mark.timeout(30)
 WORKER = uuid.UUID(int=7)
-
-
-@pytest.fixture(autouse=True)
-async def _worker_row(conn: asyncpg.Connection) -> None:
-    """The claims here run as WORKER: its row, as the daemon's first heartbeat makes it."""
-    await add_worker(conn, WORKER)
 
 
 async def _via_sql(conn: asyncpg.Connection, key: str) -> int:

@@ -1,6 +1,5 @@
-"""Lease fencing of every statement that writes a claimed row (complete_succeeded, record_outcomes,
-extend_leases: the heartbeat, and rescue_expired), and the marks that say which claimed jobs began
-(move_marks).
+"""Lease fencing of every statement that writes a claimed row: begin_jobs, complete_succeeded,
+record_outcomes, extend_leases (the heartbeat) and rescue_expired.
 
 The statements run exactly as the daemon runs them (`queries.get`), on one session whose database clock
 is pinned with `notifyq.now`, so leases expire by moving that clock instead of waiting. A write is
@@ -52,23 +51,9 @@ async def insert_job(conn: asyncpg.Connection, task: str = "t", max_attempts: in
 
 
 async def begin(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
-    """The daemon's start of a claimed job, as its starter sends it: the worker's begun_seq moved past
-    the job (move_marks); [] when refused, or when `token` is not the job's lease."""
-    seq = await conn.fetchval(
-        "SELECT claim_seq FROM notifyq.jobs WHERE id = $1 AND lease_token = $2", job_id, token
-    )
-    if seq is None:
-        return []
-    rows = await conn.fetch(queries.get("move_marks"), WORKER, seq, None, None, None)
-    return [job_id] if rows else []
-
-
-async def marks(conn: asyncpg.Connection) -> tuple[int, int, int]:
-    row = await conn.fetchrow(
-        "SELECT claimed_seq, begun_seq, entered_seq FROM notifyq.workers WHERE id = $1", WORKER
-    )
-    assert row is not None
-    return row[0], row[1], row[2]
+    """The daemon's start of a claimed job (counts its attempt), as a runner sends it."""
+    rows = await conn.fetch(queries.get("begin_jobs"), [job_id], [token], WORKER, None)
+    return [r["id"] for r in rows]
 
 
 async def rescue(conn: asyncpg.Connection, limit: int = 100) -> list[asyncpg.Record]:
@@ -84,9 +69,7 @@ async def claim_head(
     max_attempts: int | None = None,
     start: bool = True,
 ) -> asyncpg.Record:
-    """Claim one job and (unless `start` is False) start it, as a daemon's runner would. A heartbeat
-    first: a claim needs its worker's row."""
-    await extend(conn, {}, LEASE)
+    """Claim one job and (unless `start` is False) start it, as a daemon's runner would."""
     rows = await conn.fetch(
         queries.get("claim_head"), "default", [task], [max_attempts], 1, lease, WORKER, NO_BYTE_BUDGET
     )
@@ -104,7 +87,6 @@ async def claim_jobs(
     start: bool = True,
 ) -> asyncpg.Record:
     """claim_head through claim_jobs."""
-    await extend(conn, {}, LEASE)
     rows = await conn.fetch(
         queries.get("claim_jobs"),
         ["default"],
@@ -391,8 +373,8 @@ async def test_rescue_takes_exactly_the_expired_leases(conn: asyncpg.Connection)
     tasks = ["expired", "again", "spent", "live", "edge", "queued", "succeeded", "failed", "cancelled"]
     ids = {task: await insert_job(conn, task, max_attempts=1 if task == "spent" else 3) for task in tasks}
     await conn.execute("UPDATE notifyq.jobs SET run_at = $1 WHERE task = 'queued'", T0 - timedelta(days=400))
-    # The worker's entered mark never moves: every started job's start is unclear. `again` and `spent`
-    # were forgiven an unclear crash before: this one counts.
+    # No worker row, so no mark: every started job's start is unclear. `again` and `spent` were forgiven
+    # an unclear crash before: this one counts.
     await conn.execute("UPDATE notifyq.jobs SET unclear_crashes = 1 WHERE task IN ('again', 'spent')")
 
     await claim_head(conn, "expired", lease=10)  # expires at T0+10: its first crash
@@ -470,109 +452,66 @@ async def extend(conn: asyncpg.Connection, held: dict[int, uuid.UUID], lease: fl
         ["default"],
         ["t"],
         10,
-        0,
-        0,
-        0,
+        None,
     )
     return [r["id"] for r in rows]
 
 
-# -- the marks: which claimed jobs began ---------------------------------------------------------------
+# -- begin: starting a buffered job ----------------------------------------------------------------------
 
 
-async def test_the_claim_counts_the_attempt_and_a_start_needs_a_heartbeat_younger_than_a_lease(
+async def test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease(
     conn: asyncpg.Connection,
 ) -> None:
+    job_id, stale, current = await stale_and_current_tokens(conn)
+    # stale_and_current_tokens started both claims: the current one is started already.
+    assert await begin(conn, job_id, current) == []
+    assert await begin(conn, job_id, stale) == []
+    assert (await snapshot(conn, job_id))["attempts"] == 1
+
+    # A reserved (claimed, not started) job whose lease ran out is not started, even by its holder:
+    # a daemon frozen past its lease must not start what another may have run meanwhile.
     await set_clock(conn, T0)
-    first, second = await insert_job(conn, "a"), await insert_job(conn, "b")
+    other = await insert_job(conn, "u")
+    claim = await claim_head(conn, "u", lease=10, start=False)
+    # Reserved, lease current: a token that is not its own (a stale one, another job's) starts nothing.
+    await assert_writes_nothing(conn, begin, other, stale)
+    await assert_writes_nothing(conn, begin, other, uuid.uuid4())
+    await set_clock(conn, at(10))  # leased until exactly now: no longer current
+    await assert_writes_nothing(conn, begin, other, claim["lease_token"])
+    await set_clock(conn, at(9))
+    assert await begin(conn, other, claim["lease_token"]) == [other]
+    row = await snapshot(conn, other)
+    assert (row["attempts"], row["started_at"]) == (1, at(9))
+
+
+async def test_rescue_counts_a_start_the_mark_covers_and_forgives_one_it_does_not(
+    conn: asyncpg.Connection,
+) -> None:
+    """A worker's entered_through mark moves with its begin statements (and never back): a job started
+    at or before it ran, and its crash counts like any failed attempt; one started after it may never
+    have run, and is forgiven the first time."""
+    await set_clock(conn, T0)
+    assert await extend(conn, {}, LEASE) == []  # the heartbeat creates the worker's row
+    ran, unclear = await insert_job(conn, "a"), await insert_job(conn, "b")
     a = await claim_head(conn, "a", start=False)
     b = await claim_head(conn, "b", start=False)
-    # Counted once, at the claim; numbered in the worker's claim order.
-    assert [(c["attempts"], c["claim_seq"]) for c in (a, b)] == [(1, 1), (1, 2)]
-    assert [(await snapshot(conn, j))["attempts"] for j in (first, second)] == [1, 1]
-    assert await marks(conn) == (2, 0, 0)
-
-    move = queries.get("move_marks")
-    # Refused once the worker's last heartbeat (at T0) is a lease old: a daemon frozen past its leases
-    # must not start what another daemon may have run meanwhile.
-    await set_clock(conn, at(LEASE))
-    assert await conn.fetch(move, WORKER, 1, None, None, None) == []
-    assert await marks(conn) == (2, 0, 0)
-    await set_clock(conn, at(LEASE - 0.001))
-    [row] = await conn.fetch(move, WORKER, 1, None, None, None)
-    assert (row["begun_seq"], row["entered_seq"]) == (1, 0)
-    # Marks never move back; NULL leaves one as it is.
-    [row] = await conn.fetch(move, WORKER, 0, 1, None, None)
-    assert (row["begun_seq"], row["entered_seq"]) == (1, 1)
-    [row] = await conn.fetch(move, WORKER, None, 0, None, None)
-    assert (row["begun_seq"], row["entered_seq"]) == (1, 1)
-    # No row for an unknown worker: nothing to move, refused.
-    assert await conn.fetch(move, uuid.uuid4(), 5, 5, None, None) == []
-
-
-async def test_a_claim_never_heard_back_goes_back_before_the_mark_passes_it(conn: asyncpg.Connection) -> None:
-    """Its rows hold claim_seq 2 to 3 under this worker; the mark statement that passes them gives them
-    back, attempt refunded, and touches no other row."""
-    await set_clock(conn, T0)
-    ids = [await insert_job(conn) for _ in range(4)]
-    kept = await claim_head(conn, start=False)  # claim_seq 1, known to the daemon
-    rows = await conn.fetch(
-        queries.get("claim_head"), "default", ["t"], [None], 2, LEASE, WORKER, NO_BYTE_BUDGET
-    )
-    assert sorted(r["claim_seq"] for r in rows) == [2, 3]  # "lost": the daemon never saw them
-    later = await claim_head(conn, start=False)  # claim_seq 4: the gap shows
-    assert later["claim_seq"] == 4
-    [row] = await conn.fetch(queries.get("move_marks"), WORKER, 4, None, 2, 3)
-    assert row["begun_seq"] == 4
-    lost = {r["id"] for r in rows}
-    for job_id in ids:
-        job = await snapshot(conn, job_id)
-        if job_id in lost:
-            assert (job["state"], job["attempts"], job["lease_token"]) == ("queued", 0, None)
-        else:
-            assert (job["state"], job["attempts"]) == ("running", 1), job_id
-    assert {kept["id"], later["id"]} == set(ids) - lost
-
-
-async def test_a_claim_needs_its_workers_row(conn: asyncpg.Connection) -> None:
-    """Without it (pruned while the daemon was stopped) the claim takes nothing; the heartbeat makes it
-    again, with the daemon's own counter, so no claim_seq is handed out twice."""
-    await set_clock(conn, T0)
-    job_id = await insert_job(conn)
-    claim = queries.get("claim_head")
-    assert await conn.fetch(claim, "default", ["t"], [None], 5, LEASE, WORKER, NO_BYTE_BUDGET) == []
-    assert (await snapshot(conn, job_id))["state"] == "queued"
-    await conn.fetch(
-        queries.get("extend_leases"), [], [], LEASE, WORKER, "h", 1, ["default"], ["t"], 10, 3, 6, 7
-    )
-    assert await marks(conn) == (7, 6, 3)
-    [row] = await conn.fetch(claim, "default", ["t"], [None], 5, LEASE, WORKER, NO_BYTE_BUDGET)
-    assert row["claim_seq"] == 8
-
-
-async def test_rescue_reads_the_marks_never_begun_ran_or_unclear(conn: asyncpg.Connection) -> None:
-    """Beyond begun_seq a job never began: back as it was, attempt refunded. Up to entered_seq its
-    handler was called: its crash counts. Between, it may never have run: forgiven the first time."""
-    await set_clock(conn, T0)
-    ran, unclear, unbegun = (
-        await insert_job(conn, "a"),
-        await insert_job(conn, "b"),
-        await insert_job(conn, "c"),
-    )
-    for task in "abc":
-        await claim_head(conn, task, start=False)
-    move = queries.get("move_marks")
-    await conn.fetch(move, WORKER, 2, 1, None, None)
-    assert await marks(conn) == (3, 2, 1)
+    [first] = await conn.fetch(queries.get("begin_jobs"), [ran], [a["lease_token"]], WORKER, None)
+    assert first["started_at"] == T0
+    await set_clock(conn, at(1))
+    # The second begin carries the mark: every handler of the first batch has been called.
+    await conn.fetch(queries.get("begin_jobs"), [unclear], [b["lease_token"]], WORKER, T0)
+    await conn.execute(queries.get("mark_entered"), WORKER, T0 - timedelta(seconds=5))  # never back
+    assert await conn.fetchval("SELECT entered_through FROM notifyq.workers WHERE id = $1", WORKER) == T0
 
     await set_clock(conn, at(LEASE + 2))
     rows = await rescue(conn)
-    assert sorted((r["id"], r["state"], r["attempts"], r["started"], r["forgiven"]) for r in rows) == [
-        (ran, "queued", 1, True, False),
-        (unclear, "queued", 0, True, True),
-        (unbegun, "queued", 0, False, False),
+    assert sorted((r["id"], r["state"], r["attempts"], r["forgiven"]) for r in rows) == [
+        (ran, "queued", 1, False),
+        (unclear, "queued", 0, True),
     ]
-    assert [(await snapshot(conn, j))["unclear_crashes"] for j in (ran, unclear, unbegun)] == [0, 1, 0]
+    assert (await snapshot(conn, ran))["unclear_crashes"] == 0
+    assert (await snapshot(conn, unclear))["unclear_crashes"] == 1
 
 
 async def test_rescue_leaves_the_leases_its_own_daemon_still_holds(conn: asyncpg.Connection) -> None:
@@ -597,9 +536,9 @@ async def test_rescue_puts_an_unstarted_job_back_as_it_was(conn: asyncpg.Connect
     await conn.execute("UPDATE notifyq.jobs SET last_error = 'earlier' WHERE id = $1", job_id)
     queued = await snapshot(conn, job_id)
     claim = await claim_head(conn, lease=10, start=False)
-    assert claim["attempts"] == 1  # counted by the claim; refunded if it never begins
+    assert claim["attempts"] == 1  # the attempt it will be, once started
     reserved = await snapshot(conn, job_id)
-    assert (reserved["state"], reserved["attempts"]) == ("running", 1)
+    assert (reserved["state"], reserved["attempts"], reserved["started_at"]) == ("running", 0, None)
 
     await set_clock(conn, at(11))
     rows = await rescue(conn)
@@ -612,12 +551,12 @@ async def test_rescue_puts_an_unstarted_job_back_as_it_was(conn: asyncpg.Connect
         assert back[column] == queued[column], column
 
 
-async def test_giving_back_refunds_the_attempt_the_claim_counted(conn: asyncpg.Connection) -> None:
+async def test_giving_back_refunds_only_a_counted_attempt(conn: asyncpg.Connection) -> None:
     await set_clock(conn, T0)
     unstarted_id = await insert_job(conn, "a")
     started_id = await insert_job(conn, "b")
     unstarted = await claim_head(conn, "a", start=False)
-    started = await claim_head(conn, "b")  # begun, then not run (its lease unconfirmed): given back
+    started = await claim_head(conn, "b")  # begun, but its answer lost: given back as unstarted
     give_back = record("queued", 0.0, 1, None, None)
     assert await give_back(conn, unstarted_id, unstarted["lease_token"]) == [unstarted_id]
     assert await give_back(conn, started_id, started["lease_token"]) == [started_id]

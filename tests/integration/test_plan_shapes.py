@@ -40,8 +40,7 @@ PKEY = "jobs_pkey"
 ALLOWED: dict[str, set[str]] = {
     "claim_head": {"jobs_claim_idx"},
     "claim_jobs": {"jobs_claim_idx"},
-    # Gives back the rows of a claim never heard back from: this worker's running rows.
-    "move_marks": {"jobs_running_idx"},
+    "begin_jobs": set(),
     "complete_succeeded": set(),
     "record_outcomes": set(),
     "extend_leases": set(),
@@ -142,11 +141,6 @@ async def plan(conn: asyncpg.Connection, name: str, args: list[Any], mode: str) 
 
 
 async def claim(conn: asyncpg.Connection, n: int, queue: str = "default") -> list[asyncpg.Record]:
-    await conn.execute(
-        "INSERT INTO notifyq.workers (id, hostname, pid, queues, tasks, concurrency, lease_seconds)"
-        " VALUES ($1, 'h', 1, '{}', '{}', 1, 300) ON CONFLICT DO NOTHING",
-        WORKER,
-    )
     return await conn.fetch(queries.get("claim_head"), queue, ["t"], [None], n, 300.0, WORKER, 1 << 40)
 
 
@@ -162,10 +156,10 @@ async def statements(conn: asyncpg.Connection, queue: str = "default") -> dict[s
     return {
         "claim_head": [queue, ["t"], [None], BATCH, 300.0, str(WORKER), 1 << 40],
         "claim_jobs": [queues, ["t"], [None], BATCH, 300.0, str(WORKER), [None], [None], [None], 1 << 40],
-        "move_marks": [str(WORKER), 5, 4, 1, 3],
+        "begin_jobs": [ids, tokens, str(WORKER), None],
         "complete_succeeded": [ids, tokens],
         "record_outcomes": [ids, tokens, ["failed"] * n, [0.0] * n, [0] * n, ["boom"] * n, [None] * n],
-        "extend_leases": [ids, tokens, 300.0, str(WORKER), "host", 1, queues, ["t"], BATCH, 0, 0, 0],
+        "extend_leases": [ids, tokens, 300.0, str(WORKER), "host", 1, queues, ["t"], BATCH, None],
         "rescue_expired": [100, ids, tokens],
         "next_run_delay": [queues, ["t"]],
         "prune_finished": [3600.0, 1000],

@@ -6,19 +6,10 @@ import asyncpg
 import pytest
 
 from notifyq import queries
-from tests.support import add_worker
 
 pytestmark = pytest.mark.timeout(60)
 
 WORKER = "00000000-0000-0000-0000-000000000001"
-
-
-@pytest.fixture(autouse=True)
-async def _worker_row(conn: asyncpg.Connection) -> None:
-    """The claims here run as WORKER: its row, as the daemon's first heartbeat makes it."""
-    await add_worker(conn, WORKER)
-
-
 CLAIM_ARGS = (
     "'{default}'",
     "'{t}'",

@@ -20,7 +20,7 @@ import pytest
 from notifyq import Backoff, Job, NewJob, Registry, enqueue, enqueue_many, migrate, queries, status
 from notifyq.config import load_settings
 from notifyq.store import Store
-from tests.support import add_worker, running_daemon, wait_for
+from tests.support import running_daemon, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,12 +28,6 @@ pytestmark = pytest.mark.timeout(60)
 FIRST = datetime(1, 1, 2, tzinfo=UTC)
 LAST = datetime(9999, 12, 31, tzinfo=UTC)
 WORKER = uuid.UUID(int=7)
-
-
-@pytest.fixture(autouse=True)
-async def _worker_row(conn: asyncpg.Connection) -> None:
-    """The claims here run as WORKER: its row, as the daemon's first heartbeat makes it."""
-    await add_worker(conn, WORKER)
 
 
 def _refused(caught: pytest.ExceptionInfo[asyncpg.CheckViolationError], field: str) -> None:
@@ -265,16 +259,13 @@ async def test_the_daemons_updates_never_call_the_guard(conn: asyncpg.Connection
         await enqueue_many(conn, [NewJob("t") for _ in range(5)])
         inserts = await conn.fetchval("SELECT pg_stat_get_xact_function_calls($1)", guard)
         assert inserts == 5, "the counter works: one call per insert"
-        await conn.fetch(
-            queries.get("extend_leases"), [], [], 30.0, WORKER, "host", 1, ["default"], ["t"], 5, 0, 0, 0
-        )
         claimed = await conn.fetch(queries.get("claim_head"), "default", ["t"], [2], 5, 30.0, WORKER, 1 << 40)
         ids = sorted(r["id"] for r in claimed)
         tokens = [next(r["lease_token"] for r in claimed if r["id"] == i) for i in ids]
         await conn.fetch(
-            queries.get("extend_leases"), ids, tokens, 30.0, WORKER, "host", 1, ["default"], ["t"], 5, 0, 0, 0
+            queries.get("extend_leases"), ids, tokens, 30.0, WORKER, "host", 1, ["default"], ["t"], 5, None
         )
-        await conn.fetch(queries.get("move_marks"), WORKER, 5, 5, None, None)
+        await conn.fetch(queries.get("begin_jobs"), ids, tokens, WORKER, None)
         await conn.fetch(queries.get("complete_succeeded"), ids[:1], tokens[:1])
         # A retry (run_at moves), a failure and a snooze in one batch.
         await conn.fetch(
@@ -349,7 +340,6 @@ async def test_migration_0004_keeps_existing_jobs_as_the_old_rules_ran_them(empt
             "0004_producer_guards",
             "0005_unclear_crashes",
             "0006_queue_counts",
-            "0007_start_marks",
         ]
         rows = {
             r["id"]: r

@@ -10,17 +10,10 @@ import pytest
 
 from notifyq import queries
 from notifyq.store import Store
-from tests.support import add_worker
 
 pytestmark = pytest.mark.timeout(60)
 
 WORKER = uuid.UUID("00000000-0000-0000-0000-0000000000cc")
-
-
-@pytest.fixture(autouse=True)
-async def _worker_row(conn: asyncpg.Connection) -> None:
-    """The claims here run as WORKER: its row, as the daemon's first heartbeat makes it."""
-    await add_worker(conn, WORKER)
 
 
 async def reading(conn: asyncpg.Connection, max_age: float) -> tuple[dict[tuple[str, str, str], int], object]:

@@ -77,11 +77,6 @@ async def test_prune_finished_deletes_only_old_finished_jobs(conn: asyncpg.Conne
     )
     # ...and a daemon claimed one of them long ago and still holds it (its lease long expired, no rescue).
     await set_clock(conn, ancient)
-    await conn.execute(
-        "INSERT INTO notifyq.workers (id, hostname, pid, queues, tasks, concurrency, lease_seconds)"
-        " VALUES ($1, 'test', 1, '{}', '{}', 1, 30)",
-        WORKER,
-    )
     claimed = await conn.fetch(
         queries.get("claim_head"), "default", ["running_ancient"], [None], 1, 30.0, WORKER, 1 << 40
     )

@@ -70,7 +70,7 @@ CATALOGUE: tuple[Mutation, ...] = (
     # -- fenced finalization: only the current lease writes --------------------------------------
     Mutation(
         "fence_batch_statements",
-        "outcomes, successes and the heartbeat write a row only under the job's current lease token",
+        "begin, outcomes, successes and the heartbeat write a row only under the job's current lease token",
         (
             Edit(
                 WORKER_SQL,
@@ -79,7 +79,11 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "lock_batch",
             ),
         ),
-        (f"{FENCES}::test_only_the_current_lease_token_finalizes", STATE_MACHINE),
+        (
+            f"{FENCES}::test_only_the_current_lease_token_finalizes",
+            f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",
+            STATE_MACHINE,
+        ),
         SMALL_MACHINE,
     ),
     Mutation(
@@ -160,63 +164,35 @@ CATALOGUE: tuple[Mutation, ...] = (
         ),
         (f"{FENCING}::test_a_daemon_that_cannot_reach_the_database_fences_its_own_handlers",),
     ),
-    # -- attempts: counted by the claim, refunded unless the worker's marks say the job began ------
+    # -- attempts are counted when a job starts; the claim takes runnable rows in order ----------
     Mutation(
         "attempts_not_counted",
-        "a job's attempt is counted by its claim, so a job that kills its worker cannot retry forever",
-        (Edit(WORKER_SQL, "    attempts = j.attempts + 1,\n", "", "claim_lease"),),
-        (f"{FENCES}::test_the_claim_counts_the_attempt_and_a_start_needs_a_heartbeat_younger_than_a_lease",),
+        "a job's attempt is counted when it starts, so a job that kills its worker cannot retry forever",
+        (Edit(WORKER_SQL, "SET attempts = j.attempts + 1,", "SET attempts = j.attempts,", "begin_jobs"),),
+        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(
-        "begin_with_a_stale_heartbeat",
-        "a daemon frozen past its lease starts no buffered job: the mark moves only under a heartbeat younger than a lease",
+        "begin_with_a_stale_lease",
+        "a daemon frozen past its lease starts no buffered job: begin requires a lease not yet run out",
+        (Edit(WORKER_SQL, "\n      AND j.leased_until > notifyq.now()", "", "begin_jobs"),),
+        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
+    ),
+    Mutation(
+        "begin_twice",
+        "one lease counts its attempt once",
         (
             Edit(
                 WORKER_SQL,
-                "\n  AND w.last_seen > notifyq.now() - make_interval(secs => w.lease_seconds)",
-                "",
-                "move_marks",
+                "WHERE j.started_at IS NULL\n      AND j.leased_until",
+                "WHERE j.leased_until",
+                "begin_jobs",
             ),
         ),
-        (f"{FENCES}::test_the_claim_counts_the_attempt_and_a_start_needs_a_heartbeat_younger_than_a_lease",),
-    ),
-    Mutation(
-        "marks_move_back",
-        "a worker's marks never move back",
-        (
-            Edit(
-                WORKER_SQL,
-                "SET begun_seq = greatest(w.begun_seq, coalesce($2::bigint, w.begun_seq)),",
-                "SET begun_seq = coalesce($2::bigint, w.begun_seq),",
-                "move_marks",
-            ),
-        ),
-        (f"{FENCES}::test_the_claim_counts_the_attempt_and_a_start_needs_a_heartbeat_younger_than_a_lease",),
-    ),
-    Mutation(
-        "lost_claim_kept",
-        "the rows of a claim never heard back go back, attempt refunded, before the mark passes them",
-        (Edit(WORKER_SQL, "AND j.claim_seq BETWEEN $4::bigint AND $5::bigint", "AND false", "move_marks"),),
-        (f"{FENCES}::test_a_claim_never_heard_back_goes_back_before_the_mark_passes_it", STATE_MACHINE),
-        SMALL_MACHINE,
-    ),
-    Mutation(
-        "lost_claim_not_seen",
-        "the daemon sees a claim it never heard back from in the claim after it",
-        (Edit("notifyq/worker/starter.py", "        if first - 1 > self.claimed:", "        if False:"),),
-        (
-            "tests/integration/test_alone.py::test_a_claim_never_heard_back_goes_back_before_the_mark_passes_it",
-        ),
-    ),
-    Mutation(
-        "claim_without_workers_row",
-        "a claim needs its worker's row (its counter numbers the claim), so no claim_seq is handed out twice",
-        (Edit(WORKER_SQL, " AND EXISTS (SELECT FROM counter)", "", "claim_lease"),),
-        (f"{FENCES}::test_a_claim_needs_its_workers_row",),
+        (f"{FENCES}::test_begin_counts_the_attempt_once_and_only_under_a_current_unexpired_lease",),
     ),
     Mutation(
         "runner_runs_without_begin",
-        "a runner starts a job only once the mark covers it",
+        "a runner starts a job only once its attempt is counted",
         (
             Edit(
                 "notifyq/worker/executor.py",
@@ -239,26 +215,17 @@ CATALOGUE: tuple[Mutation, ...] = (
         ("tests/unit/test_executor.py",),
     ),
     Mutation(
-        "starter_runs_beyond_the_mark",
-        "the starter lets a job run only once begun_seq covers it",
-        (Edit("notifyq/worker/starter.py", "        if seq <= self.begun:\n", "        if True:\n"),),
-        (
-            "tests/integration/test_alone.py::test_a_mark_that_cannot_be_written_costs_the_waiting_jobs_their_start_not_the_daemon",
-        ),
-    ),
-    Mutation(
         "rescue_fails_unstarted_jobs",
-        "a job that never began is put back as it was by rescue, attempt refunded, never failed for a crash",
+        "a job that never started is put back as it was by rescue, never failed for a crash",
         (
             Edit(
                 WORKER_SQL,
-                "coalesce(j.claim_seq <= w.begun_seq, true) AS started",
-                "true AS started",
+                "SET state = CASE WHEN judged.started AND NOT judged.forgiven AND j.attempts >= j.max_attempts",
+                "SET state = CASE WHEN j.attempts + 1 >= j.max_attempts",
                 "rescue_expired",
             ),
         ),
-        (f"{FENCES}::test_rescue_puts_an_unstarted_job_back_as_it_was", STATE_MACHINE),
-        SMALL_MACHINE,
+        (f"{FENCES}::test_rescue_puts_an_unstarted_job_back_as_it_was",),
     ),
     Mutation(
         "rescue_forgives_nothing",
@@ -266,7 +233,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "b.started AND b.unclear AND j.unclear_crashes = 0 AS forgiven",
+                "j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven",
                 "false AS forgiven",
                 "rescue_expired",
             ),
@@ -280,8 +247,8 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "b.started AND b.unclear AND j.unclear_crashes = 0 AS forgiven",
-                "b.started AND b.unclear AS forgiven",
+                "j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven",
+                "j.started_at > coalesce(w.entered_through, '-infinity') AS forgiven",
                 "rescue_expired",
             ),
         ),
@@ -290,47 +257,50 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "rescue_ignores_the_mark",
-        "a job its worker's entered mark covers has its crash counted, not forgiven (max_attempts=1 stays at most once)",
+        "a job its worker's mark records as run has its crash counted, not forgiven (max_attempts=1 stays at most once)",
         (
             Edit(
                 WORKER_SQL,
-                "coalesce(j.claim_seq > w.entered_seq, true) AS unclear",
-                "true AS unclear",
+                "coalesce(w.entered_through, '-infinity') AS unclear,",
+                "'infinity'::timestamptz AS unclear,",
+                "rescue_expired",
+            ),
+            Edit(
+                WORKER_SQL,
+                "j.started_at > coalesce(w.entered_through, '-infinity') AND j.unclear_crashes = 0 AS forgiven",
+                "j.unclear_crashes = 0 AS forgiven",
                 "rescue_expired",
             ),
         ),
-        (f"{FENCES}::test_rescue_reads_the_marks_never_begun_ran_or_unclear", STATE_MACHINE),
+        (f"{FENCES}::test_rescue_counts_a_start_the_mark_covers_and_forgives_one_it_does_not", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
-        "mark_not_moved",
-        "move_marks writes the worker's entered_seq",
+        "mark_not_moved_by_begin",
+        "each begin statement carries the worker's entered_through mark",
         (
             Edit(
                 WORKER_SQL,
-                "    entered_seq = greatest(w.entered_seq, coalesce($3::bigint, w.entered_seq))",
-                "    entered_seq = w.entered_seq",
-                "move_marks",
+                "SET entered_through = greatest(w.entered_through, $4::timestamptz)\n    WHERE w.id = $3::uuid AND $4::timestamptz IS NOT NULL",
+                "SET entered_through = w.entered_through\n    WHERE w.id = $3::uuid AND $4::timestamptz IS NOT NULL",
+                "begin_jobs",
             ),
         ),
-        (
-            f"{FENCES}::test_the_claim_counts_the_attempt_and_a_start_needs_a_heartbeat_younger_than_a_lease",
-            STATE_MACHINE,
-        ),
+        (f"{FENCES}::test_rescue_counts_a_start_the_mark_covers_and_forgives_one_it_does_not", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
         "mark_follows_no_handler",
-        "entered_seq moves only past jobs whose handlers were all called",
+        "the mark moves only once every job begun before it has had its handler called",
         (
             Edit(
                 "notifyq/worker/starter.py",
-                "        first_open = self._open[0] - 1 if self._open else self.claimed",
-                "        first_open = self.claimed",
+                "while self._batches and not self._batches[0].open:",
+                "while self._batches:",
             ),
         ),
         (
-            "tests/integration/test_alone.py::test_entered_seq_moves_only_past_jobs_whose_handlers_were_all_called",
+            "tests/integration/test_alone.py::test_the_mark_moves_only_past_batches_whose_handlers_were_all_called",
         ),
     ),
     Mutation(
@@ -348,13 +318,13 @@ CATALOGUE: tuple[Mutation, ...] = (
         SMALL_MACHINE,
     ),
     Mutation(
-        "forgiven_job_begun_with_others",
-        "a job forgiven an unclear crash is begun alone, once every earlier handler was called",
+        "forgiven_job_begun_in_a_batch",
+        "a job forgiven an unclear crash is begun in a statement of its own",
         (
             Edit(
                 "notifyq/worker/starter.py",
-                "            if claim.job.unclear_crashes:\n",
-                "            if False:\n",
+                "            if claim.job.unclear_crashes and not future.done():",
+                "            if False:",
             ),
         ),
         (
@@ -363,14 +333,8 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "forgiven_job_not_waited_for",
-        "nothing after a job begun alone begins until entered_seq covers it",
-        (
-            Edit(
-                "notifyq/worker/starter.py",
-                "                if self.entered_mark < alone:\n                    limit = min(limit, self.begun)",
-                "                if self.entered_mark < alone:\n                    pass",
-            ),
-        ),
+        "nothing else is begun until the mark covers a job begun alone",
+        (Edit("notifyq/worker/starter.py", "            await batch.done.wait()\n", "            pass\n"),),
         ("tests/integration/test_alone.py",),
     ),
     Mutation(
@@ -390,17 +354,15 @@ CATALOGUE: tuple[Mutation, ...] = (
     ),
     Mutation(
         "mark_write_failure_escapes",
-        "a mark that cannot be written costs the waiting jobs their start, never the daemon",
+        "a mark that cannot be written stops nothing (it only lags)",
         (
             Edit(
                 "notifyq/worker/starter.py",
-                "        except (DatabaseUnavailable, QueryError) as exc:\n            # Not retried",
-                "        except ZeroDivisionError as exc:\n            # Not retried",
+                "                except (DatabaseUnavailable, QueryError) as exc:\n                    # Safe: the mark",
+                "                except ZeroDivisionError as exc:\n                    # Safe: the mark",
             ),
         ),
-        (
-            "tests/integration/test_alone.py::test_a_mark_that_cannot_be_written_costs_the_waiting_jobs_their_start_not_the_daemon",
-        ),
+        ("tests/integration/test_alone.py::test_a_mark_that_cannot_be_written_stops_nothing",),
     ),
     Mutation(
         "claim_runs_early",
@@ -468,7 +430,7 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             Edit(
                 WORKER_SQL,
-                "attempts = j.attempts - m.refund,",
+                "attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE m.refund END,",
                 "attempts = j.attempts,",
                 "record_outcomes",
             ),

@@ -341,7 +341,6 @@ CREATE TABLE notifyq.jobs (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     unclear_crashes integer DEFAULT 0 NOT NULL,
-    claim_seq bigint,
     CONSTRAINT jobs_attempts_range CHECK ((attempts >= 0)),
     CONSTRAINT jobs_dedup_key_length CHECK (((dedup_key IS NULL) OR ((char_length(dedup_key) >= 1) AND (char_length(dedup_key) <= 200)))),
     CONSTRAINT jobs_lease_only_when_running CHECK (((state = 'running'::notifyq.job_state) = ((lease_token IS NOT NULL) AND (leased_until IS NOT NULL)))),
@@ -386,9 +385,7 @@ CREATE TABLE notifyq.workers (
     lease_seconds double precision NOT NULL,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     last_seen timestamp with time zone DEFAULT now() NOT NULL,
-    claimed_seq bigint DEFAULT 0 NOT NULL,
-    begun_seq bigint DEFAULT 0 NOT NULL,
-    entered_seq bigint DEFAULT 0 NOT NULL
+    entered_through timestamp with time zone
 );
 ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_attempts_within_max CHECK ((attempts <= max_attempts)) NOT VALID;

@@ -1,7 +1,7 @@
 """The executor's start step, driven exactly: a job runs only once the starter has counted its attempt,
 and a job it refuses goes back unstarted. The starter and the completer here are stand-ins that answer
 from a script and record what they were given; the statements themselves run against real Postgres in
-tests/integration/test_fences.py (move_marks) and in the fault suite (tests/faults/test_hostile.py)."""
+tests/integration/test_fences.py (begin_jobs) and in the fault suite (tests/faults/test_hostile.py)."""
 
 from __future__ import annotations
 
