@@ -190,7 +190,9 @@ WITH o AS (
         leased_until = NULL,
         worker_id = NULL
     -- `mine` holds each id once: a batch may hold one id twice, under its current token and a stale
-    -- one, and only the current one matched.
+    -- one, and only the current one matched. The ids are named again, hidden in a subquery, for the
+    -- primary key: joined to `mine` alone, a custom plan that knew 300 ids hashed them against a
+    -- sequential scan of the table (test_plan_shapes).
     FROM mine AS m
     WHERE j.id = m.id AND j.id = ANY(ARRAY(SELECT id FROM mine))
     RETURNING j.id
