@@ -171,7 +171,12 @@ class WorkerRow(WorkerInfo):
 
 
 @dataclass(frozen=True, slots=True)
-class HealthStats:
+class GaugeReading:
+    """What a daemon's gauges show, read in one statement."""
+
+    queues: QueueReading
+    workers_alive: int
+    served: set[tuple[str, str]]  # (queue, task) pairs some live daemon serves
     dead_tuples: int  # dead row versions in notifyq.jobs
     oldest_xact_age: float  # seconds the oldest open transaction in this database has been open
     usage: float  # how full Postgres's NOTIFY queue is, 0 to 1

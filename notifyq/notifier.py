@@ -98,6 +98,10 @@ class Notifier:
         self._probe_interval = probe_interval
         self._probe_timeout = max(0.5, min(2.0, probe_interval))
         self._probe_channel = f"notifyq.probe.{worker_id.hex}"
+        # NOTIFY as one simple-protocol statement: one transaction per probe, where pg_notify($1) with a
+        # bound channel costs two (asyncpg's Parse round trip, then the execution). The channel is made
+        # here from a UUID's hex digits, never from input, and quoted as an identifier all the same.
+        self._probe_sql = 'NOTIFY "' + self._probe_channel.replace('"', '""') + '"'
         # Names this daemon's LISTEN session, so that ending a stale one can never hit a peer's.
         self._application_name = f"notifyq-listener:{worker_id.hex}"
         self._changed = anyio.Event()
@@ -228,7 +232,7 @@ class Notifier:
     async def _probe(self, conn: asyncpg.Connection) -> bool:
         self._probe_ack = anyio.Event()
         with anyio.move_on_after(self._probe_timeout):
-            await conn.execute(queries.get("probe"), self._probe_channel)
+            await conn.execute(self._probe_sql)
             await self._probe_ack.wait()
             return True
         return False

@@ -25,7 +25,7 @@ from notifyq.config import redact_dsn
 from notifyq.errors import ConfigError, DatabaseConfigError, DatabaseUnavailable, QueryError, StatementTimeout
 from notifyq.models import (
     Claim,
-    HealthStats,
+    GaugeReading,
     Job,
     JobDetail,
     JobState,
@@ -403,8 +403,18 @@ class Store:
         ]
         return QueueReading(stats, taken_at)
 
-    async def health_stats(self) -> HealthStats:
-        return HealthStats(**(await self._fetch("health_stats"))[0])
+    async def gauge_reading(self, max_age: float) -> GaugeReading:
+        """The daemons' gauges: queue_stats(max_age), the live daemons and the database's health."""
+        r = (await self._fetch("gauge_reading", max_age))[0]
+        stats = [QueueStat(q, t, s, n, age) for q, t, s, n, age in orjson.loads(r["counts"])]
+        return GaugeReading(
+            queues=QueueReading(stats, r["taken_at"]),
+            workers_alive=r["workers_alive"],
+            served=set(zip(r["served_queues"], r["served_tasks"], strict=True)),
+            dead_tuples=r["dead_tuples"],
+            oldest_xact_age=r["oldest_xact_age"],
+            usage=r["usage"],
+        )
 
 
 def _split(rows: list[asyncpg.Record], done: set[int], busy: set[int]) -> None:

@@ -1,8 +1,9 @@
 """Refreshes the database gauges in the background (never on the scrape path).
 
-Every `interval` seconds: the jobs per queue, task and state (counted through the partial indexes, by
-whichever daemon finds the shared reading stale first: see notifyq.queue_counts in migration 0006), the
-live workers, the NOTIFY queue usage and the schema ledger. The reading feeds the `notifyq_queue_*`
+Every `interval` seconds, in one statement (an idle daemon's refresh is one transaction): the jobs per
+queue, task and state (counted through the partial indexes, by whichever daemon finds the shared reading
+stale first: see notifyq.queue_counts in migration 0006), the live workers and the NOTIFY queue usage;
+about once a minute, the schema ledger. The reading feeds the `notifyq_queue_*`
 gauges, systemd's STATUS line and `/readyz` (schema still current). Its cost follows the queued, running
 and failed jobs, not the finished ones retention keeps, nor the number of daemons.
 """
@@ -50,19 +51,18 @@ class GaugeRefresher:
 
     async def refresh(self) -> Overview:
         # A reading another daemon took within most of an interval is recent enough: one counts for all.
-        reading = await self._store.queue_stats(max_age=self._interval * 0.9)
-        workers = await self._store.live_workers()
-        health = await self._store.health_stats()
+        reading = await self._store.gauge_reading(max_age=self._interval * 0.9)
         self._readings += 1
         if self._readings % _SCHEMA_EVERY == 1:  # a migration is rare: look about once a minute
             async with self._store.connection() as conn:
                 self.schema_problem = (await migrate.status(conn)).problem()
-        overview = summarize(reading.stats, workers)
+        overview = summarize(reading.queues.stats, (), reading.served)
         self._metrics.set_queue_stats(overview.counts(), overview.oldest(), overview.orphans_by_queue())
-        self._metrics.workers_alive.set(len(workers))
-        self._metrics.notification_queue_usage.set(health.usage)
-        self._metrics.dead_tuples.set(health.dead_tuples)
-        self._metrics.oldest_transaction_age.set(health.oldest_xact_age)
-        self._metrics.stats_age.set(reading.taken_at.timestamp() if reading.taken_at else time.time())
+        self._metrics.workers_alive.set(reading.workers_alive)
+        self._metrics.notification_queue_usage.set(reading.usage)
+        self._metrics.dead_tuples.set(reading.dead_tuples)
+        self._metrics.oldest_transaction_age.set(reading.oldest_xact_age)
+        taken_at = reading.queues.taken_at
+        self._metrics.stats_age.set(taken_at.timestamp() if taken_at else time.time())
         self._on_reading(overview)
         return overview

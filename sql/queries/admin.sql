@@ -5,12 +5,16 @@
 SELECT notifyq.enqueue($1::text, $2::text::jsonb, $3::text, $4::timestamptz, $5::int, $6::text,
                        $7::int, $8::interval) AS id;
 
+-- name: live_worker :fragment
+-- A row of notifyq.workers (named w) whose daemon heartbeated within two of its own leases.
+w.last_seen > now() - make_interval(secs => 2 * w.lease_seconds)
+
 -- name: live_workers :many
 -- Workers whose last heartbeat is within two of their own leases.
 SELECT w.id, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.lease_seconds, w.running,
        w.started_at, w.last_seen, extract(epoch FROM now() - w.last_seen)::float8 AS seen_seconds_ago
 FROM notifyq.workers AS w
-WHERE w.last_seen > now() - make_interval(secs => 2 * w.lease_seconds)
+WHERE /* include: live_worker */
 ORDER BY w.hostname, w.pid;
 
 -- name: cancel_job :one

@@ -101,3 +101,44 @@ async def test_odd_ages_serve_a_reading_and_the_fresh_count_writes_nothing(conn:
         (None, None, None, 0),
     ]
     assert await conn.fetchval("SELECT count(*) FROM notifyq.queue_counts") == 0
+
+
+async def test_the_daemons_gauge_reading_is_one_statement_with_all_it_shows(db_dsn: str) -> None:
+    """The groups as queue_stats counts them, the live daemons and what they serve, the health columns."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO notifyq.jobs (task, queue, run_at) SELECT 'a', 'q', now() - interval '1 minute'"
+            " FROM generate_series(1, 3) UNION ALL SELECT 'b', 'r', now() + interval '1 hour'"
+        )
+        await conn.execute(
+            "INSERT INTO notifyq.workers (id, hostname, pid, queues, tasks, concurrency, lease_seconds, last_seen)"
+            " VALUES (gen_random_uuid(), 'live', 1, '{q,z}', '{a,x}', 1, 30, now()),"
+            "        (gen_random_uuid(), 'live2', 2, '{q}', '{a}', 1, 30, now()),"
+            "        (gen_random_uuid(), 'dead', 3, '{r}', '{b}', 1, 30, now() - interval '61 seconds')"
+        )
+    finally:
+        await conn.close()
+    store = await Store.open(db_dsn)
+    try:
+        reading = await store.gauge_reading(max_age=60.0)
+    finally:
+        await store.close()
+    groups = {(s.queue, s.task, s.state): s.jobs for s in reading.queues.stats}
+    assert groups == {("q", "a", "queued"): 3, ("r", "b", "scheduled"): 1}
+    ages = {s.state: s.oldest_age for s in reading.queues.stats}
+    assert ages["queued"] is not None and 55 < ages["queued"] < 120
+    assert reading.queues.taken_at is not None
+    assert reading.workers_alive == 2
+    assert reading.served == {("q", "a"), ("q", "x"), ("z", "a"), ("z", "x")}
+    assert reading.dead_tuples >= 0 and reading.oldest_xact_age >= 0 and 0 <= reading.usage <= 1
+
+
+async def test_an_empty_gauge_reading(db_dsn: str) -> None:
+    store = await Store.open(db_dsn)
+    try:
+        reading = await store.gauge_reading(max_age=60.0)
+    finally:
+        await store.close()
+    assert reading.queues.stats == [] and reading.queues.taken_at is not None
+    assert reading.workers_alive == 0 and reading.served == set()
