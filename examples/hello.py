@@ -43,6 +43,11 @@ def flaky(job: Job) -> str:
     return "heads"
 
 
+# Periodic: a greeting every ten seconds, as cron would make it (README, "Periodic jobs"). Each tick is
+# one job however many daemons run this app.
+registry.periodic("*/10 * * * * *", name="hello-every-10s", task="hello.greet", payload={"name": "cron"})
+
+
 async def enqueue_burst(conn: asyncpg.Connection, count: int) -> list[int]:
     """Enqueue `count` jobs spread across the three tasks, in one transaction."""
     ids = []

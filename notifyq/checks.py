@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from notifyq import migrate, queries
+from notifyq import cron, migrate, queries
 from notifyq.config import Settings
 from notifyq.errors import DatabaseConfigError, DatabaseUnavailable, NotifyqError
 from notifyq.registry import load_app
@@ -34,6 +34,7 @@ async def run_checks(settings: Settings, echo: Callable[[str], Any]) -> bool:
         echo("ok    schema: current")
         ok = await _check_listen(settings, echo) and ok
         await _check_handlers(settings, store, echo)
+        ok = await _check_schedules(store, echo) and ok
     finally:
         await store.close()
     return ok
@@ -79,3 +80,23 @@ async def _check_handlers(settings: Settings, store: Store, echo: Callable[[str]
         )
     if not overview.orphans:
         echo(f"ok    handlers: every queued job has a handler ({source})")
+
+
+async def _check_schedules(store: Store, echo: Callable[[str], Any]) -> bool:
+    """Fail on an enabled schedule whose rule the parser refuses (reported by the daemons on its row,
+    or found here before any daemon looked)."""
+    ok = True
+    rows = [s for s in await store.list_schedules() if s.enabled]
+    for s in rows:
+        error = s.error
+        if error is None:
+            try:
+                cron.parse(s.cron, s.timezone)
+            except cron.CronError as exc:
+                error = str(exc)
+        if error is not None:
+            ok = False
+            echo(f"FAIL  schedules: {s.name!r} ({s.cron!r} in {s.timezone}) cannot run: {error}")
+    if ok:
+        echo(f"ok    schedules: {len(rows)} enabled, every rule understood")
+    return ok

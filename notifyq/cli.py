@@ -404,6 +404,88 @@ def _steer(config: str | None, job_id: int, action: str, wanted: str, flags: dic
     click.echo(f"job {job_id} {state}")
 
 
+@main.group()
+def schedules() -> None:
+    """Periodic jobs: list, show, enable, disable, trigger, prune."""
+
+
+@schedules.command("list")
+@db_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def schedules_list(config: str | None, as_json: bool, **flags: Any) -> None:
+    """Every schedule, with its last and next tick and how its latest run went."""
+    from notifyq import periodic
+
+    settings = _settings(config, **flags)
+    click.echo(_run(lambda: periodic.listing(settings, as_json)))
+
+
+@schedules.command("show")
+@db_options
+@click.argument("name")
+def schedules_show(config: str | None, name: str, **flags: Any) -> None:
+    """Every field of one schedule, as JSON."""
+    from notifyq import periodic
+
+    settings = _settings(config, **flags)
+    shown = _run(lambda: periodic.detail(settings, name))
+    if shown is None:
+        _fail(f"no schedule {name!r}", EXIT_RUNTIME)
+    click.echo(shown)
+
+
+@schedules.command("enable")
+@db_options
+@click.argument("name")
+def schedules_enable(config: str | None, name: str, **flags: Any) -> None:
+    """Enable a schedule; the ticks missed while it was disabled do not run."""
+    _toggle(config, name, True, flags)
+
+
+@schedules.command("disable")
+@db_options
+@click.argument("name")
+def schedules_disable(config: str | None, name: str, **flags: Any) -> None:
+    """Disable a schedule (a daemon restart does not enable it again)."""
+    _toggle(config, name, False, flags)
+
+
+def _toggle(config: str | None, name: str, enabled: bool, flags: dict[str, Any]) -> None:
+    from notifyq import periodic
+
+    settings = _settings(config, **flags)
+    if not _run(lambda: periodic.set_enabled(settings, name, enabled)):
+        _fail(f"no schedule {name!r}", EXIT_RUNTIME)
+    click.echo(f"schedule {name!r} {'enabled' if enabled else 'disabled'}")
+
+
+@schedules.command("trigger")
+@db_options
+@click.argument("name")
+def schedules_trigger(config: str | None, name: str, **flags: Any) -> None:
+    """Make one job from a schedule now, outside its ticks."""
+    from notifyq import periodic
+
+    settings = _settings(config, **flags)
+    job_id = _run(lambda: periodic.trigger(settings, name))
+    if job_id is None:
+        _fail(f"no schedule {name!r}", EXIT_RUNTIME)
+    click.echo(f"job {job_id} enqueued from schedule {name!r}")
+
+
+@schedules.command("prune")
+@db_options
+def schedules_prune(config: str | None, **flags: Any) -> None:
+    """Remove the code schedules that no live daemon declares any more (SQL schedules stay)."""
+    from notifyq import periodic
+
+    settings = _settings(config, **flags)
+    removed, alive = _run(lambda: periodic.prune(settings))
+    if not alive:
+        _fail("no live daemon: every code schedule would look stale; start the daemons first", EXIT_RUNTIME)
+    click.echo("\n".join(f"removed {name!r}" for name in removed) or "nothing to prune")
+
+
 def _check_range(flag: str, value: int | None, limits: tuple[int, int]) -> None:
     if value is not None and not limits[0] <= value <= limits[1]:
         _fail(f"{flag}: must be between {limits[0]} and {limits[1]} (got {value})", EXIT_USAGE)

@@ -43,6 +43,7 @@ from notifyq.worker.leases import Leases
 from notifyq.worker.maintenance import Maintenance
 from notifyq.worker.outcomes import describe_error, unstarted
 from notifyq.worker.prefetch import Prefetch
+from notifyq.worker.scheduler import Scheduler, ScheduleTopic
 from notifyq.worker.starter import Starter
 
 
@@ -58,6 +59,7 @@ class _Parts:
     heartbeat: Heartbeat
     maintenance: Maintenance
     gauges: GaugeRefresher
+    scheduler: Scheduler
 
 
 # After the drain, how long outcomes may take to reach the database before they are left to rescue.
@@ -100,7 +102,10 @@ class Daemon:
         self.registry = registry
         self.worker_id = uuid.uuid4()
         self.ready = anyio.Event()
-        self.metrics = Metrics(settings.queues, registry.names, notifyq_version())
+        self._schedules = registry.schedules
+        self.metrics = Metrics(
+            settings.queues, registry.names, notifyq_version(), schedules=[p.name for p in self._schedules]
+        )
         self.metrics.worker_slots.set(settings.concurrency)
         self.http: HttpServer | None = None
         self.systemd = SystemdNotifier()
@@ -120,6 +125,7 @@ class Daemon:
             tasks=registry.names,
             concurrency=settings.concurrency,
             lease_seconds=settings.lease_seconds,
+            schedules=[p.name for p in self._schedules],
         )
         self._log = logs.get("daemon").bind(worker_id=str(self.worker_id))
 
@@ -204,6 +210,9 @@ class Daemon:
                 async with store.connection() as conn:
                     await migrate.ensure_current(conn)
                 await store.register_worker(self.worker_info)
+                # Before the scheduler's first pass. Never deletes: during a rolling deploy the daemons
+                # still on the old code keep the schedules it had (`notifyq schedules prune`).
+                await store.upsert_code_schedules(self._schedules)
                 return store
             except DatabaseUnavailable as exc:
                 if store is not None:
@@ -265,9 +274,10 @@ class Daemon:
             on_slot_free=lambda: wake.hint(WakeSource.SLOT),
         )
         wake_topic = WakeTopic(s.queues, wake)
+        scheduler = Scheduler(store, self.metrics)
         notifier = Notifier(
             s.effective_listen_dsn,
-            [wake_topic],
+            [wake_topic, ScheduleTopic(scheduler.changed)],
             self.worker_id,
             self.metrics,
             probe_interval=s.probe_interval_seconds,
@@ -301,6 +311,7 @@ class Daemon:
             executor=executor,
             prefetch=prefetch,
             gauges=GaugeRefresher(store, self.metrics, s.stats_interval_seconds, self._on_reading),
+            scheduler=scheduler,
             heartbeat=Heartbeat(
                 store,
                 leases,
@@ -341,6 +352,7 @@ class Daemon:
                 await root.start(parts.heartbeat.run)
                 await root.start(parts.maintenance.run)
                 await root.start(parts.gauges.run)
+                await root.start(parts.scheduler.run)
             if self._starting.cancelled_caught:
                 parts.completer.close(flush_seconds=0)
                 root.cancel_scope.cancel()

@@ -5,6 +5,9 @@ else `other`. `queue` on job metrics is one of the served queues (validated conf
 database gauges (`notifyq_queue_*`) report every queue that has jobs, because an operator wants to see
 queues no daemon serves; queue names are already constrained by the jobs table's CHECK, and their number
 is capped at MAX_QUEUE_LABELS (served queues first, then the busiest), the rest folded into `other`.
+`schedule` is a schedule's name (checked by the schedules table's guard: 1 to 200 characters, no control
+characters): the code's own schedules, then the first others seen, MAX_SCHEDULE_LABELS in all; the rest
+are `other`.
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from notifyq.models import OUTCOME_LABELS, QueueState, ResultDropped
+from notifyq.models import OUTCOME_LABELS, QueueState, ResultDropped, TickResult
 from notifyq.wakeup import WakeSource
 
 OTHER = "other"
 MAX_QUEUE_LABELS = 50
+MAX_SCHEDULE_LABELS = 100
 # Label values, each from its one vocabulary.
 QUEUE_STATES = tuple(state.value for state in QueueState)
 OUTCOMES = OUTCOME_LABELS
 WAKE_SOURCES = tuple(source.value for source in WakeSource if source is not WakeSource.TICK)
 RESULT_DROP_REASONS = tuple(reason.value for reason in ResultDropped)
+TICK_RESULTS = tuple(result.value for result in TickResult)
 
 # 5 ms to 30 min.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -119,8 +124,11 @@ class _JobCollector:
 class Metrics:
     """One daemon's metrics, in a registry of its own."""
 
-    def __init__(self, queues: Iterable[str], tasks: Iterable[str], version: str) -> None:
+    def __init__(
+        self, queues: Iterable[str], tasks: Iterable[str], version: str, schedules: Iterable[str] = ()
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._schedule_labels = dict.fromkeys(list(schedules)[:MAX_SCHEDULE_LABELS])
         self._queues = tuple(dict.fromkeys(queues))
         self._served = frozenset(self._queues)
         self._tasks = frozenset(tasks)
@@ -209,7 +217,43 @@ class Metrics:
             "When the database gauges were last refreshed (Unix time).",
             registry=r,
         )
+        self.schedule_ticks_total = Counter(
+            "notifyq_schedule_ticks",
+            "Schedule ticks this daemon handled, by result (enqueued, backfilled, skipped, missed, failed).",
+            ["schedule", "result"],
+            registry=r,
+        )
+        self.schedule_lag = Gauge(
+            "notifyq_schedule_lag_seconds",
+            "How long the oldest due tick of a schedule has waited for its job (0 while it keeps up).",
+            ["schedule"],
+            registry=r,
+        )
+        self.schedules_broken = Gauge(
+            "notifyq_schedules_broken",
+            "Enabled schedules whose cron or time zone the parser refuses (see notifyq.schedules.error).",
+            registry=r,
+        )
         self._prefill()
+
+    def schedule_label(self, name: str) -> str:
+        if name not in self._schedule_labels and len(self._schedule_labels) < MAX_SCHEDULE_LABELS:
+            self._schedule_labels[name] = None
+        return name if name in self._schedule_labels else OTHER
+
+    def schedule_ticks(self, name: str, result: TickResult, n: int) -> None:
+        self.schedule_ticks_total.labels(self.schedule_label(name), result.value).inc(n)
+
+    def set_schedule_state(self, lag: Mapping[str, float], broken: int) -> None:
+        """After a scheduler pass: each schedule's lag (the worst of those folded into `other`)."""
+        folded: dict[str, float] = {}
+        for name, seconds in lag.items():
+            label = self.schedule_label(name)
+            folded[label] = max(folded.get(label, 0.0), seconds)
+        self.schedule_lag.clear()
+        for label, seconds in folded.items():
+            self.schedule_lag.labels(label).set(seconds)
+        self.schedules_broken.set(broken)
 
     def observe_statement(self, name: str, seconds: float) -> None:
         self.statement_seconds.labels(name).observe(seconds)
@@ -223,6 +267,9 @@ class Metrics:
             self.wakeups.labels(source)
         for reason in RESULT_DROP_REASONS:
             self.results_dropped.labels(reason)
+        for name in self._schedule_labels:
+            for result in TICK_RESULTS:
+                self.schedule_ticks_total.labels(name, result)
 
     def for_job(self, queue: str, task: str) -> JobSeries:
         """The series for a job of this queue and task. Keyed by label, so their number stays bounded;

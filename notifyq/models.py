@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -158,6 +158,7 @@ class WorkerInfo:
     tasks: list[str]
     concurrency: int
     lease_seconds: float
+    schedules: list[str]  # the code schedules it declares
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,3 +220,84 @@ class JobDetail:
     started_at: datetime | None
     finished_at: datetime | None
     unclear_crashes: int  # its worker died after its start, before its handler was known called
+    schedule: str | None  # the schedule whose tick made it (migration 0007), with that tick's instant
+    schedule_tick: datetime | None
+    backfilled: bool  # made late, by a schedule's backfill
+
+
+class TickResult(enum.StrEnum):
+    """What became of a schedule's tick: the `result` label of `notifyq_schedule_ticks_total`."""
+
+    ENQUEUED = "enqueued"  # its job was made on time
+    BACKFILLED = "backfilled"  # its job was made late, by the schedule's backfill
+    SKIPPED = "skipped"  # skip_overlap: an earlier run was still queued or running
+    MISSED = "missed"  # no daemon ran when it fell due, and it was beyond the grace and the backfill
+    FAILED = "failed"  # the statement that makes its job failed (the daemon retries the tick)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """An enabled schedule as the scheduler reads it, with the database's clock."""
+
+    now: datetime
+    name: str
+    cron: str
+    timezone: str
+    since: datetime
+    last_tick: datetime | None
+    next_tick: datetime | None
+    updated_at: datetime
+    backfill_seconds: float
+    skip_overlap: bool
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleDetail:
+    """A schedule as `notifyq schedules list|show` prints it; payload is JSON text."""
+
+    name: str
+    cron: str
+    timezone: str
+    queue: str
+    task: str
+    payload: str
+    priority: int
+    max_attempts: int | None
+    backfill_seconds: float
+    enabled: bool
+    skip_overlap: bool
+    source: str
+    since: datetime
+    last_tick: datetime | None
+    next_tick: datetime | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_job_id: int | None
+    last_job_state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TickWrite:
+    """What one enqueue_ticks statement did."""
+
+    advanced: bool  # False: another daemon (or a writer) changed the row first; nothing was made
+    skipped: bool  # skip_overlap found an earlier run still queued or running
+    made: int  # jobs inserted
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicSpec:
+    """A schedule declared in code (`@registry.periodic`), validated; the daemon upserts it at start."""
+
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    payload_json: str  # the payload as JSON text
+    queue: str
+    priority: int
+    max_attempts: int | None
+    backfill: timedelta
+    skip_overlap: bool

@@ -6,15 +6,21 @@ The daemon claims only the tasks its registry knows, so a job with no handler st
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
+from notifyq import cron
+from notifyq.client import _dumps
+from notifyq.config import QUEUE_PATTERN
 from notifyq.errors import AppLoadError
+from notifyq.models import PeriodicSpec
 from notifyq.retry import Backoff
 
 Handler = Callable[..., Any] | Callable[..., Awaitable[Any]]  # (job) or (job, ctx); see context.py
@@ -33,6 +39,8 @@ class TaskSpec:
 
 
 _TASK_NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
+_SCHEDULE_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+MAX_BACKFILL = timedelta(days=366)  # the schedules table's own limit (migration 0007)
 # The longest timeout or backoff delay accepted: a year is already a mistake, and far larger numbers
 # overflow the SQL interval of a retry's run_at or the event loop's deadline, long after start-up.
 MAX_SECONDS = 365 * 86400.0
@@ -45,6 +53,9 @@ class Registry:
 
     def __init__(self, *, backoff: Backoff | None = None) -> None:
         self._tasks: dict[str, TaskSpec] = {}
+        # Schedules declared on a handler wait for its task name, known once @task has seen it too
+        # (the two decorators may come in either order).
+        self._periodic: list[tuple[PeriodicSpec, Callable[..., Any] | None]] = []
         self._backoff = _check_backoff(backoff or Backoff(), "Registry")
 
     def task(
@@ -94,6 +105,96 @@ class Registry:
             return fn
 
         return register
+
+    def periodic(
+        self,
+        cron_expression: str,
+        *,
+        name: str,
+        task: str | None = None,
+        tz: str = "UTC",
+        payload: Any = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int | None = None,
+        backfill: timedelta | None = None,
+        skip_overlap: bool = False,
+    ) -> Callable[[H], H]:
+        """A schedule, kept in `notifyq.schedules` under `name` and upserted by the daemon at start.
+
+        On a handler (above or below its `@registry.task`) it makes jobs of that task; with `task=` it is
+        a schedule for any task, handled here or not (call it as a statement: `registry.periodic(...,
+        task="reports.build")`). `cron_expression` is read in `tz`; see notifyq/cron.py for the syntax."""
+        where = f"periodic {name!r}"
+        if not isinstance(name, str) or not _SCHEDULE_NAME.match(name):
+            raise ValueError(f"periodic name must be 1 to 200 printable characters, got {name!r}")
+        if any(p.name == name for p, _ in self._periodic):
+            raise ValueError(f"{where} is declared twice")
+        if not isinstance(cron_expression, str) or not isinstance(tz, str):
+            raise ValueError(f"{where}: the cron expression and tz must be strings")
+        try:
+            cron.parse(cron_expression, tz)
+        except cron.CronError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if task is not None and not (isinstance(task, str) and _TASK_NAME.match(task)):
+            raise ValueError(f"{where}: task must be 1 to 200 printable characters, got {task!r}")
+        if not isinstance(queue, str) or not QUEUE_PATTERN.match(queue):
+            raise ValueError(f"{where}: queue must match {QUEUE_PATTERN.pattern}, got {queue!r}")
+        if not (_is_int(priority) and -1000 <= priority <= 1000):
+            raise ValueError(f"{where}: priority must be an int from -1000 to 1000, got {priority!r}")
+        if max_attempts is not None and not (_is_int(max_attempts) and 1 <= max_attempts <= 1000):
+            raise ValueError(f"{where}: max_attempts must be an int from 1 to 1000, got {max_attempts!r}")
+        backfill = timedelta(0) if backfill is None else backfill
+        if not isinstance(backfill, timedelta) or not timedelta(0) <= backfill <= MAX_BACKFILL:
+            raise ValueError(f"{where}: backfill must be a timedelta from 0 to 366 days, got {backfill!r}")
+        if not isinstance(skip_overlap, bool):
+            raise ValueError(f"{where}: skip_overlap must be True or False, got {skip_overlap!r}")
+        try:
+            payload_json = _dumps(payload, f"{where}: payload")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: payload: {exc}") from None
+        if len(payload_json.encode()) > 1048576:
+            raise ValueError(f"{where}: payload must be at most 1048576 bytes of JSON")
+        spec = PeriodicSpec(
+            name=name,
+            cron=cron_expression,
+            timezone=tz,
+            task=task or "",
+            payload_json=payload_json,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            backfill=backfill,
+            skip_overlap=skip_overlap,
+        )
+        if task is not None:
+            self._periodic.append((spec, None))
+            return lambda fn: fn
+
+        def declare(fn: H) -> H:
+            self._periodic.append((spec, fn))
+            return fn
+
+        return declare
+
+    @property
+    def schedules(self) -> list[PeriodicSpec]:
+        """The schedules declared here, each with its task; a ValueError names one whose handler was
+        never registered as a task."""
+        out = []
+        for spec, fn in self._periodic:
+            if fn is None:
+                out.append(spec)
+                continue
+            names = [t.name for t in self._tasks.values() if t.handler is fn]
+            if len(names) != 1:
+                raise ValueError(
+                    f"periodic {spec.name!r}: its function is the handler of "
+                    f"{'no task' if not names else f'{len(names)} tasks'}; decorate it with"
+                    " @registry.task as well, or pass task="
+                )
+            out.append(dataclasses.replace(spec, task=names[0]))
+        return out
 
     def get(self, name: str) -> TaskSpec | None:
         return self._tasks.get(name)
@@ -195,6 +296,10 @@ def load_app(spec: str) -> Registry:
         )
     if len(target) == 0:
         raise AppLoadError(f"invalid setting app: {spec!r} has no tasks; register at least one handler")
+    try:
+        target.schedules  # noqa: B018 - resolved now, so that a stray @periodic fails at start
+    except ValueError as exc:
+        raise AppLoadError(f"invalid setting app: {exc}") from None
     return target
 
 

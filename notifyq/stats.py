@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from notifyq.models import QueueStat, QueueState, WorkerRow
+from notifyq.models import QueueStat, QueueState, ScheduleDetail, WorkerRow
 
 STATES = tuple(state.value for state in QueueState)  # what queue_stats reads
 
@@ -25,6 +25,7 @@ class Overview:
     queues: dict[str, QueueSummary]
     orphans: dict[tuple[str, str], int]  # (queue, task) -> queued jobs no handler takes
     workers: Sequence[WorkerRow]
+    schedules: Sequence[ScheduleDetail] = ()  # for `notifyq status`; the gauges do not read them
 
     def counts(self) -> dict[tuple[str, str], int]:
         return {(q.queue, s): n for q in self.queues.values() for s, n in q.counts.items() if n}

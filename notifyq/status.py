@@ -20,9 +20,12 @@ async def gather(settings: Settings) -> Overview:
             await migrate.ensure_current(conn)
         rows = (await store.queue_stats()).stats
         workers = await store.live_workers()
+        schedules = await store.list_schedules()
     finally:
         await store.close()
-    return summarize(rows, workers)
+    overview = summarize(rows, workers)
+    overview.schedules = schedules
+    return overview
 
 
 def _age(seconds: float) -> str:
@@ -79,8 +82,22 @@ def render(overview: Overview) -> str:
     out += ["", _table(["HOST", "PID", "QUEUES", "RUNNING", "LAST SEEN"], worker_rows)]
     if not worker_rows:
         out.append("(no live workers)")
+    schedule_rows = [
+        [
+            s.name,
+            s.cron + ("" if s.timezone == "UTC" else f" ({s.timezone})"),
+            s.next_tick.strftime("%Y-%m-%d %H:%M:%S%z") if s.next_tick and s.enabled else "-",
+            s.last_job_state or "-",
+        ]
+        for s in overview.schedules
+    ]
+    if schedule_rows:
+        out += ["", _table(["SCHEDULE", "CRON", "NEXT RUN", "LAST RUN"], schedule_rows)]
     for (queue, task), jobs in sorted(overview.orphans.items()):
         out.append(f"warning: {jobs} queued job(s) of task {task!r} in queue {queue!r} have no live handler")
+    for s in overview.schedules:
+        if s.enabled and s.error:
+            out.append(f"warning: schedule {s.name!r} cannot run: {s.error}")
     return "\n".join(out)
 
 
@@ -103,6 +120,20 @@ def to_json(overview: Overview) -> str:
                 "last_seen_seconds_ago": round(w.seen_seconds_ago, 3),
             }
             for w in overview.workers
+        ],
+        "schedules": [
+            {
+                "name": s.name,
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "task": s.task,
+                "enabled": s.enabled,
+                "next_tick": s.next_tick.isoformat() if s.next_tick else None,
+                "last_tick": s.last_tick.isoformat() if s.last_tick else None,
+                "last_job_state": s.last_job_state,
+                "error": s.error,
+            }
+            for s in overview.schedules
         ],
         "jobs_without_handler": [
             {"queue": queue, "task": task, "jobs": jobs}

@@ -32,9 +32,13 @@ from notifyq.models import (
     JobSummary,
     OrphanGroup,
     Outcome,
+    PeriodicSpec,
     QueueReading,
     QueueStat,
     RescuedJob,
+    ScheduleDetail,
+    ScheduleRow,
+    TickWrite,
     WorkerInfo,
     WorkerRow,
 )
@@ -335,6 +339,7 @@ class Store:
             worker.tasks,
             worker.concurrency,
             entered_through,
+            worker.schedules,
         )
         extended: set[int] = set()
         busy: set[int] = set()
@@ -415,6 +420,71 @@ class Store:
             oldest_xact_age=r["oldest_xact_age"],
             usage=r["usage"],
         )
+
+    # -- schedules (migration 0007) ------------------------------------------------------------------
+
+    async def schedules_for_pass(self) -> list[ScheduleRow]:
+        return [ScheduleRow(**r) for r in await self._fetch("schedules_for_pass")]
+
+    async def enqueue_ticks(
+        self,
+        row: ScheduleRow,
+        through: datetime,
+        next_tick: datetime | None,
+        ticks: Sequence[tuple[datetime, bool]],
+    ) -> TickWrite:
+        """Move `row`'s last_tick to `through` and make a job per tick, if the row is still as read."""
+        r = (
+            await self._fetch(
+                "enqueue_ticks",
+                row.name,
+                row.last_tick,
+                row.updated_at,
+                through,
+                next_tick,
+                [t for t, _ in ticks],
+                [b for _, b in ticks],
+            )
+        )[0]
+        return TickWrite(advanced=r["advanced"], skipped=r["skipped"], made=r["made"])
+
+    async def set_next_tick(self, row: ScheduleRow, next_tick: datetime | None) -> None:
+        await self._execute("set_next_tick", row.name, next_tick, row.updated_at)
+
+    async def set_schedule_error(self, row: ScheduleRow, error: str) -> None:
+        await self._execute("set_schedule_error", row.name, error, row.updated_at)
+
+    async def upsert_code_schedules(self, schedules: Sequence[PeriodicSpec]) -> None:
+        if not schedules:
+            return
+        await self._execute(
+            "upsert_code_schedules",
+            [p.name for p in schedules],
+            [p.cron for p in schedules],
+            [p.timezone for p in schedules],
+            [p.queue for p in schedules],
+            [p.task for p in schedules],
+            [p.payload_json for p in schedules],
+            [p.priority for p in schedules],
+            [p.max_attempts for p in schedules],
+            [p.backfill.total_seconds() for p in schedules],
+            [p.skip_overlap for p in schedules],
+        )
+
+    async def list_schedules(self, name: str | None = None) -> list[ScheduleDetail]:
+        return [ScheduleDetail(**r) for r in await self._fetch("list_schedules", name)]
+
+    async def set_schedule_enabled(self, name: str, enabled: bool) -> bool:
+        """False when there is no such schedule."""
+        return bool(await self._fetch("set_schedule_enabled", name, enabled))
+
+    async def trigger_schedule(self, name: str) -> int | None:
+        """The id of a job made from the schedule now, or None when there is no such schedule."""
+        rows = await self._fetch("trigger_schedule", name)
+        return int(rows[0]["id"]) if rows else None
+
+    async def prune_code_schedules(self) -> list[str]:
+        return [r["name"] for r in await self._fetch("prune_code_schedules")]
 
 
 def _split(rows: list[asyncpg.Record], done: set[int], busy: set[int]) -> None:

@@ -11,7 +11,7 @@ w.last_seen > now() - make_interval(secs => 2 * w.lease_seconds)
 
 -- name: live_workers :many
 -- Workers whose last heartbeat is within two of their own leases.
-SELECT w.id, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.lease_seconds, w.running,
+SELECT w.id, w.hostname, w.pid, w.queues, w.tasks, w.concurrency, w.lease_seconds, w.schedules, w.running,
        w.started_at, w.last_seen, extract(epoch FROM now() - w.last_seen)::float8 AS seen_seconds_ago
 FROM notifyq.workers AS w
 WHERE /* include: live_worker */
@@ -44,7 +44,8 @@ SELECT coalesce((SELECT state FROM done),
 -- name: show_job :one
 SELECT j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.state::text AS state,
        j.attempts, j.max_attempts, j.worker_id, j.leased_until, j.dedup_key, j.last_error,
-       j.result::text AS result, j.created_at, j.started_at, j.finished_at, j.unclear_crashes
+       j.result::text AS result, j.created_at, j.started_at, j.finished_at, j.unclear_crashes,
+       j.schedule, j.schedule_tick, j.backfilled
 FROM notifyq.jobs AS j
 WHERE j.id = $1::bigint;
 

@@ -259,12 +259,13 @@ WHERE o.id NOT IN (SELECT id FROM mine)
 -- record_outcomes does: a lease another session's lock keeps from being extended is not lost, and the
 -- daemon fences that one job itself if it stays unconfirmed for most of a lease.
 -- $1 ids, $2 tokens, $3 lease seconds, $4 worker id, $5 hostname, $6 pid, $7 queues, $8 tasks,
--- $9 concurrency, $10 the entered_through mark (see begin_jobs; NULL: unchanged).
+-- $9 concurrency, $10 the entered_through mark (see begin_jobs; NULL: unchanged), $11 the code
+-- schedules this daemon declares (for `notifyq schedules prune`).
 WITH seen AS (
     INSERT INTO notifyq.workers AS w (id, hostname, pid, queues, tasks, concurrency, running, lease_seconds,
-                                      entered_through)
+                                      entered_through, schedules)
     VALUES ($4::uuid, $5::text, $6::int, $7::text[], $8::text[], $9::int, cardinality($1::bigint[]),
-            $3::float8, $10::timestamptz)
+            $3::float8, $10::timestamptz, $11::text[])
     ON CONFLICT (id) DO UPDATE SET last_seen = notifyq.now(), running = excluded.running,
         entered_through = greatest(w.entered_through, excluded.entered_through)
 ), o AS (

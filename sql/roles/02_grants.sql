@@ -18,12 +18,21 @@ GRANT EXECUTE ON FUNCTION notifyq.enqueue_many(text[], jsonb[], text[], timestam
 GRANT SELECT, UPDATE, DELETE ON notifyq.jobs TO notifyq_worker;
 GRANT INSERT (task, payload, queue, run_at, priority, dedup_key, max_attempts) ON notifyq.jobs
     TO notifyq_worker;
+-- A schedule's tick: the job says which schedule made it (migration 0007).
+GRANT INSERT (schedule, schedule_tick, backfilled) ON notifyq.jobs TO notifyq_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON notifyq.workers TO notifyq_worker;
 GRANT SELECT ON notifyq.schema_migrations TO notifyq_worker;
 
 -- The daemons' shared gauge reading (migration 0006): SECURITY DEFINER, for workers only; others count
 -- with notifyq.count_queues(), which writes nothing.
 GRANT EXECUTE ON FUNCTION notifyq.queue_counts(float8) TO notifyq_worker;
+
+-- Schedules (migration 0007) are written by any program, as producers write jobs; the daemons upsert
+-- their code's schedules, move each one's ticks, and `notifyq schedules prune` removes stale ones.
+GRANT SELECT, INSERT, UPDATE, DELETE ON notifyq.schedules TO notifyq_producer, notifyq_worker;
+GRANT EXECUTE ON FUNCTION notifyq.schedule(text, text, text, jsonb, text, text, integer, integer, interval,
+                                           boolean, boolean)
+    TO notifyq_producer, notifyq_worker;
 
 -- Observers: read everything, change nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA notifyq TO notifyq_observer;

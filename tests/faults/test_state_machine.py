@@ -293,6 +293,7 @@ class JobLifecycle(RuleBasedStateMachine):
                 TASKS,
                 1,
                 mark,
+                [],
             )
         )
         self.marks.setdefault(worker, None)

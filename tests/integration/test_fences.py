@@ -453,6 +453,7 @@ async def extend(conn: asyncpg.Connection, held: dict[int, uuid.UUID], lease: fl
         ["t"],
         10,
         None,
+        [],
     )
     return [r["id"] for r in rows]
 

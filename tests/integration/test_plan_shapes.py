@@ -50,6 +50,8 @@ ALLOWED: dict[str, set[str]] = {
     "prune_finished": {"jobs_finished_idx"},
     # The gauges' count (migration 0006): each state through its partial index, never the finished rows.
     "count_queues": {"jobs_claim_idx", "jobs_schedule_idx", "jobs_running_idx", "jobs_failed_idx"},
+    # A schedule's tick (migration 0007): skip_overlap looks for its live run, never its retained history.
+    "enqueue_ticks": {"jobs_schedule_live_idx"},
 }
 
 
@@ -159,11 +161,13 @@ async def statements(conn: asyncpg.Connection, queue: str = "default") -> dict[s
         "begin_jobs": [ids, tokens, str(WORKER), None],
         "complete_succeeded": [ids, tokens],
         "record_outcomes": [ids, tokens, ["failed"] * n, [0.0] * n, [0] * n, ["boom"] * n, [None] * n],
-        "extend_leases": [ids, tokens, 300.0, str(WORKER), "host", 1, queues, ["t"], BATCH, None],
+        "extend_leases": [ids, tokens, 300.0, str(WORKER), "host", 1, queues, ["t"], BATCH, None, []],
         "rescue_expired": [100, ids, tokens],
         "next_run_delay": [queues, ["t"]],
         "prune_finished": [3600.0, 1000],
         "count_queues": [],
+        "enqueue_ticks": ["s", None, "2026-06-01 00:00:00+00", "2026-06-01 00:01:00+00", None,
+                          ["2026-06-01 00:01:00+00"], [False]],  # fmt: skip
     }
 
 

@@ -263,7 +263,7 @@ async def test_the_daemons_updates_never_call_the_guard(conn: asyncpg.Connection
         ids = sorted(r["id"] for r in claimed)
         tokens = [next(r["lease_token"] for r in claimed if r["id"] == i) for i in ids]
         await conn.fetch(
-            queries.get("extend_leases"), ids, tokens, 30.0, WORKER, "host", 1, ["default"], ["t"], 5, None
+            queries.get("extend_leases"), ids, tokens, 30.0, WORKER, "host", 1, ["default"], ["t"], 5, None, []
         )
         await conn.fetch(queries.get("begin_jobs"), ids, tokens, WORKER, None)
         await conn.fetch(queries.get("complete_succeeded"), ids[:1], tokens[:1])
@@ -340,6 +340,7 @@ async def test_migration_0004_keeps_existing_jobs_as_the_old_rules_ran_them(empt
             "0004_producer_guards",
             "0005_unclear_crashes",
             "0006_queue_counts",
+            "0007_schedules",
         ]
         rows = {
             r["id"]: r

@@ -41,7 +41,11 @@ GUARDS_SQL = "sql/migrations/0004_producer_guards.sql"
 # 0005 redefined notifyq.jobs_guard() once more (one line added): the guard's live text is there.
 GUARD_FN_SQL = "sql/migrations/0005_unclear_crashes.sql"
 
+SCHEDULES_SQL = "sql/queries/schedules.sql"
+SCHEDULES_MIGRATION = "sql/migrations/0007_schedules.sql"
+
 FENCES = "tests/integration/test_fences.py"
+SCHEDULES = "tests/integration/test_schedules.py"
 STATE_MACHINE = "tests/faults/test_state_machine.py::test_job_lifecycle_state_machine"
 RETENTION = "tests/integration/test_retention.py"
 LIMITS = "tests/integration/test_limits.py"
@@ -1003,5 +1007,55 @@ CATALOGUE: tuple[Mutation, ...] = (
         (
             "tests/integration/test_producer_guards.py::test_null_means_the_default_for_every_optional_enqueue_argument",
         ),
+    ),
+    Mutation(
+        "schedule_tick_compare_and_set",
+        "of several daemons on one tick, only the one that moved the schedule's last_tick makes its job",
+        (
+            Edit(
+                SCHEDULES_SQL,
+                "      AND s.last_tick IS NOT DISTINCT FROM $2::timestamptz\n"
+                "      AND s.updated_at = $3::timestamptz\n"
+                "      AND (s.last_tick IS NULL OR s.last_tick < $4::timestamptz)\n",
+                "",
+                "enqueue_ticks",
+            ),
+        ),
+        (f"{SCHEDULES}::test_racing_schedulers_make_one_job_per_tick",),
+    ),
+    Mutation(
+        "schedule_tick_unique_key",
+        "one job per (schedule, tick) in the jobs table, whatever happens to the schedule row",
+        (
+            Edit(
+                SCHEDULES_MIGRATION,
+                "CREATE UNIQUE INDEX jobs_tick_key ON",
+                "CREATE INDEX jobs_tick_key ON",
+            ),
+            Edit(
+                SCHEDULES_SQL,
+                "    ON CONFLICT (schedule, schedule_tick) WHERE schedule IS NOT NULL DO NOTHING\n",
+                "",
+                "enqueue_ticks",
+            ),
+        ),
+        (f"{SCHEDULES}::test_the_unique_key_is_the_second_guard",),
+    ),
+    Mutation(
+        "schedule_since_moves",
+        "a re-enabled schedule, or one whose rule changed, never runs ticks from before that moment",
+        (
+            Edit(
+                SCHEDULES_MIGRATION,
+                "    ELSIF NEW.cron IS DISTINCT FROM OLD.cron OR",
+                "    ELSIF false AND (NEW.cron IS DISTINCT FROM OLD.cron OR",
+            ),
+            Edit(
+                SCHEDULES_MIGRATION,
+                "          OR (NEW.enabled AND NOT OLD.enabled) THEN",
+                "          OR (NEW.enabled AND NOT OLD.enabled)) THEN",
+            ),
+        ),
+        (f"{SCHEDULES}::test_a_re_enabled_or_changed_schedule_never_backfills",),
     ),
 )

@@ -321,6 +321,135 @@ BEGIN
     END IF;
 END
 $$;
+CREATE TABLE notifyq.schedules (
+    name text NOT NULL,
+    cron text NOT NULL,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    task text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    max_attempts integer,
+    backfill interval DEFAULT '00:00:00'::interval NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    skip_overlap boolean DEFAULT false NOT NULL,
+    source text DEFAULT 'sql'::text NOT NULL,
+    since timestamp with time zone DEFAULT notifyq.now() NOT NULL,
+    last_tick timestamp with time zone,
+    next_tick timestamp with time zone,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schedules_source CHECK ((source = ANY (ARRAY['code'::text, 'sql'::text])))
+);
+CREATE FUNCTION notifyq.schedule(name text, cron text, task text, payload jsonb DEFAULT '{}'::jsonb, queue text DEFAULT 'default'::text, timezone text DEFAULT 'UTC'::text, priority integer DEFAULT 0, max_attempts integer DEFAULT NULL::integer, backfill interval DEFAULT '00:00:00'::interval, enabled boolean DEFAULT true, skip_overlap boolean DEFAULT false) RETURNS notifyq.schedules
+    LANGUAGE sql
+    AS $_$
+INSERT INTO notifyq.schedules AS s
+    (name, cron, task, payload, queue, timezone, priority, max_attempts, backfill, enabled, skip_overlap,
+     source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'sql')
+ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+    timezone = excluded.timezone, priority = excluded.priority, max_attempts = excluded.max_attempts,
+    backfill = excluded.backfill, enabled = excluded.enabled, skip_overlap = excluded.skip_overlap,
+    source = 'sql'
+RETURNING s.*
+$_$;
+CREATE FUNCTION notifyq.schedules_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    fields integer;
+BEGIN
+    IF NEW.name IS NULL OR char_length(NEW.name) NOT BETWEEN 1 AND 200 OR NEW.name ~ '[\x01-\x1f\x7f]' THEN
+        RAISE EXCEPTION 'notifyq.schedules.name: must be 1 to 200 characters with no control characters (got %)',
+            coalesce(char_length(NEW.name)::text || ' characters', 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'name', CONSTRAINT = 'schedules_name',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    fields := coalesce(array_length(regexp_split_to_array(btrim(NEW.cron, E' \t'), E'[ \t]+'), 1), 0);
+    IF NEW.cron IS NULL OR char_length(NEW.cron) > 200 OR btrim(NEW.cron, E' \t') = ''
+       OR NOT (fields IN (5, 6) OR (fields = 1 AND btrim(NEW.cron, E' \t') LIKE '@%')) THEN
+        RAISE EXCEPTION 'notifyq.schedules.cron: must be 5 fields (minute hour day-of-month month day-of-week), 6 with a seconds field first, or an @ alias such as @daily (got %)',
+            coalesce(quote_literal(left(NEW.cron, 200)), 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'cron', CONSTRAINT = 'schedules_cron',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF NEW.timezone IS NULL OR NOT EXISTS (SELECT 1 FROM pg_timezone_names AS z WHERE z.name = NEW.timezone) THEN
+        RAISE EXCEPTION 'notifyq.schedules.timezone: must be an IANA time zone name such as UTC or Europe/Berlin (got %)',
+            coalesce(quote_literal(left(NEW.timezone, 100)), 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'timezone', CONSTRAINT = 'schedules_timezone',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF NEW.task IS NULL OR char_length(NEW.task) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'notifyq.schedules.task: must be 1 to 200 characters (got %)',
+            coalesce(char_length(NEW.task)::text || ' characters', 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'task', CONSTRAINT = 'schedules_task',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF NEW.queue IS NULL OR NEW.queue !~ '^[a-z0-9][a-z0-9_.:-]{0,62}$' THEN
+        RAISE EXCEPTION 'notifyq.schedules.queue: must match ^[a-z0-9][a-z0-9_.:-]{0,62}$ (lowercase letters, digits, _ . : -; at most 63 characters)'
+            USING ERRCODE = 'check_violation', COLUMN = 'queue', CONSTRAINT = 'schedules_queue',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF NEW.priority IS NULL OR NEW.priority NOT BETWEEN -1000 AND 1000 THEN
+        RAISE EXCEPTION 'notifyq.schedules.priority: must be between -1000 and 1000 (got %)',
+            coalesce(NEW.priority::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'priority', CONSTRAINT = 'schedules_priority',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF NEW.max_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'notifyq.schedules.max_attempts: must be between 1 and 1000, or NULL for the task''s or the default (got %)',
+            NEW.max_attempts
+            USING ERRCODE = 'check_violation', COLUMN = 'max_attempts', CONSTRAINT = 'schedules_max_attempts',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048576 THEN
+        RAISE EXCEPTION 'notifyq.schedules.payload: must be a JSON value of at most 1048576 bytes (got %)',
+            coalesce(octet_length(NEW.payload::text)::text || ' bytes', 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'payload', CONSTRAINT = 'schedules_payload',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    -- Months and days are calendar lengths in an interval; the limit is on its length from now.
+    IF NEW.backfill IS NULL OR NEW.backfill < interval '0' OR notifyq.now() + NEW.backfill > notifyq.now() + interval '366 days' THEN
+        RAISE EXCEPTION 'notifyq.schedules.backfill: must be an interval from 0 to 366 days (got %)',
+            coalesce(NEW.backfill::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'backfill', CONSTRAINT = 'schedules_backfill',
+                  SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF NEW.enabled IS NULL OR NEW.skip_overlap IS NULL THEN
+        RAISE EXCEPTION 'notifyq.schedules.%: must be true or false (got NULL)',
+            CASE WHEN NEW.enabled IS NULL THEN 'enabled' ELSE 'skip_overlap' END
+            USING ERRCODE = 'not_null_violation', SCHEMA = 'notifyq', TABLE = 'schedules';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        -- A new schedule never backfills the past, whatever `since` or `last_tick` the writer gave.
+        NEW.since := notifyq.now();
+        NEW.last_tick := NULL;
+        NEW.next_tick := NULL;
+        NEW.error := NULL;
+        NEW.created_at := now();
+    ELSIF NEW.cron IS DISTINCT FROM OLD.cron OR NEW.timezone IS DISTINCT FROM OLD.timezone
+          OR (NEW.enabled AND NOT OLD.enabled) THEN
+        -- A changed or re-enabled schedule starts afresh: no tick of the new rule before now runs.
+        NEW.since := notifyq.now();
+        NEW.next_tick := NULL;
+        NEW.error := NULL;
+    END IF;
+    NEW.updated_at := clock_timestamp();
+    RETURN NEW;
+END
+$_$;
+CREATE FUNCTION notifyq.schedules_notify() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pg_notify('notifyq.schedules', left(coalesce(NEW.name, OLD.name), 200));
+    RETURN NULL;
+END
+$$;
 CREATE TABLE notifyq.jobs (
     id bigint NOT NULL,
     queue text DEFAULT 'default'::text NOT NULL,
@@ -341,6 +470,9 @@ CREATE TABLE notifyq.jobs (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     unclear_crashes integer DEFAULT 0 NOT NULL,
+    schedule text,
+    schedule_tick timestamp with time zone,
+    backfilled boolean DEFAULT false NOT NULL,
     CONSTRAINT jobs_attempts_range CHECK ((attempts >= 0)),
     CONSTRAINT jobs_dedup_key_length CHECK (((dedup_key IS NULL) OR ((char_length(dedup_key) >= 1) AND (char_length(dedup_key) <= 200)))),
     CONSTRAINT jobs_lease_only_when_running CHECK (((state = 'running'::notifyq.job_state) = ((lease_token IS NOT NULL) AND (leased_until IS NOT NULL)))),
@@ -385,16 +517,21 @@ CREATE TABLE notifyq.workers (
     lease_seconds double precision NOT NULL,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     last_seen timestamp with time zone DEFAULT now() NOT NULL,
-    entered_through timestamp with time zone
+    entered_through timestamp with time zone,
+    schedules text[] DEFAULT '{}'::text[] NOT NULL
 );
 ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_attempts_within_max CHECK ((attempts <= max_attempts)) NOT VALID;
 ALTER TABLE ONLY notifyq.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 ALTER TABLE notifyq.jobs
+    ADD CONSTRAINT jobs_schedule_tick_pair CHECK (((schedule IS NULL) = (schedule_tick IS NULL))) NOT VALID;
+ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_times_finite CHECK ((isfinite(created_at) AND isfinite(started_at) AND isfinite(finished_at))) NOT VALID;
 ALTER TABLE ONLY notifyq.queue_counts
     ADD CONSTRAINT queue_counts_pkey PRIMARY KEY (singleton);
+ALTER TABLE ONLY notifyq.schedules
+    ADD CONSTRAINT schedules_pkey PRIMARY KEY (name);
 ALTER TABLE ONLY notifyq.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 ALTER TABLE ONLY notifyq.workers
@@ -405,8 +542,14 @@ CREATE INDEX jobs_failed_idx ON notifyq.jobs USING btree (queue) WHERE (state = 
 CREATE INDEX jobs_finished_idx ON notifyq.jobs USING btree (finished_at) WHERE (state = ANY (ARRAY['succeeded'::notifyq.job_state, 'failed'::notifyq.job_state, 'cancelled'::notifyq.job_state]));
 CREATE INDEX jobs_running_idx ON notifyq.jobs USING btree (worker_id) WHERE (state = 'running'::notifyq.job_state);
 CREATE INDEX jobs_schedule_idx ON notifyq.jobs USING btree (queue, run_at) WHERE ((state = 'queued'::notifyq.job_state) AND (run_at > '-infinity'::timestamp with time zone));
+CREATE INDEX jobs_schedule_live_idx ON notifyq.jobs USING btree (schedule) WHERE ((schedule IS NOT NULL) AND (state = ANY (ARRAY['queued'::notifyq.job_state, 'running'::notifyq.job_state])));
+CREATE UNIQUE INDEX jobs_tick_key ON notifyq.jobs USING btree (schedule, schedule_tick) WHERE (schedule IS NOT NULL);
 CREATE TRIGGER jobs_guard_insert BEFORE INSERT ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard();
 CREATE TRIGGER jobs_guard_update BEFORE UPDATE ON notifyq.jobs FOR EACH ROW WHEN (((new.queue IS DISTINCT FROM old.queue) OR (new.task IS DISTINCT FROM old.task) OR (new.priority IS DISTINCT FROM old.priority) OR (new.dedup_key IS DISTINCT FROM old.dedup_key) OR ((new.run_at IS DISTINCT FROM old.run_at) AND ((new.run_at < notifyq.min_run_at()) OR (new.run_at > notifyq.max_run_at()))) OR ((new.max_attempts IS DISTINCT FROM old.max_attempts) AND ((new.max_attempts < 1) OR (new.max_attempts > 1000))) OR (NOT isfinite(new.leased_until)))) EXECUTE FUNCTION notifyq.jobs_guard();
 CREATE TRIGGER jobs_guard_update_payload BEFORE UPDATE OF payload ON notifyq.jobs FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_guard();
 CREATE CONSTRAINT TRIGGER jobs_wake_insert AFTER INSERT ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_wake();
 CREATE CONSTRAINT TRIGGER jobs_wake_requeue AFTER UPDATE OF state ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((new.state = 'queued'::notifyq.job_state) AND (old.state <> 'queued'::notifyq.job_state))) EXECUTE FUNCTION notifyq.jobs_wake();
+CREATE TRIGGER schedules_guard_insert BEFORE INSERT ON notifyq.schedules FOR EACH ROW EXECUTE FUNCTION notifyq.schedules_guard();
+CREATE TRIGGER schedules_guard_update BEFORE UPDATE ON notifyq.schedules FOR EACH ROW WHEN ((((((((((((((new.name IS DISTINCT FROM old.name) OR (new.cron IS DISTINCT FROM old.cron)) OR (new.timezone IS DISTINCT FROM old.timezone)) OR (new.queue IS DISTINCT FROM old.queue)) OR (new.task IS DISTINCT FROM old.task)) OR (new.payload IS DISTINCT FROM old.payload)) OR (new.priority IS DISTINCT FROM old.priority)) OR (new.max_attempts IS DISTINCT FROM old.max_attempts)) OR (new.backfill IS DISTINCT FROM old.backfill)) OR (new.enabled IS DISTINCT FROM old.enabled)) OR (new.skip_overlap IS DISTINCT FROM old.skip_overlap)) OR (new.source IS DISTINCT FROM old.source)) OR (new.since IS DISTINCT FROM old.since))) EXECUTE FUNCTION notifyq.schedules_guard();
+CREATE TRIGGER schedules_notify_change AFTER INSERT OR DELETE ON notifyq.schedules FOR EACH ROW EXECUTE FUNCTION notifyq.schedules_notify();
+CREATE TRIGGER schedules_notify_update AFTER UPDATE ON notifyq.schedules FOR EACH ROW WHEN ((old.updated_at IS DISTINCT FROM new.updated_at)) EXECUTE FUNCTION notifyq.schedules_notify();

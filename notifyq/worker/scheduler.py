@@ -1,0 +1,223 @@
+"""The scheduler: turns each schedule's ticks into jobs, exactly once however many daemons run.
+
+Every daemon runs one, and none leads. A pass reads the enabled schedules with the database's clock,
+works out each one's due ticks (notifyq/cron.py, in the schedule's zone) and makes their jobs with
+`enqueue_ticks`, which moves the row's `last_tick` only if the row is still as this daemon read it: of
+two daemons on the same tick, one makes the job and the other finds the row moved and does nothing
+(sql/queries/schedules.sql). Nothing about the schedules is kept in memory between passes, so a
+restart, a crash or a deploy loses no tick and repeats none.
+
+Which ticks run, at a pass at `now`, of the ticks after max(last_tick, since):
+- the latest one, if it is at most GRACE late (or within the backfill): an on-time run, or the run of a
+  daemon that was briefly down (a deploy, a restart);
+- with a backfill, every earlier one within it too, oldest first, at most MAX_TICKS_PER_PASS per pass,
+  marked `backfilled`;
+- the rest are missed (counted, never run). `since` is set when a schedule is created, re-enabled or its
+  rule changes, so none of these ever runs ticks from before (migration 0007).
+
+A pass comes when the next tick falls due, when a schedule changes (its NOTIFY, on the notifier's
+connection, which also passes again after every reconnect), and at least every MAX_SLEEP seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+
+from notifyq import cron, logs
+from notifyq.errors import DatabaseUnavailable, QueryError
+from notifyq.metrics import Metrics
+from notifyq.models import ScheduleRow, TickResult
+from notifyq.store import Store
+
+CHANNEL = "notifyq.schedules"
+GRACE = timedelta(minutes=10)  # how late the latest tick may be and still run without a backfill
+MAX_TICKS_PER_PASS = 1000  # backfilled ticks made by one statement; the next pass goes on at once
+# A pass at least this often with schedules to watch, and with none: every change is notified, and a
+# reconnect of the notifier passes again, so these only bound how far a clock may drift unseen (and
+# keep an idle daemon at no statements of its own).
+MAX_SLEEP = 600.0
+IDLE_SLEEP = 3600.0
+RETRY_SLEEP = 5.0  # after a failed pass or tick
+MIN_SLEEP = 0.01
+MISSED_COUNT_CAP = 10_000  # missed ticks counted one by one, at most (a week of per-second ticks is not)
+_EPSILON = 0.002  # wake this much after a tick, so the database's clock has reached it
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one pass does for one schedule."""
+
+    run: list[tuple[datetime, bool]]  # (tick, backfilled) to make jobs of, oldest first
+    missed: int  # due ticks that will never run
+    through: datetime | None  # the schedule's new last_tick; None when nothing is due
+    next_tick: datetime | None  # the first tick after `through` (or after now, when nothing is due)
+    first_due: datetime | None  # the oldest tick due and not yet handled (for the lag gauge)
+    skipped: int = 0  # due ticks dropped by skip_overlap before the statement (only the latest may run)
+
+
+def plan(rule: cron.Cron, row: ScheduleRow) -> Plan:
+    """The ticks due at `row.now` and what becomes of each (see the module docstring)."""
+    anchor = max(row.since, row.last_tick) if row.last_tick is not None else row.since
+    first_due = rule.after(anchor)
+    if first_due is None or first_due > row.now:
+        return Plan([], 0, None, first_due, None)
+    step = _plan(rule, row, anchor, first_due)
+    if row.skip_overlap and len(step.run) > 1:
+        # One run at a time: of the ticks this pass would make, only the latest may run.
+        return Plan(step.run[-1:], step.missed, step.through, step.next_tick, first_due, len(step.run) - 1)
+    return step
+
+
+def _plan(rule: cron.Cron, row: ScheduleRow, anchor: datetime, first_due: datetime) -> Plan:
+    now = row.now
+    backfill = timedelta(seconds=row.backfill_seconds)
+    window_start = max(anchor, now - max(backfill, GRACE))
+    missed = len(rule.between(anchor, window_start, MISSED_COUNT_CAP)) if window_start > anchor else 0
+    ticks = rule.between(window_start, now, MAX_TICKS_PER_PASS + 1)
+    if len(ticks) > MAX_TICKS_PER_PASS:
+        # More than one statement's worth: all of them late (the latest due tick comes after).
+        run = [(t, True) for t in ticks[:MAX_TICKS_PER_PASS]]
+        through = ticks[MAX_TICKS_PER_PASS - 1]
+        return Plan(run, missed, through, ticks[MAX_TICKS_PER_PASS], first_due)
+    latest = ticks[-1] if ticks else None
+    run = []
+    for tick in ticks:
+        # Strictly younger than the grace or the backfill, as the window's open start is.
+        on_time = tick == latest and now - tick < GRACE
+        if on_time or now - tick < backfill:
+            run.append((tick, not on_time))
+        else:
+            missed += 1
+    through = latest if latest is not None else window_start
+    return Plan(run, missed, through, rule.after(max(through, now)), first_due)
+
+
+class ScheduleTopic:
+    """The notifier's side: a schedule changed (or the connection came back), so pass again now."""
+
+    channel = CHANNEL
+    pending = False  # no session state to keep on the notifier's connection
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._on_change = changed
+
+    def bind(self, changed: Callable[[], None]) -> None:
+        pass
+
+    async def sync(self, session: object) -> None:
+        pass
+
+    def on_message(self, payload: str) -> None:
+        self._on_change()
+
+    def on_connected(self) -> None:
+        self._on_change()  # a change notified while the connection was down is found by this pass
+
+    def on_disconnected(self) -> None:
+        pass
+
+
+class Scheduler:
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._changed = anyio.Event()
+        self._errors: dict[str, str] = {}  # schedule -> the error last logged for it
+        self._log = logs.get("scheduler")
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            self._changed = anyio.Event()
+            try:
+                wait = await self.pass_once()
+                failures = 0
+            except (DatabaseUnavailable, QueryError) as exc:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    self._log.warning("scheduler_failed", error=str(exc), failures=failures)
+                wait = min(RETRY_SLEEP * failures, 60.0)
+            with anyio.move_on_after(wait):
+                await self._changed.wait()
+
+    async def pass_once(self) -> float:
+        """One pass over the enabled schedules; returns the seconds until the next is due."""
+        rows = await self._store.schedules_for_pass()
+        wait = MAX_SLEEP if rows else IDLE_SLEEP
+        broken = 0
+        lag: dict[str, float] = {}
+        for row in rows:
+            try:
+                step = plan(cron.parse(row.cron, row.timezone), row)
+            except cron.CronError as exc:
+                broken += 1
+                await self._broken(row, str(exc))
+                continue
+            except Exception as exc:
+                # One row the parser chokes on must not stop the daemon (a `since` or a clock near year
+                # 9999 overflows its date arithmetic, for one).
+                broken += 1
+                await self._broken(row, f"cannot compute its ticks: {type(exc).__name__}: {exc}"[:500])
+                continue
+            self._errors.pop(row.name, None)
+            lag[row.name], failed = await self._apply(row, step)
+            if failed:
+                wait = min(wait, RETRY_SLEEP)
+            elif step.next_tick is not None:
+                wait = min(wait, (step.next_tick - row.now).total_seconds() + _EPSILON)
+        self._metrics.set_schedule_state(lag, broken)
+        return max(MIN_SLEEP, wait)
+
+    async def _apply(self, row: ScheduleRow, step: Plan) -> tuple[float, bool]:
+        """Make the plan's jobs; returns the schedule's lag afterwards (seconds its oldest due tick has
+        waited unmade: 0 when it keeps up), and whether its statement failed."""
+        if step.through is None:
+            if step.next_tick != row.next_tick or row.error is not None:
+                await self._store.set_next_tick(row, step.next_tick)
+            return 0.0, False
+        try:
+            wrote = await self._store.enqueue_ticks(row, step.through, step.next_tick, step.run)
+        except QueryError as exc:
+            # Refused by the jobs table (a row changed by hand past its limits): the ticks stay due and
+            # are tried again at the next pass; the schedule shows as late.
+            self._metrics.schedule_ticks(row.name, TickResult.FAILED, len(step.run) or 1)
+            self._log.warning("schedule_tick_failed", schedule=row.name, error=str(exc))
+            assert step.first_due is not None
+            return (row.now - step.first_due).total_seconds(), True
+        if not wrote.advanced:
+            return 0.0, False  # another daemon made these (or the row changed): its pass counts them
+        if step.missed:
+            self._metrics.schedule_ticks(row.name, TickResult.MISSED, step.missed)
+            self._log.warning("schedule_ticks_missed", schedule=row.name, ticks=step.missed)
+        if step.skipped:
+            self._metrics.schedule_ticks(row.name, TickResult.SKIPPED, step.skipped)
+        if wrote.skipped:
+            self._metrics.schedule_ticks(row.name, TickResult.SKIPPED, len(step.run))
+            self._log.info("schedule_tick_skipped", schedule=row.name, reason="previous run not finished")
+        else:
+            late = sum(1 for _, backfilled in step.run if backfilled)
+            if late:
+                self._metrics.schedule_ticks(row.name, TickResult.BACKFILLED, late)
+            if len(step.run) - late:
+                self._metrics.schedule_ticks(row.name, TickResult.ENQUEUED, len(step.run) - late)
+        if step.next_tick is not None and step.next_tick <= row.now:
+            return (row.now - step.next_tick).total_seconds(), False  # a backfill still going on
+        return 0.0, False
+
+    async def _broken(self, row: ScheduleRow, error: str) -> None:
+        """A rule only the parser could judge wrong: on the row, in the log (once), in the gauge."""
+        if row.error != error:
+            await self._store.set_schedule_error(row, error)
+        if self._errors.get(row.name) != error:
+            self._errors[row.name] = error
+            self._log.error(
+                "schedule_broken", schedule=row.name, cron=row.cron, timezone=row.timezone, error=error
+            )

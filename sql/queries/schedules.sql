@@ -1,0 +1,123 @@
+-- Periodic jobs (migration 0007): what the daemons' scheduler and `notifyq schedules` run.
+
+-- name: schedules_for_pass :many
+-- The enabled schedules, with the database's clock (the one every tick is measured against).
+SELECT notifyq.now() AS now, s.name, s.cron, s.timezone, s.since, s.last_tick, s.next_tick, s.updated_at,
+       extract(epoch FROM s.backfill)::float8 AS backfill_seconds, s.skip_overlap, s.error
+FROM notifyq.schedules AS s
+WHERE s.enabled
+ORDER BY s.name
+LIMIT 10000;
+
+-- name: enqueue_ticks :one
+-- Exactly one job per tick with no leader: move the schedule's last_tick forward to $4, only while the row
+-- is as this daemon read it ($2 last_tick, $3 updated_at: a competing daemon that got there first, or a
+-- writer who changed the schedule meanwhile, makes this a no-op), and insert the jobs of ticks $6 (with
+-- $7: backfilled) from the row that UPDATE returned. A competitor blocks on the row lock until the winner
+-- commits, then finds the row changed and inserts nothing. The unique key on (schedule, schedule_tick)
+-- is the second guard. With skip_overlap, a run of this schedule still queued or running means the ticks
+-- are skipped (last_tick still moves). $5 the next tick after these, for operators; $1 the name.
+-- Returns whether the row moved, whether the ticks were skipped, and the jobs made.
+WITH advanced AS (
+    UPDATE notifyq.schedules AS s
+    SET last_tick = $4::timestamptz, next_tick = $5::timestamptz, error = NULL
+    WHERE s.name = $1::text
+      AND s.enabled
+      AND s.last_tick IS NOT DISTINCT FROM $2::timestamptz
+      AND s.updated_at = $3::timestamptz
+      AND (s.last_tick IS NULL OR s.last_tick < $4::timestamptz)
+    RETURNING s.name, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.skip_overlap
+), busy AS (
+    SELECT EXISTS (
+        SELECT 1 FROM advanced AS a JOIN notifyq.jobs AS j ON j.schedule = a.name
+        WHERE a.skip_overlap AND j.state IN ('queued', 'running')
+    ) AS yes
+), made AS (
+    INSERT INTO notifyq.jobs AS j (queue, task, payload, priority, max_attempts, run_at, schedule, schedule_tick,
+                                   backfilled)
+    SELECT a.queue, a.task, a.payload, a.priority, a.max_attempts, t.tick, a.name, t.tick, t.backfilled
+    FROM advanced AS a
+    CROSS JOIN unnest($6::timestamptz[], $7::boolean[]) AS t(tick, backfilled)
+    WHERE NOT (SELECT b.yes FROM busy AS b)
+    ON CONFLICT (schedule, schedule_tick) WHERE schedule IS NOT NULL DO NOTHING
+    RETURNING j.id
+)
+SELECT EXISTS (SELECT 1 FROM advanced) AS advanced,
+       (SELECT b.yes FROM busy AS b) AS skipped,
+       (SELECT count(*) FROM made)::int AS made;
+
+-- name: set_next_tick :exec
+-- Nothing due: record the next tick for operators (only when it changed, so an idle pass writes nothing).
+UPDATE notifyq.schedules AS s
+SET next_tick = $2::timestamptz, error = NULL
+WHERE s.name = $1::text AND s.updated_at = $3::timestamptz
+  AND (s.next_tick IS DISTINCT FROM $2::timestamptz OR s.error IS NOT NULL);
+
+-- name: set_schedule_error :exec
+-- The daemons cannot compute this schedule's ticks ($2 says why): shown on the row until it is fixed.
+UPDATE notifyq.schedules AS s
+SET error = $2::text, next_tick = NULL
+WHERE s.name = $1::text AND s.updated_at = $3::timestamptz AND s.error IS DISTINCT FROM $2::text;
+
+-- name: upsert_code_schedules :exec
+-- The schedules this daemon's code declares (@registry.periodic), written at its start. A row that
+-- already holds the same definition is left alone (no write, no NOTIFY); `enabled` is never touched, so
+-- a schedule an operator disabled stays disabled across deploys.
+INSERT INTO notifyq.schedules AS s
+    (name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, skip_overlap, source)
+SELECT d.name, d.cron, d.timezone, d.queue, d.task, d.payload::jsonb, d.priority, d.max_attempts,
+       make_interval(secs => d.backfill), d.skip_overlap, 'code'
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[],
+            $9::float8[], $10::boolean[])
+    AS d(name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, skip_overlap)
+ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+SET cron = excluded.cron, timezone = excluded.timezone, queue = excluded.queue, task = excluded.task,
+    payload = excluded.payload, priority = excluded.priority, max_attempts = excluded.max_attempts,
+    backfill = excluded.backfill, skip_overlap = excluded.skip_overlap, source = 'code'
+WHERE (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill,
+       s.skip_overlap, s.source)
+      IS DISTINCT FROM
+      (excluded.cron, excluded.timezone, excluded.queue, excluded.task, excluded.payload, excluded.priority,
+       excluded.max_attempts, excluded.backfill, excluded.skip_overlap, excluded.source);
+
+-- name: list_schedules :many
+-- `notifyq schedules list|show`: every schedule ($1 NULL) or one by name, with its latest job.
+SELECT s.name, s.cron, s.timezone, s.queue, s.task, s.payload::text AS payload, s.priority, s.max_attempts,
+       extract(epoch FROM s.backfill)::float8 AS backfill_seconds, s.enabled, s.skip_overlap, s.source,
+       s.since, s.last_tick, s.next_tick, s.error, s.created_at, s.updated_at,
+       j.id AS last_job_id, j.state::text AS last_job_state
+FROM notifyq.schedules AS s
+LEFT JOIN LATERAL (
+    SELECT j.id, j.state FROM notifyq.jobs AS j
+    WHERE j.schedule = s.name AND j.schedule_tick IS NOT NULL
+    ORDER BY j.schedule_tick DESC LIMIT 1
+) AS j ON true
+WHERE $1::text IS NULL OR s.name = $1::text
+ORDER BY s.name;
+
+-- name: set_schedule_enabled :one
+-- `notifyq schedules enable|disable NAME`. Re-enabling never backfills the ticks missed while disabled
+-- (the guard moves `since` to now). Returns the name, or no row when there is no such schedule.
+UPDATE notifyq.schedules AS s SET enabled = $2::boolean WHERE s.name = $1::text RETURNING s.name;
+
+-- name: trigger_schedule :one
+-- `notifyq schedules trigger NAME`: one job from the schedule now, outside its ticks (last_tick does
+-- not move). Its schedule_tick is now, so it counts as a run for skip_overlap. Returns the job id, or no
+-- row when there is no such schedule.
+INSERT INTO notifyq.jobs (queue, task, payload, priority, max_attempts, run_at, schedule, schedule_tick)
+SELECT s.queue, s.task, s.payload, s.priority, s.max_attempts, notifyq.now(), s.name, notifyq.now()
+FROM notifyq.schedules AS s
+WHERE s.name = $1::text
+RETURNING id;
+
+-- name: prune_code_schedules :many
+-- `notifyq schedules prune`: remove the code schedules that no live daemon declares. Refused (no row
+-- deleted) while no daemon is alive at all, since then every code schedule would look stale.
+DELETE FROM notifyq.schedules AS s
+WHERE s.source = 'code'
+  AND EXISTS (SELECT 1 FROM notifyq.workers AS w WHERE /* include: live_worker */)
+  AND NOT EXISTS (
+      SELECT 1 FROM notifyq.workers AS w
+      WHERE /* include: live_worker */ AND s.name = ANY(w.schedules)
+  )
+RETURNING s.name;
