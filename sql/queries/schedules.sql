@@ -35,10 +35,13 @@ WITH advanced AS (
 ), made AS (
     INSERT INTO notifyq.jobs AS j (queue, task, payload, priority, max_attempts, run_at, schedule, schedule_tick,
                                    backfilled)
-    SELECT a.queue, a.task, a.payload, a.priority, a.max_attempts, t.tick, a.name, t.tick, t.backfilled
-    FROM advanced AS a
-    CROSS JOIN unnest($6::timestamptz[], $7::boolean[]) AS t(tick, backfilled)
-    WHERE NOT (SELECT b.yes FROM busy AS b)
+    -- The one advanced row is read by scalar subqueries, not joined: a join to the ticks would be a nested
+    -- loop over an array scan, which the plan tests refuse, and the row is one at most.
+    SELECT (SELECT a.queue FROM advanced AS a), (SELECT a.task FROM advanced AS a),
+           (SELECT a.payload FROM advanced AS a), (SELECT a.priority FROM advanced AS a),
+           (SELECT a.max_attempts FROM advanced AS a), t.tick, $1::text, t.tick, t.backfilled
+    FROM unnest($6::timestamptz[], $7::boolean[]) AS t(tick, backfilled)
+    WHERE EXISTS (SELECT 1 FROM advanced) AND NOT (SELECT b.yes FROM busy AS b)
     ON CONFLICT (schedule, schedule_tick) WHERE schedule IS NOT NULL DO NOTHING
     RETURNING j.id
 )

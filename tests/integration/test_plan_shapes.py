@@ -166,8 +166,9 @@ async def statements(conn: asyncpg.Connection, queue: str = "default") -> dict[s
         "next_run_delay": [queues, ["t"]],
         "prune_finished": [3600.0, 1000],
         "count_queues": [],
-        "enqueue_ticks": ["s", None, "2026-06-01 00:00:00+00", "2026-06-01 00:01:00+00", None,
-                          ["2026-06-01 00:01:00+00"], [False]],  # fmt: skip
+        "enqueue_ticks": [
+            "s", None, "2026-06-01 00:00:00+00", "2026-06-01 00:01:00+00", None, ["2026-06-01 00:01:00+00"], [False]
+        ],
     }
 
 
