@@ -61,10 +61,9 @@ async def test_a_schedule_added_by_plain_sql_takes_effect_within_a_second(
     conn: asyncpg.Connection, db_dsn: str
 ) -> None:
     async with running_daemon(db_dsn, app()):
-        inserted = await conn.fetchval(
-            "INSERT INTO notifyq.schedules (name, cron, task) VALUES ('from-psql', '* * * * * *', 'sched.tick')"
-            " RETURNING created_at"
-        )
+        sql = "INSERT INTO notifyq.schedules (name, cron, task) VALUES ('from-psql', '* * * * * *', 'sched.tick')"
+        await anyio.run_process(["psql", db_dsn, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        inserted = await conn.fetchval("SELECT created_at FROM notifyq.schedules WHERE name = 'from-psql'")
         await wait_for(lambda: made(conn, "from-psql"), 5, "the first tick's job")
         first = await conn.fetchval("SELECT min(created_at) FROM notifyq.jobs WHERE schedule = 'from-psql'")
         # The first tick falls within a second of the insert, and its job is made at once: the daemon
