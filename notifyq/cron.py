@@ -55,10 +55,11 @@ class Cron:
 
     def ticks_after(self, instant: datetime) -> Iterator[datetime]:
         """Every tick strictly after `instant`, in order, as UTC instants."""
-        local = instant.astimezone(self.zone)
         # cronsim yields the minutes after the one it starts in; start a minute early so that the
-        # minute holding `instant` is seen too (its later seconds may still be ahead).
-        for minute in CronSim(self.minutes, local - _MINUTE):
+        # minute holding `instant` is seen too (its later seconds may still be ahead). The minute is taken
+        # off in UTC: on local wall time, 03:00 on a spring-forward day would become 02:59, a time that
+        # does not exist, from which cronsim skips the whole next hour.
+        for minute in CronSim(self.minutes, (instant - _MINUTE).astimezone(self.zone)):
             start = minute.astimezone(UTC)
             for second in self.seconds:
                 tick = start + timedelta(seconds=second)

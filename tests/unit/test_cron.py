@@ -90,6 +90,28 @@ def test_dst_as_debian_cron(expression: str, zone: str, start: str, count: int, 
     assert ticks == [utc(e) for e in expected]
 
 
+# The passes of a scheduler ask for one tick after another: each answer must be the same as a single run
+# over the day, above all on the DST days (a start on 03:00 local after the jump once skipped the hour).
+@pytest.mark.parametrize("zone", ["America/New_York", "Europe/Berlin", "Australia/Lord_Howe"])
+@pytest.mark.parametrize("expression", ["*/10 * * * *", "*/20 * * * * *", "15,45 2-3 * * *", "30 2 * * *"])
+@pytest.mark.parametrize("day", ["2026-03-08", "2026-03-29", "2026-04-05", "2026-10-04", "2026-10-25", "2026-11-01"])
+def test_one_tick_after_another_is_the_same_as_one_run(zone: str, expression: str, day: str) -> None:
+    rule = cron.parse(expression, zone)
+    start = utc(day + "T00:00")
+    end = start + timedelta(days=1)
+    chained, tick = [], rule.after(start)
+    while tick is not None and tick <= end:
+        chained.append(tick)
+        tick = rule.after(tick)
+    assert chained == rule.between(start, end, 100_000)
+
+
+def test_the_first_hour_after_spring_forward_keeps_its_ticks() -> None:
+    rule = cron.parse("*/10 * * * *", "America/New_York")
+    # 07:00 UTC is 03:00 EDT, the first minute after the jump: the next tick is 03:10, not 04:00.
+    assert rule.after(utc("2026-03-08T07:00")) == utc("2026-03-08T07:10")
+
+
 def row(now: datetime, since: datetime, last_tick: datetime | None = None, backfill: float = 0.0,
         skip_overlap: bool = False) -> ScheduleRow:  # fmt: skip
     return ScheduleRow(
