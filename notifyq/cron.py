@@ -36,6 +36,7 @@ _ALIASES = {
 }
 _MINUTE = timedelta(minutes=1)
 _DIGITS = re.compile(r"[0-9]{1,2}")
+_NOT_CRON_TEXT = re.compile(r"[^\x20-\x7e\t]")
 
 
 class CronError(ValueError):
@@ -79,10 +80,17 @@ class Cron:
 @functools.lru_cache(maxsize=1024)
 def parse(expression: str, timezone: str) -> Cron:
     """A Cron for `expression` read in `timezone` (an IANA name); CronError says what is wrong."""
+    if timezone.startswith("right/"):
+        # Leap-second zones: Python has them, Postgres does not (its guard refuses them at INSERT).
+        raise CronError(f"time zone {timezone!r} counts leap seconds; use the zone without 'right/'")
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise CronError(f"unknown time zone {timezone!r}") from exc
+    if _NOT_CRON_TEXT.search(expression):
+        # The guard's rule too: any other space (a newline, a no-break space) would split fields the
+        # guard did not count.
+        raise CronError(f"{expression!r}: only printable ASCII, with fields apart by spaces or tabs")
     text = " ".join(expression.split())
     if text.startswith("@"):
         if text.lower() not in _ALIASES:

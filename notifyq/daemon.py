@@ -22,7 +22,7 @@ import anyio
 
 from notifyq import logs, migrate
 from notifyq.config import Settings
-from notifyq.errors import DatabaseUnavailable, NotifyqError
+from notifyq.errors import ConfigError, DatabaseUnavailable, NotifyqError, QueryError
 from notifyq.http import HttpServer
 from notifyq.metrics import Metrics
 from notifyq.models import Claim, WorkerInfo
@@ -212,7 +212,11 @@ class Daemon:
                 await store.register_worker(self.worker_info)
                 # Before the scheduler's first pass. Never deletes: during a rolling deploy the daemons
                 # still on the old code keep the schedules it had (`notifyq schedules prune`).
-                await store.upsert_code_schedules(self._schedules)
+                try:
+                    await store.upsert_code_schedules(self._schedules)
+                except QueryError as exc:
+                    # The guard refused what the registry let through: a configuration error, named.
+                    raise ConfigError(f"the app's schedules were refused by the database: {exc}") from None
                 return store
             except DatabaseUnavailable as exc:
                 if store is not None:
@@ -274,7 +278,7 @@ class Daemon:
             on_slot_free=lambda: wake.hint(WakeSource.SLOT),
         )
         wake_topic = WakeTopic(s.queues, wake)
-        scheduler = Scheduler(store, self.metrics)
+        scheduler = Scheduler(store, self.metrics, self._schedules)
         notifier = Notifier(
             s.effective_listen_dsn,
             [wake_topic, ScheduleTopic(scheduler.changed)],

@@ -7,11 +7,13 @@ queues no daemon serves; queue names are already constrained by the jobs table's
 is capped at MAX_QUEUE_LABELS (served queues first, then the busiest), the rest folded into `other`.
 `schedule` is a schedule's name (checked by the schedules table's guard: 1 to 200 characters, no control
 characters): the code's own schedules, then the first others seen, MAX_SCHEDULE_LABELS in all; the rest
-are `other`.
+are `other` (a schedule named `other` shares that series). The label of a schedule that no longer exists
+is released at the next pass, with its series.
 """
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -128,6 +130,7 @@ class Metrics:
         self, queues: Iterable[str], tasks: Iterable[str], version: str, schedules: Iterable[str] = ()
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._code_schedules = frozenset(schedules)
         self._schedule_labels = dict.fromkeys(list(schedules)[:MAX_SCHEDULE_LABELS])
         self._queues = tuple(dict.fromkeys(queues))
         self._served = frozenset(self._queues)
@@ -244,8 +247,15 @@ class Metrics:
     def schedule_ticks(self, name: str, result: TickResult, n: int) -> None:
         self.schedule_ticks_total.labels(self.schedule_label(name), result.value).inc(n)
 
-    def set_schedule_state(self, lag: Mapping[str, float], broken: int) -> None:
-        """After a scheduler pass: each schedule's lag (the worst of those folded into `other`)."""
+    def set_schedule_state(self, lag: Mapping[str, float], broken: int, existing: Iterable[str] = ()) -> None:
+        """After a scheduler pass: each schedule's lag (the worst of those folded into `other`). The labels
+        of schedules not in `existing` (deleted ones) are released, so that new ones get a series."""
+        still = set(existing) | self._code_schedules | {OTHER}
+        for name in [n for n in self._schedule_labels if n not in still]:
+            del self._schedule_labels[name]
+            for result in TICK_RESULTS:
+                with contextlib.suppress(KeyError):
+                    self.schedule_ticks_total.remove(name, result)
         folded: dict[str, float] = {}
         for name, seconds in lag.items():
             label = self.schedule_label(name)

@@ -250,6 +250,8 @@ class ScheduleRow:
     backfill_seconds: float
     skip_overlap: bool
     error: str | None
+    enabled: bool = True
+    payload_bytes: int = 2  # the payload's size as text, for the size of a backfill's statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +286,9 @@ class TickWrite:
 
     advanced: bool  # False: another daemon (or a writer) changed the row first; nothing was made
     skipped: bool  # skip_overlap found an earlier run still queued or running
-    made: int  # jobs inserted
+    made: int  # jobs inserted (a tick whose job already exists makes none)
+    locked: bool = False  # someone else held the row: nothing was done, look again soon
+    made_backfilled: int = 0  # of `made`, the backfilled ones
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,8 @@ class TaskSpec:
     backoff: Backoff
 
 
+# "\u0000" in JSON text, not preceded by an escaping backslash: a NUL, which jsonb refuses.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _TASK_NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
 _SCHEDULE_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 MAX_BACKFILL = timedelta(days=366)  # the schedules table's own limit (migration 0007)
@@ -155,6 +157,8 @@ class Registry:
             raise ValueError(f"{where}: payload: {exc}") from None
         if len(payload_json.encode()) > 1048576:
             raise ValueError(f"{where}: payload must be at most 1048576 bytes of JSON")
+        if _JSON_NUL.search(payload_json):
+            raise ValueError(f"{where}: payload holds a NUL character, which Postgres's jsonb cannot store")
         spec = PeriodicSpec(
             name=name,
             cron=cron_expression,

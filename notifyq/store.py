@@ -423,8 +423,9 @@ class Store:
 
     # -- schedules (migration 0007) ------------------------------------------------------------------
 
-    async def schedules_for_pass(self) -> list[ScheduleRow]:
-        return [ScheduleRow(**r) for r in await self._fetch("schedules_for_pass")]
+    async def schedules_for_pass(self, after: str, limit: int) -> list[ScheduleRow]:
+        """The schedules named after `after`, `limit` at most, in name order."""
+        return [ScheduleRow(**r) for r in await self._fetch("schedules_for_pass", after, limit)]
 
     async def enqueue_ticks(
         self,
@@ -446,7 +447,13 @@ class Store:
                 [b for _, b in ticks],
             )
         )[0]
-        return TickWrite(advanced=r["advanced"], skipped=r["skipped"], made=r["made"])
+        return TickWrite(
+            advanced=r["advanced"],
+            skipped=r["skipped"],
+            made=r["made"],
+            locked=r["locked"],
+            made_backfilled=r["made_backfilled"],
+        )
 
     async def set_next_tick(self, row: ScheduleRow, next_tick: datetime | None) -> None:
         await self._execute("set_next_tick", row.name, next_tick, row.updated_at)

@@ -21,21 +21,27 @@ connection, which also passes again after every reconnect), and at least every M
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
 
 from notifyq import cron, logs
-from notifyq.errors import DatabaseUnavailable, QueryError
+from notifyq.errors import DatabaseUnavailable, QueryError, StatementTimeout
 from notifyq.metrics import Metrics
-from notifyq.models import ScheduleRow, TickResult
+from notifyq.models import PeriodicSpec, ScheduleRow, TickResult
 from notifyq.store import Store
 
 CHANNEL = "notifyq.schedules"
 GRACE = timedelta(minutes=10)  # how late the latest tick may be and still run without a backfill
 MAX_TICKS_PER_PASS = 1000  # backfilled ticks made by one statement; the next pass goes on at once
+# ... and fewer for a large payload: the ticks of one statement copy at most this much payload, so that a
+# backfill of megabyte payloads stays well inside the statement timeout.
+TICK_BYTES_PER_STATEMENT = 4 << 20
+PAGE = 1000  # schedules read per statement of a pass
+CLOCK_SLACK = timedelta(minutes=1)  # a last tick this far ahead of the clock is reported, not waited out
+LOCKED_RETRY = 1.0  # a schedule row someone else held: look again this soon
 # A pass at least this often with schedules to watch, and with none: every change is notified, and a
 # reconnect of the notifier passes again, so these only bound how far a clock may drift unseen (and
 # keep an idle daemon at no statements of its own).
@@ -59,6 +65,10 @@ class Plan:
     skipped: int = 0  # due ticks dropped by skip_overlap before the statement (only the latest may run)
 
 
+def ticks_per_statement(payload_bytes: int) -> int:
+    return max(1, min(MAX_TICKS_PER_PASS, TICK_BYTES_PER_STATEMENT // max(payload_bytes, 1)))
+
+
 def plan(rule: cron.Cron, row: ScheduleRow) -> Plan:
     """The ticks due at `row.now` and what becomes of each (see the module docstring)."""
     anchor = max(row.since, row.last_tick) if row.last_tick is not None else row.since
@@ -77,12 +87,13 @@ def _plan(rule: cron.Cron, row: ScheduleRow, anchor: datetime, first_due: dateti
     backfill = timedelta(seconds=row.backfill_seconds)
     window_start = max(anchor, now - max(backfill, GRACE))
     missed = len(rule.between(anchor, window_start, MISSED_COUNT_CAP)) if window_start > anchor else 0
-    ticks = rule.between(window_start, now, MAX_TICKS_PER_PASS + 1)
-    if len(ticks) > MAX_TICKS_PER_PASS:
+    limit = ticks_per_statement(row.payload_bytes)
+    ticks = rule.between(window_start, now, limit + 1)
+    if len(ticks) > limit:
         # More than one statement's worth: all of them late (the latest due tick comes after).
-        run = [(t, True) for t in ticks[:MAX_TICKS_PER_PASS]]
-        through = ticks[MAX_TICKS_PER_PASS - 1]
-        return Plan(run, missed, through, ticks[MAX_TICKS_PER_PASS], first_due)
+        run = [(t, True) for t in ticks[:limit]]
+        through = ticks[limit - 1]
+        return Plan(run, missed, through, ticks[limit], first_due)
     latest = ticks[-1] if ticks else None
     run = []
     for tick in ticks:
@@ -122,11 +133,13 @@ class ScheduleTopic:
 
 
 class Scheduler:
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics, declared: Sequence[PeriodicSpec] = ()) -> None:
         self._store = store
         self._metrics = metrics
+        self._declared = list(declared)  # this daemon's code schedules, written back if found gone
         self._changed = anyio.Event()
         self._errors: dict[str, str] = {}  # schedule -> the error last logged for it
+        self._locked: set[str] = set()  # schedules found held by someone else at their last try
         self._log = logs.get("scheduler")
 
     def changed(self) -> None:
@@ -149,51 +162,90 @@ class Scheduler:
                 await self._changed.wait()
 
     async def pass_once(self) -> float:
-        """One pass over the enabled schedules; returns the seconds until the next is due."""
-        rows = await self._store.schedules_for_pass()
-        wait = MAX_SLEEP if rows else IDLE_SLEEP
+        """One pass over the enabled schedules, page by page; returns the seconds until the next is due."""
+        wait = IDLE_SLEEP
         broken = 0
         lag: dict[str, float] = {}
-        for row in rows:
-            try:
-                step = plan(cron.parse(row.cron, row.timezone), row)
-            except cron.CronError as exc:
-                broken += 1
-                await self._broken(row, str(exc))
-                continue
-            except Exception as exc:
-                # One row the parser chokes on must not stop the daemon (a `since` or a clock near year
-                # 9999 overflows its date arithmetic, for one).
-                broken += 1
-                await self._broken(row, f"cannot compute its ticks: {type(exc).__name__}: {exc}"[:500])
-                continue
-            self._errors.pop(row.name, None)
-            lag[row.name], failed = await self._apply(row, step)
-            if failed:
-                wait = min(wait, RETRY_SLEEP)
-            elif step.next_tick is not None:
-                wait = min(wait, (step.next_tick - row.now).total_seconds() + _EPSILON)
-        self._metrics.set_schedule_state(lag, broken)
+        seen: set[str] = set()
+        after = ""
+        while True:
+            rows = await self._store.schedules_for_pass(after, PAGE)
+            for row in rows:
+                seen.add(row.name)
+                if not row.enabled:
+                    continue
+                wait = min(wait, MAX_SLEEP)
+                step = await self._plan(row)
+                if step is None:
+                    broken += 1
+                    continue
+                lag[row.name], retry_in = await self._apply(row, step)
+                if retry_in is not None:
+                    wait = min(wait, retry_in)
+                elif step.next_tick is not None:
+                    wait = min(wait, (step.next_tick - row.now).total_seconds() + _EPSILON)
+            if len(rows) < PAGE:
+                break
+            after = rows[-1].name
+        gone = [p for p in self._declared if p.name not in seen]
+        if gone:
+            # Pruned while this daemon could not show it was alive (paused past its lease): the code it
+            # runs still declares them. Written back as new schedules, so they never backfill the gap.
+            await self._store.upsert_code_schedules(gone)
+            names = [p.name for p in gone]
+            self._log.warning("schedules_declared_again", schedules=names[:20], count=len(names))
+            wait = MIN_SLEEP
+        self._metrics.set_schedule_state(lag, broken, seen)
         return max(MIN_SLEEP, wait)
 
-    async def _apply(self, row: ScheduleRow, step: Plan) -> tuple[float, bool]:
+    async def _plan(self, row: ScheduleRow) -> Plan | None:
+        """This pass's plan for one schedule, or None when its ticks cannot be computed (reported)."""
+        if row.last_tick is not None and row.last_tick - row.now > CLOCK_SLACK:
+            await self._broken(
+                row,
+                f"its last tick ({row.last_tick.isoformat()}) is ahead of the database clock"
+                f" ({row.now.isoformat()}): the clock was stepped back, or notifyq.now() moved; no tick"
+                " runs until then (disable and enable the schedule to start again from now)",
+            )
+            return None
+        try:
+            step = plan(cron.parse(row.cron, row.timezone), row)
+        except cron.CronError as exc:
+            await self._broken(row, str(exc))
+            return None
+        except Exception as exc:
+            # One row the parser chokes on must not stop the daemon (a `since` or a clock near year
+            # 9999 overflows its date arithmetic, for one).
+            await self._broken(row, f"cannot compute its ticks: {type(exc).__name__}: {exc}"[:500])
+            return None
+        self._errors.pop(row.name, None)
+        return step
+
+    async def _apply(self, row: ScheduleRow, step: Plan) -> tuple[float, float | None]:
         """Make the plan's jobs; returns the schedule's lag afterwards (seconds its oldest due tick has
-        waited unmade: 0 when it keeps up), and whether its statement failed."""
+        waited unmade: 0 when it keeps up), and, when it must be tried again before its next tick, in
+        how many seconds."""
         if step.through is None:
             if step.next_tick != row.next_tick or row.error is not None:
                 await self._store.set_next_tick(row, step.next_tick)
-            return 0.0, False
+            return 0.0, None
+        late = (row.now - step.first_due).total_seconds() if step.first_due is not None else 0.0
         try:
             wrote = await self._store.enqueue_ticks(row, step.through, step.next_tick, step.run)
-        except QueryError as exc:
-            # Refused by the jobs table (a row changed by hand past its limits): the ticks stay due and
-            # are tried again at the next pass; the schedule shows as late.
+        except (QueryError, StatementTimeout) as exc:
+            # Refused by the jobs table (a row changed by hand past its limits), or too slow: a failure of
+            # this schedule only. Its ticks stay due, tried again soon; it shows as late meanwhile.
             self._metrics.schedule_ticks(row.name, TickResult.FAILED, len(step.run) or 1)
             self._log.warning("schedule_tick_failed", schedule=row.name, error=str(exc))
-            assert step.first_due is not None
-            return (row.now - step.first_due).total_seconds(), True
+            return late, RETRY_SLEEP
+        if wrote.locked:
+            if row.name not in self._locked:
+                self._locked.add(row.name)
+                self._log.info("schedule_row_locked", schedule=row.name, retry_in_s=LOCKED_RETRY)
+            return late, LOCKED_RETRY
+        self._locked.discard(row.name)
         if not wrote.advanced:
-            return 0.0, False  # another daemon made these (or the row changed): its pass counts them
+            return 0.0, None  # another daemon made these (or the row changed): its pass counts them
         if step.missed:
             self._metrics.schedule_ticks(row.name, TickResult.MISSED, step.missed)
             self._log.warning("schedule_ticks_missed", schedule=row.name, ticks=step.missed)
@@ -203,14 +255,15 @@ class Scheduler:
             self._metrics.schedule_ticks(row.name, TickResult.SKIPPED, len(step.run))
             self._log.info("schedule_tick_skipped", schedule=row.name, reason="previous run not finished")
         else:
-            late = sum(1 for _, backfilled in step.run if backfilled)
-            if late:
-                self._metrics.schedule_ticks(row.name, TickResult.BACKFILLED, late)
-            if len(step.run) - late:
-                self._metrics.schedule_ticks(row.name, TickResult.ENQUEUED, len(step.run) - late)
+            # What was made: a tick whose job already exists (the unique key) makes none and counts none.
+            if wrote.made_backfilled:
+                self._metrics.schedule_ticks(row.name, TickResult.BACKFILLED, wrote.made_backfilled)
+            on_time = wrote.made - wrote.made_backfilled
+            if on_time:
+                self._metrics.schedule_ticks(row.name, TickResult.ENQUEUED, on_time)
         if step.next_tick is not None and step.next_tick <= row.now:
-            return (row.now - step.next_tick).total_seconds(), False  # a backfill still going on
-        return 0.0, False
+            return (row.now - step.next_tick).total_seconds(), None  # a backfill still going on
+        return 0.0, None
 
     async def _broken(self, row: ScheduleRow, error: str) -> None:
         """A rule only the parser could judge wrong: on the row, in the log (once), in the gauge."""

@@ -3,8 +3,8 @@
 --
 -- The guard against a double tick is the schedule row itself: the statement that enqueues a tick first
 -- moves the row's `last_tick` forward, only if the row is still as the daemon read it (its last_tick and
--- its updated_at), and inserts the job from the row that UPDATE returns. A competing daemon blocks on the
--- row lock, finds the row changed once the winner commits, and does nothing. A unique key on
+-- its updated_at), and inserts the job from the row that UPDATE returns. A competing daemon finds the row
+-- locked and skips it (trying again a second later), or finds it changed, and does nothing. A unique key on
 -- (schedule, schedule_tick) in notifyq.jobs is the second guard. last_tick is never deleted by retention,
 -- so a tick whose job was pruned cannot run again (a peer that kept its dedup rows in the jobs table ran
 -- ticks again once they were pruned).
@@ -19,9 +19,11 @@ ALTER TABLE notifyq.jobs
     ADD COLUMN schedule text,
     ADD COLUMN schedule_tick timestamptz,
     ADD COLUMN backfilled boolean NOT NULL DEFAULT false,
+    -- A tick is always a schedule's; a schedule's job without a tick is one run by hand (`notifyq
+    -- schedules trigger`), outside the ticks, so it never takes a tick's place in the unique key below.
     -- NOT VALID: every existing row has both NULL; new rows are checked, and no scan of the table is
     -- needed under this migration's lock.
-    ADD CONSTRAINT jobs_schedule_tick_pair CHECK ((schedule IS NULL) = (schedule_tick IS NULL)) NOT VALID;
+    ADD CONSTRAINT jobs_schedule_tick_pair CHECK (schedule_tick IS NULL OR schedule IS NOT NULL) NOT VALID;
 
 -- The second guard: one job per (schedule, tick), whatever happens to the schedule row.
 CREATE UNIQUE INDEX jobs_tick_key ON notifyq.jobs (schedule, schedule_tick) WHERE schedule IS NOT NULL;
@@ -31,7 +33,8 @@ CREATE INDEX jobs_schedule_live_idx ON notifyq.jobs (schedule)
 
 -- == the schedules ======================================================================================
 -- A public contract, like notifyq.jobs: any program may INSERT, UPDATE or DELETE rows (or call
--- notifyq.schedule()); the daemons write only last_tick, next_tick and error.
+-- notifyq.schedule()); the daemons write only last_tick, next_tick and error. The producer role may write
+-- the contract's columns only (sql/roles/02_grants.sql), not the daemons' bookkeeping.
 CREATE TABLE notifyq.schedules (
     name          text PRIMARY KEY,
     cron          text NOT NULL,
@@ -54,6 +57,9 @@ CREATE TABLE notifyq.schedules (
     last_tick     timestamptz,  -- the latest tick handled (enqueued, skipped or missed)
     next_tick     timestamptz,  -- the next tick, as the daemons last computed it
     error         text,         -- why the daemons cannot compute its ticks; NULL while they can
+    -- The payload's size as text, kept by the guard: a backfill's ticks are inserted in statements of a
+    -- bounded size (a megabyte payload times a thousand ticks would outlast any statement timeout).
+    payload_bytes integer NOT NULL DEFAULT 2,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT schedules_source CHECK (source IN ('code', 'sql'))
@@ -69,6 +75,7 @@ CREATE FUNCTION notifyq.schedules_guard() RETURNS trigger
     AS $$
 DECLARE
     fields integer;
+    too_long boolean;
 BEGIN
     IF NEW.name IS NULL OR char_length(NEW.name) NOT BETWEEN 1 AND 200 OR NEW.name ~ '[\x01-\x1f\x7f]' THEN
         RAISE EXCEPTION 'notifyq.schedules.name: must be 1 to 200 characters with no control characters (got %)',
@@ -77,9 +84,12 @@ BEGIN
                   SCHEMA = 'notifyq', TABLE = 'schedules';
     END IF;
     fields := coalesce(array_length(regexp_split_to_array(btrim(NEW.cron, E' \t'), E'[ \t]+'), 1), 0);
+    -- Printable ASCII only, fields apart by spaces or tabs: a newline or a no-break space would make the
+    -- parser see other fields than this count (every minute where the writer saw hourly).
     IF NEW.cron IS NULL OR char_length(NEW.cron) > 200 OR btrim(NEW.cron, E' \t') = ''
+       OR NEW.cron ~ E'[^\x20-\x7e\t]'
        OR NOT (fields IN (5, 6) OR (fields = 1 AND btrim(NEW.cron, E' \t') LIKE '@%')) THEN
-        RAISE EXCEPTION 'notifyq.schedules.cron: must be 5 fields (minute hour day-of-month month day-of-week), 6 with a seconds field first, or an @ alias such as @daily (got %)',
+        RAISE EXCEPTION 'notifyq.schedules.cron: must be 5 fields (minute hour day-of-month month day-of-week), 6 with a seconds field first, or an @ alias such as @daily, in printable ASCII with fields apart by spaces or tabs (got %)',
             coalesce(quote_literal(left(NEW.cron, 200)), 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'cron', CONSTRAINT = 'schedules_cron',
                   SCHEMA = 'notifyq', TABLE = 'schedules';
@@ -113,14 +123,21 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'max_attempts', CONSTRAINT = 'schedules_max_attempts',
                   SCHEMA = 'notifyq', TABLE = 'schedules';
     END IF;
-    IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048576 THEN
+    NEW.payload_bytes := octet_length(NEW.payload::text);
+    IF NEW.payload IS NULL OR NEW.payload_bytes > 1048576 THEN
         RAISE EXCEPTION 'notifyq.schedules.payload: must be a JSON value of at most 1048576 bytes (got %)',
             coalesce(octet_length(NEW.payload::text)::text || ' bytes', 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'payload', CONSTRAINT = 'schedules_payload',
                   SCHEMA = 'notifyq', TABLE = 'schedules';
     END IF;
-    -- Months and days are calendar lengths in an interval; the limit is on its length from now.
-    IF NEW.backfill IS NULL OR NEW.backfill < interval '0' OR notifyq.now() + NEW.backfill > notifyq.now() + interval '366 days' THEN
+    -- Months and days are calendar lengths in an interval; the limit is on its length from now, measured
+    -- only once the interval is known to be short enough for that sum not to overflow.
+    IF NEW.backfill IS NULL OR NEW.backfill < interval '0' OR NEW.backfill > interval '400 days' THEN
+        too_long := true;
+    ELSE
+        too_long := notifyq.now() + NEW.backfill > notifyq.now() + interval '366 days';
+    END IF;
+    IF too_long THEN
         RAISE EXCEPTION 'notifyq.schedules.backfill: must be an interval from 0 to 366 days (got %)',
             coalesce(NEW.backfill::text, 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'backfill', CONSTRAINT = 'schedules_backfill',
@@ -140,10 +157,15 @@ BEGIN
         NEW.created_at := now();
     ELSIF NEW.cron IS DISTINCT FROM OLD.cron OR NEW.timezone IS DISTINCT FROM OLD.timezone
           OR (NEW.enabled AND NOT OLD.enabled) THEN
-        -- A changed or re-enabled schedule starts afresh: no tick of the new rule before now runs.
+        -- A changed or re-enabled schedule starts afresh: no tick of the new rule before now runs. A last
+        -- tick ahead of the clock (the clock was stepped back) is forgotten, or it would hold every tick
+        -- until then; the unique (schedule, tick) key still refuses a tick whose job exists.
         NEW.since := notifyq.now();
         NEW.next_tick := NULL;
         NEW.error := NULL;
+        IF NEW.last_tick > NEW.since THEN
+            NEW.last_tick := NULL;
+        END IF;
     END IF;
     NEW.updated_at := clock_timestamp();
     RETURN NEW;
@@ -157,10 +179,10 @@ CREATE TRIGGER schedules_guard_insert BEFORE INSERT ON notifyq.schedules
 CREATE TRIGGER schedules_guard_update BEFORE UPDATE ON notifyq.schedules
     FOR EACH ROW
     WHEN ((NEW.name, NEW.cron, NEW.timezone, NEW.queue, NEW.task, NEW.payload, NEW.priority, NEW.max_attempts,
-           NEW.backfill, NEW.enabled, NEW.skip_overlap, NEW.source, NEW.since)
+           NEW.backfill, NEW.enabled, NEW.skip_overlap, NEW.source, NEW.since, NEW.payload_bytes)
           IS DISTINCT FROM
           (OLD.name, OLD.cron, OLD.timezone, OLD.queue, OLD.task, OLD.payload, OLD.priority, OLD.max_attempts,
-           OLD.backfill, OLD.enabled, OLD.skip_overlap, OLD.source, OLD.since))
+           OLD.backfill, OLD.enabled, OLD.skip_overlap, OLD.source, OLD.since, OLD.payload_bytes))
     EXECUTE FUNCTION notifyq.schedules_guard();
 
 -- Tell the daemons: a change takes effect at once (they re-read the schedules), not at their next look.
@@ -184,6 +206,7 @@ CREATE TRIGGER schedules_notify_update AFTER UPDATE ON notifyq.schedules
 -- == from any language ==================================================================================
 -- Create or replace a schedule by name; what is not given takes the column's default. Returns the row.
 -- A schedule written here is an 'sql' one (prune never removes it), even if code declared it before.
+-- SECURITY DEFINER: it writes `source`, which the producer role may not (sql/roles/02_grants.sql).
 CREATE FUNCTION notifyq.schedule(
     name text,
     cron text,
@@ -198,6 +221,8 @@ CREATE FUNCTION notifyq.schedule(
     skip_overlap boolean DEFAULT false
 ) RETURNS notifyq.schedules
     LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
     AS $$
 INSERT INTO notifyq.schedules AS s
     (name, cron, task, payload, queue, timezone, priority, max_attempts, backfill, enabled, skip_overlap,
@@ -210,6 +235,8 @@ SET cron = excluded.cron, task = excluded.task, payload = excluded.payload, queu
     source = 'sql'
 RETURNING s.*
 $$;
+REVOKE ALL ON FUNCTION notifyq.schedule(text, text, text, jsonb, text, text, integer, integer, interval, boolean,
+                                        boolean) FROM PUBLIC;
 
 -- == the daemons' declarations, for prune ===============================================================
 -- The code schedules each live daemon declares: `notifyq schedules prune` removes only those no live

@@ -1,27 +1,37 @@
 -- Periodic jobs (migration 0007): what the daemons' scheduler and `notifyq schedules` run.
 
 -- name: schedules_for_pass :many
--- The enabled schedules, with the database's clock (the one every tick is measured against).
+-- The schedules after name $1, $2 at most, in name order (a pass reads them page by page, however many
+-- there are), with the database's clock (the one every tick is measured against). Disabled ones too, so
+-- that a daemon sees which of its code's schedules are gone (pruned while it was paused) and writes them
+-- back.
 SELECT notifyq.now() AS now, s.name, s.cron, s.timezone, s.since, s.last_tick, s.next_tick, s.updated_at,
-       extract(epoch FROM s.backfill)::float8 AS backfill_seconds, s.skip_overlap, s.error
+       extract(epoch FROM s.backfill)::float8 AS backfill_seconds, s.skip_overlap, s.error, s.enabled,
+       s.payload_bytes
 FROM notifyq.schedules AS s
-WHERE s.enabled
+WHERE s.name > $1::text
 ORDER BY s.name
-LIMIT 10000;
+LIMIT $2::int;
 
 -- name: enqueue_ticks :one
 -- Exactly one job per tick with no leader: move the schedule's last_tick forward to $4, only while the row
 -- is as this daemon read it ($2 last_tick, $3 updated_at: a competing daemon that got there first, or a
 -- writer who changed the schedule meanwhile, makes this a no-op), and insert the jobs of ticks $6 (with
--- $7: backfilled) from the row that UPDATE returned. A competitor blocks on the row lock until the winner
--- commits, then finds the row changed and inserts nothing. The unique key on (schedule, schedule_tick)
+-- $7: backfilled) from the row that UPDATE returned. A competitor finds the row locked and skips it, or,
+-- once the winner committed, finds it changed: either way it inserts nothing. The unique key on (schedule, schedule_tick)
 -- is the second guard. With skip_overlap, a run of this schedule still queued or running means the ticks
 -- are skipped (last_tick still moves). $5 the next tick after these, for operators; $1 the name.
--- Returns whether the row moved, whether the ticks were skipped, and the jobs made.
-WITH advanced AS (
+-- A row locked by someone else (another daemon making this tick, or an operator's open transaction) is
+-- skipped, not waited on: one held row must not stall every other schedule behind it.
+-- Returns whether the row moved, whether it was locked, whether the ticks were skipped, and the jobs
+-- made (of them, the backfilled ones).
+WITH locked AS (
+    SELECT s.name FROM notifyq.schedules AS s WHERE s.name = $1::text FOR NO KEY UPDATE SKIP LOCKED
+), advanced AS (
     UPDATE notifyq.schedules AS s
     SET last_tick = $4::timestamptz, next_tick = $5::timestamptz, error = NULL
     WHERE s.name = $1::text
+      AND EXISTS (SELECT 1 FROM locked)  -- an InitPlan, not a join: the lock taken, or nothing to do
       AND s.enabled
       AND s.last_tick IS NOT DISTINCT FROM $2::timestamptz
       AND s.updated_at = $3::timestamptz
@@ -43,11 +53,13 @@ WITH advanced AS (
     FROM unnest($6::timestamptz[], $7::boolean[]) AS t(tick, backfilled)
     WHERE EXISTS (SELECT 1 FROM advanced) AND NOT (SELECT b.yes FROM busy AS b)
     ON CONFLICT (schedule, schedule_tick) WHERE schedule IS NOT NULL DO NOTHING
-    RETURNING j.id
+    RETURNING j.backfilled
 )
 SELECT EXISTS (SELECT 1 FROM advanced) AS advanced,
+       NOT EXISTS (SELECT 1 FROM locked) AS locked,
        (SELECT b.yes FROM busy AS b) AS skipped,
-       (SELECT count(*) FROM made)::int AS made;
+       (SELECT count(*) FROM made)::int AS made,
+       (SELECT count(*) FILTER (WHERE m.backfilled) FROM made AS m)::int AS made_backfilled;
 
 -- name: set_next_tick :exec
 -- Nothing due: record the next tick for operators (only when it changed, so an idle pass writes nothing).
@@ -105,10 +117,11 @@ UPDATE notifyq.schedules AS s SET enabled = $2::boolean WHERE s.name = $1::text 
 
 -- name: trigger_schedule :one
 -- `notifyq schedules trigger NAME`: one job from the schedule now, outside its ticks (last_tick does
--- not move). Its schedule_tick is now, so it counts as a run for skip_overlap. Returns the job id, or no
--- row when there is no such schedule.
-INSERT INTO notifyq.jobs (queue, task, payload, priority, max_attempts, run_at, schedule, schedule_tick)
-SELECT s.queue, s.task, s.payload, s.priority, s.max_attempts, notifyq.now(), s.name, notifyq.now()
+-- not move). It names its schedule, so it counts as a run for skip_overlap, but has no schedule_tick, so
+-- it never takes the unique key of a tick falling at the same instant. Returns the job id, or no row
+-- when there is no such schedule.
+INSERT INTO notifyq.jobs (queue, task, payload, priority, max_attempts, run_at, schedule)
+SELECT s.queue, s.task, s.payload, s.priority, s.max_attempts, notifyq.now(), s.name
 FROM notifyq.schedules AS s
 WHERE s.name = $1::text
 RETURNING id;

@@ -27,9 +27,15 @@ GRANT SELECT ON notifyq.schema_migrations TO notifyq_worker;
 -- with notifyq.count_queues(), which writes nothing.
 GRANT EXECUTE ON FUNCTION notifyq.queue_counts(float8) TO notifyq_worker;
 
--- Schedules (migration 0007) are written by any program, as producers write jobs; the daemons upsert
--- their code's schedules, move each one's ticks, and `notifyq schedules prune` removes stale ones.
-GRANT SELECT, INSERT, UPDATE, DELETE ON notifyq.schedules TO notifyq_producer, notifyq_worker;
+-- Schedules (migration 0007) are written by any program, as producers write jobs, through the public
+-- contract's columns only: the daemons' bookkeeping (source, since, last_tick, next_tick, error) is
+-- theirs, or a producer could make a schedule run ticks from before it existed. The daemons upsert their
+-- code's schedules, move each one's ticks, and `notifyq schedules prune` removes stale ones.
+GRANT SELECT, DELETE ON notifyq.schedules TO notifyq_producer;
+GRANT INSERT (name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, enabled, skip_overlap),
+      UPDATE (name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, enabled, skip_overlap)
+    ON notifyq.schedules TO notifyq_producer;
+GRANT SELECT, INSERT, UPDATE, DELETE ON notifyq.schedules TO notifyq_worker;
 GRANT EXECUTE ON FUNCTION notifyq.schedule(text, text, text, jsonb, text, text, integer, integer, interval,
                                            boolean, boolean)
     TO notifyq_producer, notifyq_worker;

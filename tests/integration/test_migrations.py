@@ -180,6 +180,19 @@ async def test_least_privilege_roles(empty_dsn: str, scratch_roles: ScratchRoles
             await conn.execute("UPDATE notifyq.jobs SET priority = 1")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetch("SELECT * FROM notifyq.jobs")
+        # Schedules: the contract's columns, by INSERT, UPDATE or notifyq.schedule(); never the daemons'
+        # bookkeeping, or a producer could make a schedule run ticks from before it existed.
+        await conn.execute("INSERT INTO notifyq.schedules (name, cron, task) VALUES ('p1', '* * * * *', 'p')")
+        await conn.execute("SELECT notifyq.schedule('p2', '0 3 * * *', 'p')")
+        await conn.execute("UPDATE notifyq.schedules SET cron = '*/5 * * * *', enabled = false WHERE name = 'p1'")
+        for sql in (
+            "UPDATE notifyq.schedules SET last_tick = NULL",
+            "UPDATE notifyq.schedules SET since = now() - interval '1 hour'",
+            "UPDATE notifyq.schedules SET source = 'code'",
+            "INSERT INTO notifyq.schedules (name, cron, task, source) VALUES ('p3', '* * * * *', 'p', 'code')",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql)
         await conn.execute("RESET ROLE")
 
         await conn.execute(f"SET ROLE {worker}")
@@ -189,6 +202,9 @@ async def test_least_privilege_roles(empty_dsn: str, scratch_roles: ScratchRoles
         with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.CheckViolationError)):
             await conn.execute("INSERT INTO notifyq.jobs (task, state) VALUES ('w', 'running')")
         await conn.execute("UPDATE notifyq.jobs SET priority = 1")
+        # The scheduler's writes, and a code schedule's upsert.
+        await conn.execute("UPDATE notifyq.schedules SET last_tick = now(), next_tick = now(), error = NULL")
+        await conn.execute("UPDATE notifyq.schedules SET source = 'code' WHERE name = 'p1'")
         await conn.execute("RESET ROLE")
 
         await conn.execute(f"SET ROLE {observer}")

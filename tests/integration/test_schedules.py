@@ -13,8 +13,11 @@ import asyncpg
 import pytest
 
 from notifyq.metrics import Metrics
+from notifyq.models import PeriodicSpec
+from notifyq.registry import Registry
 from notifyq.store import Store
-from notifyq.worker.scheduler import Scheduler
+from notifyq.worker import scheduler as scheduler_module
+from notifyq.worker.scheduler import LOCKED_RETRY, Scheduler
 from tests.support import cli
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,10 +32,10 @@ async def pin(conn: asyncpg.Connection, when: datetime) -> None:
 class Clocked:
     """A scheduler whose one pooled session runs on a pinned `notifyq.now`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, declared: list[PeriodicSpec] | None = None) -> None:
         self.store = store
         self.metrics = Metrics(["default"], [], "test")
-        self.scheduler = Scheduler(store, self.metrics)
+        self.scheduler = Scheduler(store, self.metrics, declared or [])
 
     async def at(self, when: datetime) -> float:
         async with self.store.connection() as conn:
@@ -102,6 +105,9 @@ async def test_schedule_function_creates_and_replaces_by_name(conn: asyncpg.Conn
         ("max_attempts", 0, "notifyq.schedules.max_attempts: must be between 1 and 1000"),
         ("backfill", timedelta(days=-1), "notifyq.schedules.backfill: must be an interval from 0 to 366 days"),
         ("backfill", timedelta(days=400), "notifyq.schedules.backfill"),
+        ("backfill", timedelta(days=365_000_000), "notifyq.schedules.backfill: must be an interval"),
+        ("cron", "*\u00a0* * * * *", "notifyq.schedules.cron: must be 5 fields"),
+        ("cron", "0 * * * *\n*", "notifyq.schedules.cron: must be 5 fields"),
         ("name", "bad\nname", "notifyq.schedules.name: must be 1 to 200 characters"),
         ("task", "", "notifyq.schedules.task: must be 1 to 200 characters"),
     ],
@@ -339,3 +345,124 @@ async def test_prune_removes_only_code_schedules_no_live_daemon_declares(
     pruned = cli("schedules", "prune", "--dsn", db_dsn)
     assert pruned.returncode == 0 and "removed 'stale'" in pruned.stdout
     assert {r[0] for r in await conn.fetch("SELECT name FROM notifyq.schedules")} == {"kept-by-a", "from-sql"}
+
+
+# -- what a hostile review broke ------------------------------------------------------------------------
+
+
+async def test_a_schedule_row_held_locked_delays_only_its_own_schedule(
+    conn: asyncpg.Connection, clocked: Clocked, db_dsn: str
+) -> None:
+    await make(conn, at(0), "held", "* * * * *")
+    await make(conn, at(0), "free", "* * * * *")
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM notifyq.schedules WHERE name = 'held' FOR UPDATE")
+        # Before, the pass waited on the lock until its statement timed out, and every schedule with it.
+        with anyio.fail_after(5):
+            wait = await clocked.at(at(1))
+        assert wait <= LOCKED_RETRY
+        assert await ticks(conn, "free") == [(at(1), False)] and await ticks(conn, "held") == []
+        await tx.rollback()
+    finally:
+        await holder.close()
+    await clocked.at(at(1) + timedelta(seconds=1))
+    assert await ticks(conn, "held") == [(at(1), False)]
+
+
+async def test_a_backfill_of_large_payloads_goes_in_statements_of_bounded_size(
+    conn: asyncpg.Connection, clocked: Clocked
+) -> None:
+    big = json.dumps({"x": "a" * 1_000_000})  # the largest payload allowed, near enough
+    await make(conn, at(0), "heavy", "*/10 * * * * *", backfill=timedelta(hours=1), payload=big)
+    wait = await clocked.at(at(2))  # 12 ticks due: four megabytes of payload per statement
+    assert len(await ticks(conn, "heavy")) == scheduler_module.ticks_per_statement(len(big) + 1) == 4
+    assert wait <= scheduler_module.MIN_SLEEP  # the rest at once, statement after statement
+    for _ in range(3):
+        await clocked.at(at(2))
+    assert [t for t, _ in await ticks(conn, "heavy")] == [at(s / 6) for s in range(1, 13)]
+
+
+async def test_schedules_beyond_one_page_all_run(
+    conn: asyncpg.Connection, clocked: Clocked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "PAGE", 3)
+    for i in range(8):
+        await make(conn, at(0), f"s{i}", "* * * * *", enabled=i != 4)
+    await clocked.at(at(1))
+    made = await conn.fetch("SELECT DISTINCT schedule FROM notifyq.jobs ORDER BY 1")
+    assert [r[0] for r in made] == [f"s{i}" for i in range(8) if i != 4]
+
+
+async def test_a_last_tick_ahead_of_the_clock_is_reported_and_re_enabling_clears_it(
+    conn: asyncpg.Connection, clocked: Clocked
+) -> None:
+    await make(conn, at(0), "jumped", "* * * * *")
+    await clocked.at(at(60))  # the clock was an hour ahead for one pass
+    await clocked.at(at(2))
+    error = await conn.fetchval("SELECT error FROM notifyq.schedules WHERE name = 'jumped'")
+    assert "ahead of the database clock" in error
+    assert clocked.metrics.registry.get_sample_value("notifyq_schedules_broken") == 1
+    await pin(conn, at(2))
+    await conn.execute("UPDATE notifyq.schedules SET enabled = false")
+    await conn.execute("UPDATE notifyq.schedules SET enabled = true")
+    await conn.execute("RESET notifyq.now")
+    await clocked.at(at(3))
+    assert [t for t, _ in await ticks(conn, "jumped")] == [at(3), at(60)]
+    assert clocked.metrics.registry.get_sample_value("notifyq_schedules_broken") == 0
+
+
+async def test_a_triggered_run_never_takes_a_ticks_place(
+    conn: asyncpg.Connection, clocked: Clocked, db_dsn: str
+) -> None:
+    await make(conn, at(0), "t1", "* * * * *")
+    store = await Store.open(db_dsn, max_size=1)
+    try:
+        async with store.connection() as c:
+            await pin(c, at(1))  # a run by hand at the very instant of a tick
+        assert await store.trigger_schedule("t1") is not None
+        assert await store.trigger_schedule("t1") is not None
+    finally:
+        await store.close()
+    await clocked.at(at(1))
+    rows = await conn.fetch("SELECT schedule_tick FROM notifyq.jobs WHERE schedule = 't1' ORDER BY id")
+    assert [r[0] for r in rows] == [None, None, at(1)]
+    assert clocked.ticks("t1", "enqueued") == 1
+
+
+async def test_a_tick_whose_job_exists_is_not_counted_again(conn: asyncpg.Connection, clocked: Clocked) -> None:
+    await make(conn, at(0), "once", "* * * * *")
+    await conn.execute("INSERT INTO notifyq.jobs (task, schedule, schedule_tick) VALUES ('t', 'once', $1)", at(1))
+    await clocked.at(at(1))
+    assert len(await ticks(conn, "once")) == 1
+    assert clocked.ticks("once", "enqueued") == 0
+
+
+async def test_a_code_schedule_pruned_while_its_daemon_was_paused_is_declared_again(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    registry = Registry()
+    registry.periodic("* * * * *", name="mine", task="t")
+    store = await Store.open(db_dsn, max_size=1)
+    try:
+        clocked = Clocked(store, registry.schedules)
+        await store.upsert_code_schedules(registry.schedules)
+        await conn.execute("DELETE FROM notifyq.schedules")  # `schedules prune` while it was paused
+        await clocked.at(at(0))
+        row = await conn.fetchrow("SELECT source, since FROM notifyq.schedules WHERE name = 'mine'")
+        assert row is not None and row["source"] == "code"
+    finally:
+        await store.close()
+
+
+async def test_the_label_of_a_deleted_schedule_is_released(conn: asyncpg.Connection, clocked: Clocked) -> None:
+    await make(conn, at(0), "gone", "* * * * *")
+    await clocked.at(at(1))
+    assert clocked.ticks("gone", "enqueued") == 1
+    await conn.execute("DELETE FROM notifyq.schedules")
+    await clocked.at(at(2))
+    assert clocked.metrics.registry.get_sample_value(
+        "notifyq_schedule_ticks_total", {"schedule": "gone", "result": "enqueued"}
+    ) is None

@@ -338,12 +338,14 @@ CREATE TABLE notifyq.schedules (
     last_tick timestamp with time zone,
     next_tick timestamp with time zone,
     error text,
+    payload_bytes integer DEFAULT 2 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT schedules_source CHECK ((source = ANY (ARRAY['code'::text, 'sql'::text])))
 );
 CREATE FUNCTION notifyq.schedule(name text, cron text, task text, payload jsonb DEFAULT '{}'::jsonb, queue text DEFAULT 'default'::text, timezone text DEFAULT 'UTC'::text, priority integer DEFAULT 0, max_attempts integer DEFAULT NULL::integer, backfill interval DEFAULT '00:00:00'::interval, enabled boolean DEFAULT true, skip_overlap boolean DEFAULT false) RETURNS notifyq.schedules
-    LANGUAGE sql
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 INSERT INTO notifyq.schedules AS s
     (name, cron, task, payload, queue, timezone, priority, max_attempts, backfill, enabled, skip_overlap,
@@ -361,6 +363,7 @@ CREATE FUNCTION notifyq.schedules_guard() RETURNS trigger
     AS $_$
 DECLARE
     fields integer;
+    too_long boolean;
 BEGIN
     IF NEW.name IS NULL OR char_length(NEW.name) NOT BETWEEN 1 AND 200 OR NEW.name ~ '[\x01-\x1f\x7f]' THEN
         RAISE EXCEPTION 'notifyq.schedules.name: must be 1 to 200 characters with no control characters (got %)',
@@ -369,9 +372,12 @@ BEGIN
                   SCHEMA = 'notifyq', TABLE = 'schedules';
     END IF;
     fields := coalesce(array_length(regexp_split_to_array(btrim(NEW.cron, E' \t'), E'[ \t]+'), 1), 0);
+    -- Printable ASCII only, fields apart by spaces or tabs: a newline or a no-break space would make the
+    -- parser see other fields than this count (every minute where the writer saw hourly).
     IF NEW.cron IS NULL OR char_length(NEW.cron) > 200 OR btrim(NEW.cron, E' \t') = ''
+       OR NEW.cron ~ E'[^\x20-\x7e\t]'
        OR NOT (fields IN (5, 6) OR (fields = 1 AND btrim(NEW.cron, E' \t') LIKE '@%')) THEN
-        RAISE EXCEPTION 'notifyq.schedules.cron: must be 5 fields (minute hour day-of-month month day-of-week), 6 with a seconds field first, or an @ alias such as @daily (got %)',
+        RAISE EXCEPTION 'notifyq.schedules.cron: must be 5 fields (minute hour day-of-month month day-of-week), 6 with a seconds field first, or an @ alias such as @daily, in printable ASCII with fields apart by spaces or tabs (got %)',
             coalesce(quote_literal(left(NEW.cron, 200)), 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'cron', CONSTRAINT = 'schedules_cron',
                   SCHEMA = 'notifyq', TABLE = 'schedules';
@@ -405,14 +411,21 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'max_attempts', CONSTRAINT = 'schedules_max_attempts',
                   SCHEMA = 'notifyq', TABLE = 'schedules';
     END IF;
-    IF NEW.payload IS NULL OR octet_length(NEW.payload::text) > 1048576 THEN
+    NEW.payload_bytes := octet_length(NEW.payload::text);
+    IF NEW.payload IS NULL OR NEW.payload_bytes > 1048576 THEN
         RAISE EXCEPTION 'notifyq.schedules.payload: must be a JSON value of at most 1048576 bytes (got %)',
             coalesce(octet_length(NEW.payload::text)::text || ' bytes', 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'payload', CONSTRAINT = 'schedules_payload',
                   SCHEMA = 'notifyq', TABLE = 'schedules';
     END IF;
-    -- Months and days are calendar lengths in an interval; the limit is on its length from now.
-    IF NEW.backfill IS NULL OR NEW.backfill < interval '0' OR notifyq.now() + NEW.backfill > notifyq.now() + interval '366 days' THEN
+    -- Months and days are calendar lengths in an interval; the limit is on its length from now, measured
+    -- only once the interval is known to be short enough for that sum not to overflow.
+    IF NEW.backfill IS NULL OR NEW.backfill < interval '0' OR NEW.backfill > interval '400 days' THEN
+        too_long := true;
+    ELSE
+        too_long := notifyq.now() + NEW.backfill > notifyq.now() + interval '366 days';
+    END IF;
+    IF too_long THEN
         RAISE EXCEPTION 'notifyq.schedules.backfill: must be an interval from 0 to 366 days (got %)',
             coalesce(NEW.backfill::text, 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'backfill', CONSTRAINT = 'schedules_backfill',
@@ -432,10 +445,15 @@ BEGIN
         NEW.created_at := now();
     ELSIF NEW.cron IS DISTINCT FROM OLD.cron OR NEW.timezone IS DISTINCT FROM OLD.timezone
           OR (NEW.enabled AND NOT OLD.enabled) THEN
-        -- A changed or re-enabled schedule starts afresh: no tick of the new rule before now runs.
+        -- A changed or re-enabled schedule starts afresh: no tick of the new rule before now runs. A last
+        -- tick ahead of the clock (the clock was stepped back) is forgotten, or it would hold every tick
+        -- until then; the unique (schedule, tick) key still refuses a tick whose job exists.
         NEW.since := notifyq.now();
         NEW.next_tick := NULL;
         NEW.error := NULL;
+        IF NEW.last_tick > NEW.since THEN
+            NEW.last_tick := NULL;
+        END IF;
     END IF;
     NEW.updated_at := clock_timestamp();
     RETURN NEW;
@@ -525,7 +543,7 @@ ALTER TABLE notifyq.jobs
 ALTER TABLE ONLY notifyq.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 ALTER TABLE notifyq.jobs
-    ADD CONSTRAINT jobs_schedule_tick_pair CHECK (((schedule IS NULL) = (schedule_tick IS NULL))) NOT VALID;
+    ADD CONSTRAINT jobs_schedule_tick_pair CHECK (((schedule_tick IS NULL) OR (schedule IS NOT NULL))) NOT VALID;
 ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_times_finite CHECK ((isfinite(created_at) AND isfinite(started_at) AND isfinite(finished_at))) NOT VALID;
 ALTER TABLE ONLY notifyq.queue_counts
@@ -550,6 +568,6 @@ CREATE TRIGGER jobs_guard_update_payload BEFORE UPDATE OF payload ON notifyq.job
 CREATE CONSTRAINT TRIGGER jobs_wake_insert AFTER INSERT ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION notifyq.jobs_wake();
 CREATE CONSTRAINT TRIGGER jobs_wake_requeue AFTER UPDATE OF state ON notifyq.jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((new.state = 'queued'::notifyq.job_state) AND (old.state <> 'queued'::notifyq.job_state))) EXECUTE FUNCTION notifyq.jobs_wake();
 CREATE TRIGGER schedules_guard_insert BEFORE INSERT ON notifyq.schedules FOR EACH ROW EXECUTE FUNCTION notifyq.schedules_guard();
-CREATE TRIGGER schedules_guard_update BEFORE UPDATE ON notifyq.schedules FOR EACH ROW WHEN ((((((((((((((new.name IS DISTINCT FROM old.name) OR (new.cron IS DISTINCT FROM old.cron)) OR (new.timezone IS DISTINCT FROM old.timezone)) OR (new.queue IS DISTINCT FROM old.queue)) OR (new.task IS DISTINCT FROM old.task)) OR (new.payload IS DISTINCT FROM old.payload)) OR (new.priority IS DISTINCT FROM old.priority)) OR (new.max_attempts IS DISTINCT FROM old.max_attempts)) OR (new.backfill IS DISTINCT FROM old.backfill)) OR (new.enabled IS DISTINCT FROM old.enabled)) OR (new.skip_overlap IS DISTINCT FROM old.skip_overlap)) OR (new.source IS DISTINCT FROM old.source)) OR (new.since IS DISTINCT FROM old.since))) EXECUTE FUNCTION notifyq.schedules_guard();
+CREATE TRIGGER schedules_guard_update BEFORE UPDATE ON notifyq.schedules FOR EACH ROW WHEN (((((((((((((((new.name IS DISTINCT FROM old.name) OR (new.cron IS DISTINCT FROM old.cron)) OR (new.timezone IS DISTINCT FROM old.timezone)) OR (new.queue IS DISTINCT FROM old.queue)) OR (new.task IS DISTINCT FROM old.task)) OR (new.payload IS DISTINCT FROM old.payload)) OR (new.priority IS DISTINCT FROM old.priority)) OR (new.max_attempts IS DISTINCT FROM old.max_attempts)) OR (new.backfill IS DISTINCT FROM old.backfill)) OR (new.enabled IS DISTINCT FROM old.enabled)) OR (new.skip_overlap IS DISTINCT FROM old.skip_overlap)) OR (new.source IS DISTINCT FROM old.source)) OR (new.since IS DISTINCT FROM old.since)) OR (new.payload_bytes IS DISTINCT FROM old.payload_bytes))) EXECUTE FUNCTION notifyq.schedules_guard();
 CREATE TRIGGER schedules_notify_change AFTER INSERT OR DELETE ON notifyq.schedules FOR EACH ROW EXECUTE FUNCTION notifyq.schedules_notify();
 CREATE TRIGGER schedules_notify_update AFTER UPDATE ON notifyq.schedules FOR EACH ROW WHEN ((old.updated_at IS DISTINCT FROM new.updated_at)) EXECUTE FUNCTION notifyq.schedules_notify();

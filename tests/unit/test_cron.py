@@ -59,7 +59,10 @@ def test_aliases() -> None:
         ("9-3 * * * * *", "UTC", "backwards"),
         ("@reboot", "UTC", "unknown alias"),
         ("* * * * *", "Mars/Olympus", "unknown time zone"),
-        ("¹ * * * * *", "UTC", "seconds"),
+        ("¹ * * * * *", "UTC", "printable ASCII"),
+        ("*\u00a0* * * *", "UTC", "printable ASCII"),  # a no-break space: Python's split() splits on it
+        ("0 * * * *\n*", "UTC", "printable ASCII"),  # the guard would count 5 fields, split() 6
+        ("* * * * *", "right/UTC", "leap seconds"),
     ],
 )
 def test_refusals_say_what_is_wrong(expression: str, zone: str, message: str) -> None:
@@ -214,3 +217,42 @@ def test_plan_never_runs_a_tick_twice_nor_one_outside_the_rules(gap: int, backfi
     if due and now - due[-1] < GRACE:
         window = sorted(set(window) | {due[-1]})
     assert made == window
+
+
+# -- @registry.periodic: refused when declared, never at the daemon's start ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cron_expression", "options", "message"),
+    [
+        ("* * * *", {}, "4 fields"),
+        ("* * * * *", {"tz": "Mars/Olympus"}, "unknown time zone"),
+        ("* * * * *", {"tz": "right/UTC"}, "leap seconds"),  # Python knows it, Postgres does not
+        ("*\u00a0* * * *", {}, "printable ASCII"),
+        ("* * * * *", {"payload": {"a": "x\x00y"}}, "NUL"),
+        ("* * * * *", {"payload": {"a": object()}}, "payload"),
+        ("* * * * *", {"payload": float("nan")}, "payload"),
+        ("* * * * *", {"backfill": timedelta(days=-1)}, "backfill"),
+        ("* * * * *", {"backfill": 3600}, "backfill"),
+        ("* * * * *", {"name": "bad\nname"}, "printable"),
+        ("* * * * *", {"queue": "Bad Queue"}, "queue"),
+        ("* * * * *", {"priority": 5000}, "priority"),
+        ("* * * * *", {"max_attempts": 0}, "max_attempts"),
+    ],
+)
+def test_periodic_refuses_what_the_schedules_table_would(cron_expression: str, options: dict[str, object],
+                                                          message: str) -> None:  # fmt: skip
+    from notifyq.registry import Registry
+
+    declared: dict[str, object] = {"name": "s", "task": "t", **options}
+    with pytest.raises(ValueError, match=message):
+        Registry().periodic(cron_expression, **declared)  # type: ignore[arg-type]
+
+
+def test_periodic_allows_a_nul_escaped_as_text_and_refuses_a_name_twice() -> None:
+    from notifyq.registry import Registry
+
+    registry = Registry()
+    registry.periodic("* * * * *", name="s", task="t", payload={"a": "\\u0000"})  # a backslash, not a NUL
+    with pytest.raises(ValueError, match="declared twice"):
+        registry.periodic("* * * * *", name="s", task="t")
