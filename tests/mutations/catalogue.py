@@ -1058,4 +1058,29 @@ CATALOGUE: tuple[Mutation, ...] = (
         ),
         (f"{SCHEDULES}::test_a_re_enabled_or_changed_schedule_never_backfills",),
     ),
+    Mutation(
+        "schedule_row_lock_skipped",
+        "a schedule row held locked by someone else delays only its own schedule, never the pass",
+        (
+            Edit(
+                SCHEDULES_SQL,
+                "FOR NO KEY UPDATE SKIP LOCKED",
+                "FOR NO KEY UPDATE",
+                "enqueue_ticks",
+            ),
+        ),
+        (f"{SCHEDULES}::test_a_schedule_row_held_locked_delays_only_its_own_schedule",),
+    ),
+    Mutation(
+        "schedule_backfill_bytes",
+        "a backfill's statements carry a bounded amount of payload, whatever its size",
+        (
+            Edit(
+                "notifyq/worker/scheduler.py",
+                "TICK_BYTES_PER_STATEMENT // max(payload_bytes, 1)",
+                "MAX_TICKS_PER_PASS",
+            ),
+        ),
+        (f"{SCHEDULES}::test_a_backfill_of_large_payloads_goes_in_statements_of_bounded_size",),
+    ),
 )
