@@ -22,7 +22,7 @@ import anyio
 
 from notifyq import logs, migrate
 from notifyq.config import Settings
-from notifyq.errors import ConfigError, DatabaseUnavailable, NotifyqError, QueryError
+from notifyq.errors import DatabaseUnavailable, NotifyqError
 from notifyq.http import HttpServer
 from notifyq.metrics import Metrics
 from notifyq.models import Claim, WorkerInfo
@@ -210,13 +210,6 @@ class Daemon:
                 async with store.connection() as conn:
                     await migrate.ensure_current(conn)
                 await store.register_worker(self.worker_info)
-                # Before the scheduler's first pass. Never deletes: during a rolling deploy the daemons
-                # still on the old code keep the schedules it had (`notifyq schedules prune`).
-                try:
-                    await store.upsert_code_schedules(self._schedules)
-                except QueryError as exc:
-                    # The guard refused what the registry let through: a configuration error, named.
-                    raise ConfigError(f"the app's schedules were refused by the database: {exc}") from None
                 return store
             except DatabaseUnavailable as exc:
                 if store is not None:

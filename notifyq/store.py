@@ -461,10 +461,11 @@ class Store:
     async def set_schedule_error(self, row: ScheduleRow, error: str) -> None:
         await self._execute("set_schedule_error", row.name, error, row.updated_at)
 
-    async def upsert_code_schedules(self, schedules: Sequence[PeriodicSpec]) -> None:
+    async def upsert_code_schedules(self, schedules: Sequence[PeriodicSpec]) -> int:
+        """Write the code's schedules; returns how many were skipped, held locked by someone else."""
         if not schedules:
-            return
-        await self._execute(
+            return 0
+        rows = await self._fetch(
             "upsert_code_schedules",
             [p.name for p in schedules],
             [p.cron for p in schedules],
@@ -477,6 +478,7 @@ class Store:
             [p.backfill.total_seconds() for p in schedules],
             [p.skip_overlap for p in schedules],
         )
+        return int(rows[0]["held"])
 
     async def list_schedules(self, name: str | None = None) -> list[ScheduleDetail]:
         return [ScheduleDetail(**r) for r in await self._fetch("list_schedules", name)]

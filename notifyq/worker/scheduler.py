@@ -21,6 +21,7 @@ connection, which also passes again after every reconnect), and at least every M
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -85,15 +86,20 @@ def plan(rule: cron.Cron, row: ScheduleRow) -> Plan:
 def _plan(rule: cron.Cron, row: ScheduleRow, anchor: datetime, first_due: datetime) -> Plan:
     now = row.now
     backfill = timedelta(seconds=row.backfill_seconds)
+    if backfill > timedelta(0):
+        # More backfilled ticks than one statement may carry: the oldest go now, the rest at the next
+        # pass, at once. Only ticks the backfill covers: those it does not are missed, however many.
+        start = max(anchor, now - backfill)
+        limit = ticks_per_statement(row.payload_bytes)
+        covered = rule.between(start, now, limit + 1)
+        if len(covered) > limit:
+            missed = len(rule.between(anchor, start, MISSED_COUNT_CAP)) if start > anchor else 0
+            run = [(t, True) for t in covered[:limit]]
+            return Plan(run, missed, covered[limit - 1], covered[limit], first_due)
     window_start = max(anchor, now - max(backfill, GRACE))
     missed = len(rule.between(anchor, window_start, MISSED_COUNT_CAP)) if window_start > anchor else 0
-    limit = ticks_per_statement(row.payload_bytes)
-    ticks = rule.between(window_start, now, limit + 1)
-    if len(ticks) > limit:
-        # More than one statement's worth: all of them late (the latest due tick comes after).
-        run = [(t, True) for t in ticks[:limit]]
-        through = ticks[limit - 1]
-        return Plan(run, missed, through, ticks[limit], first_due)
+    # At most a statement's worth of backfilled ticks (just checked) and a grace's worth of the rest.
+    ticks = rule.between(window_start, now, MISSED_COUNT_CAP + MAX_TICKS_PER_PASS)
     latest = ticks[-1] if ticks else None
     run = []
     for tick in ticks:
@@ -136,16 +142,21 @@ class Scheduler:
     def __init__(self, store: Store, metrics: Metrics, declared: Sequence[PeriodicSpec] = ()) -> None:
         self._store = store
         self._metrics = metrics
-        self._declared = list(declared)  # this daemon's code schedules, written back if found gone
+        self._declared = list(declared)  # this daemon's code schedules (@registry.periodic)
+        self._undeclared = bool(self._declared)  # some are still to be written (held, failed, or gone)
         self._changed = anyio.Event()
         self._errors: dict[str, str] = {}  # schedule -> the error last logged for it
-        self._locked: set[str] = set()  # schedules found held by someone else at their last try
+        self._locked: dict[str, int] = {}  # schedule -> passes in a row that found it held elsewhere
         self._log = logs.get("scheduler")
 
     def changed(self) -> None:
         self._changed.set()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # The code's schedules are written before the daemon says it is ready, when the database lets
+        # it; never deleted (during a rolling deploy the daemons on the old code keep theirs).
+        with contextlib.suppress(DatabaseUnavailable, QueryError):  # logged; the passes try again
+            await self._declare()
         task_status.started()
         failures = 0
         while True:
@@ -175,11 +186,18 @@ class Scheduler:
                 if not row.enabled:
                     continue
                 wait = min(wait, MAX_SLEEP)
-                step = await self._plan(row)
-                if step is None:
-                    broken += 1
+                try:
+                    step = await self._plan(row)
+                    if step is None:
+                        broken += 1
+                        continue
+                    lag[row.name], retry_in = await self._apply(row, step)
+                except (QueryError, StatementTimeout) as exc:
+                    # A failed or slow write of this schedule's (its error, its next tick): its own
+                    # failure, tried again soon; the other schedules go on.
+                    self._log.warning("schedule_write_failed", schedule=row.name, error=str(exc))
+                    wait = min(wait, RETRY_SLEEP)
                     continue
-                lag[row.name], retry_in = await self._apply(row, step)
                 if retry_in is not None:
                     wait = min(wait, retry_in)
                 elif step.next_tick is not None:
@@ -187,27 +205,49 @@ class Scheduler:
             if len(rows) < PAGE:
                 break
             after = rows[-1].name
-        gone = [p for p in self._declared if p.name not in seen]
+        for memo in (self._errors, self._locked):
+            for name in [n for n in memo if n not in seen]:
+                del memo[name]  # deleted schedules
+        gone = [p.name for p in self._declared if p.name not in seen]
         if gone:
-            # Pruned while this daemon could not show it was alive (paused past its lease): the code it
-            # runs still declares them. Written back as new schedules, so they never backfill the gap.
-            await self._store.upsert_code_schedules(gone)
-            names = [p.name for p in gone]
-            self._log.warning("schedules_declared_again", schedules=names[:20], count=len(names))
-            wait = MIN_SLEEP
+            # Pruned while this daemon could not show it was alive (paused past its lease), or deleted:
+            # the code it runs still declares them. Written back as new schedules, so they never
+            # backfill the gap (disable a code schedule to stop it; a deleted one comes back).
+            self._log.warning("schedules_declared_again", schedules=gone[:20], count=len(gone))
+            self._undeclared = True
+        if self._undeclared:
+            try:
+                wait = MIN_SLEEP if await self._declare() else min(wait, RETRY_SLEEP)
+            except (QueryError, StatementTimeout):
+                wait = min(wait, RETRY_SLEEP)
         self._metrics.set_schedule_state(lag, broken, seen)
         return max(MIN_SLEEP, wait)
 
+    async def _declare(self) -> bool:
+        """Write the code's schedules; True once all are written (a row held locked elsewhere, or a
+        failed statement, leaves them for a later pass)."""
+        try:
+            held = await self._store.upsert_code_schedules(self._declared)
+        except (QueryError, StatementTimeout) as exc:
+            self._log.error("schedules_not_declared", error=str(exc), count=len(self._declared))
+            raise
+        self._undeclared = held > 0
+        if held:
+            self._log.info("schedules_held", count=held, reason="locked by another transaction; tried again")
+        return not self._undeclared
+
     async def _plan(self, row: ScheduleRow) -> Plan | None:
         """This pass's plan for one schedule, or None when its ticks cannot be computed (reported)."""
-        if row.last_tick is not None and row.last_tick - row.now > CLOCK_SLACK:
-            await self._broken(
-                row,
-                f"its last tick ({row.last_tick.isoformat()}) is ahead of the database clock"
-                f" ({row.now.isoformat()}): the clock was stepped back, or notifyq.now() moved; no tick"
-                " runs until then (disable and enable the schedule to start again from now)",
-            )
-            return None
+        for what, when in (("last tick", row.last_tick), ("start (since)", row.since)):
+            if when is not None and when - row.now > CLOCK_SLACK:
+                # The same text at every pass, so that it is written and logged once.
+                await self._broken(
+                    row,
+                    f"its {what}, {when.isoformat()}, is ahead of the database clock: the clock was"
+                    " stepped back, or notifyq.now() moved; no tick runs until then (disable and enable"
+                    " the schedule to start again from now)",
+                )
+                return None
         try:
             step = plan(cron.parse(row.cron, row.timezone), row)
         except cron.CronError as exc:
@@ -239,11 +279,12 @@ class Scheduler:
             self._log.warning("schedule_tick_failed", schedule=row.name, error=str(exc))
             return late, RETRY_SLEEP
         if wrote.locked:
-            if row.name not in self._locked:
-                self._locked.add(row.name)
-                self._log.info("schedule_row_locked", schedule=row.name, retry_in_s=LOCKED_RETRY)
+            # Once is a competing daemon making this tick; twice in a row, someone holds the row.
+            tries = self._locked[row.name] = self._locked.get(row.name, 0) + 1
+            if tries == 2:
+                self._log.info("schedule_row_held", schedule=row.name, retry_in_s=LOCKED_RETRY)
             return late, LOCKED_RETRY
-        self._locked.discard(row.name)
+        self._locked.pop(row.name, None)
         if not wrote.advanced:
             return 0.0, None  # another daemon made these (or the row changed): its pass counts them
         if step.missed:

@@ -56,44 +56,80 @@ WITH locked AS (
     RETURNING j.backfilled
 )
 SELECT EXISTS (SELECT 1 FROM advanced) AS advanced,
-       NOT EXISTS (SELECT 1 FROM locked) AS locked,
+       -- Held by someone else: there is a row, and this statement could not lock it (a deleted one is not).
+       NOT EXISTS (SELECT 1 FROM locked)
+           AND EXISTS (SELECT 1 FROM notifyq.schedules AS s WHERE s.name = $1::text) AS locked,
        (SELECT b.yes FROM busy AS b) AS skipped,
        (SELECT count(*) FROM made)::int AS made,
        (SELECT count(*) FILTER (WHERE m.backfilled) FROM made AS m)::int AS made_backfilled;
 
 -- name: set_next_tick :exec
 -- Nothing due: record the next tick for operators (only when it changed, so an idle pass writes nothing).
+-- Like every write of the scheduler's, it skips a row someone else holds rather than wait on it.
+WITH locked AS (
+    SELECT s.name FROM notifyq.schedules AS s WHERE s.name = $1::text FOR NO KEY UPDATE SKIP LOCKED
+)
 UPDATE notifyq.schedules AS s
 SET next_tick = $2::timestamptz, error = NULL
 WHERE s.name = $1::text AND s.updated_at = $3::timestamptz
+  AND EXISTS (SELECT 1 FROM locked)
   AND (s.next_tick IS DISTINCT FROM $2::timestamptz OR s.error IS NOT NULL);
 
 -- name: set_schedule_error :exec
 -- The daemons cannot compute this schedule's ticks ($2 says why): shown on the row until it is fixed.
+WITH locked AS (
+    SELECT s.name FROM notifyq.schedules AS s WHERE s.name = $1::text FOR NO KEY UPDATE SKIP LOCKED
+)
 UPDATE notifyq.schedules AS s
 SET error = $2::text, next_tick = NULL
-WHERE s.name = $1::text AND s.updated_at = $3::timestamptz AND s.error IS DISTINCT FROM $2::text;
+WHERE s.name = $1::text AND s.updated_at = $3::timestamptz AND s.error IS DISTINCT FROM $2::text
+  AND EXISTS (SELECT 1 FROM locked);
 
--- name: upsert_code_schedules :exec
--- The schedules this daemon's code declares (@registry.periodic), written at its start. A row that
--- already holds the same definition is left alone (no write, no NOTIFY); `enabled` is never touched, so
--- a schedule an operator disabled stays disabled across deploys.
-INSERT INTO notifyq.schedules AS s
-    (name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, skip_overlap, source)
-SELECT d.name, d.cron, d.timezone, d.queue, d.task, d.payload::jsonb, d.priority, d.max_attempts,
-       make_interval(secs => d.backfill), d.skip_overlap, 'code'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[],
-            $9::float8[], $10::boolean[])
-    AS d(name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, skip_overlap)
-ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
-SET cron = excluded.cron, timezone = excluded.timezone, queue = excluded.queue, task = excluded.task,
-    payload = excluded.payload, priority = excluded.priority, max_attempts = excluded.max_attempts,
-    backfill = excluded.backfill, skip_overlap = excluded.skip_overlap, source = 'code'
-WHERE (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill,
-       s.skip_overlap, s.source)
-      IS DISTINCT FROM
-      (excluded.cron, excluded.timezone, excluded.queue, excluded.task, excluded.payload, excluded.priority,
-       excluded.max_attempts, excluded.backfill, excluded.skip_overlap, excluded.source);
+-- name: upsert_code_schedules :one
+-- The schedules this daemon's code declares (@registry.periodic), written by its scheduler before its
+-- first pass, and again for any found gone. A row that already holds the same definition is left alone
+-- (no lock, no write, no NOTIFY); `enabled` is never touched, so a schedule an operator disabled stays
+-- disabled across deploys. A row that differs but is held locked by someone else is skipped, not waited
+-- on (a daemon must not hang at start behind an operator's open transaction): returns how many were, to
+-- be written at a later pass.
+WITH d AS (
+    SELECT d.name, d.cron, d.timezone, d.queue, d.task, d.payload::jsonb AS payload, d.priority,
+           d.max_attempts, make_interval(secs => d.backfill) AS backfill, d.skip_overlap
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[],
+                $9::float8[], $10::boolean[])
+        AS d(name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, skip_overlap)
+), stale AS (
+    SELECT s.name FROM notifyq.schedules AS s JOIN d ON d.name = s.name
+    WHERE (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill,
+           s.skip_overlap, s.source)
+          IS DISTINCT FROM
+          (d.cron, d.timezone, d.queue, d.task, d.payload, d.priority, d.max_attempts, d.backfill,
+           d.skip_overlap, 'code')
+), mine AS (
+    SELECT s.name FROM notifyq.schedules AS s
+    WHERE s.name = ANY(ARRAY(SELECT st.name FROM stale AS st))
+    FOR NO KEY UPDATE SKIP LOCKED
+), written AS (
+    INSERT INTO notifyq.schedules AS s
+        (name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, skip_overlap, source)
+    SELECT d.name, d.cron, d.timezone, d.queue, d.task, d.payload, d.priority, d.max_attempts, d.backfill,
+           d.skip_overlap, 'code'
+    FROM d
+    WHERE d.name = ANY(ARRAY(SELECT m.name FROM mine AS m))
+       OR NOT EXISTS (SELECT 1 FROM notifyq.schedules AS x WHERE x.name = d.name)
+    ON CONFLICT ON CONSTRAINT schedules_pkey DO UPDATE
+    SET cron = excluded.cron, timezone = excluded.timezone, queue = excluded.queue, task = excluded.task,
+        payload = excluded.payload, priority = excluded.priority, max_attempts = excluded.max_attempts,
+        backfill = excluded.backfill, skip_overlap = excluded.skip_overlap, source = 'code'
+    WHERE (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill,
+           s.skip_overlap, s.source)
+          IS DISTINCT FROM
+          (excluded.cron, excluded.timezone, excluded.queue, excluded.task, excluded.payload,
+           excluded.priority, excluded.max_attempts, excluded.backfill, excluded.skip_overlap, excluded.source)
+    RETURNING s.name
+)
+SELECT ((SELECT count(*) FROM stale) - (SELECT count(*) FROM mine))::int AS held,
+       (SELECT count(*) FROM written)::int AS written;
 
 -- name: list_schedules :many
 -- `notifyq schedules list|show`: every schedule ($1 NULL) or one by name, with its latest job.
@@ -103,9 +139,17 @@ SELECT s.name, s.cron, s.timezone, s.queue, s.task, s.payload::text AS payload, 
        j.id AS last_job_id, j.state::text AS last_job_state
 FROM notifyq.schedules AS s
 LEFT JOIN LATERAL (
-    SELECT j.id, j.state FROM notifyq.jobs AS j
-    WHERE j.schedule = s.name AND j.schedule_tick IS NOT NULL
-    ORDER BY j.schedule_tick DESC LIMIT 1
+    -- The last tick's job, or a later run still queued or running (a triggered one has no tick).
+    SELECT x.id, x.state FROM (
+        (SELECT j.id, j.state FROM notifyq.jobs AS j
+         WHERE j.schedule = s.name AND j.schedule_tick IS NOT NULL
+         ORDER BY j.schedule_tick DESC LIMIT 1)
+        UNION ALL
+        (SELECT j.id, j.state FROM notifyq.jobs AS j
+         WHERE j.schedule = s.name AND j.state IN ('queued', 'running')
+         ORDER BY j.id DESC LIMIT 1)
+    ) AS x
+    ORDER BY x.id DESC LIMIT 1
 ) AS j ON true
 WHERE $1::text IS NULL OR s.name = $1::text
 ORDER BY s.name;

@@ -193,6 +193,11 @@ async def test_least_privilege_roles(empty_dsn: str, scratch_roles: ScratchRoles
         ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(sql)
+        # Nor through a pinned clock: a producer's notifyq.now does not date a schedule back.
+        await conn.execute("SET notifyq.now = '2000-01-01 00:00:00+00'")
+        await conn.execute("SELECT notifyq.schedule('p4', '0 * * * *', 'p', backfill => '2 days')")
+        await conn.execute("RESET notifyq.now")
+        assert await conn.fetchval("SELECT since > now() - interval '1 minute' FROM notifyq.schedules WHERE name = 'p4'")
         await conn.execute("RESET ROLE")
 
         await conn.execute(f"SET ROLE {worker}")

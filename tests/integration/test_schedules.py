@@ -427,9 +427,13 @@ async def test_a_triggered_run_never_takes_a_ticks_place(
     finally:
         await store.close()
     await clocked.at(at(1))
-    rows = await conn.fetch("SELECT schedule_tick FROM notifyq.jobs WHERE schedule = 't1' ORDER BY id")
-    assert [r[0] for r in rows] == [None, None, at(1)]
+    rows = await conn.fetch("SELECT id, schedule_tick FROM notifyq.jobs WHERE schedule = 't1' ORDER BY id")
+    assert [r[1] for r in rows] == [None, None, at(1)]
     assert clocked.ticks("t1", "enqueued") == 1
+    # The latest run shows in `schedules list`, triggered or not.
+    triggered = await clocked.store.trigger_schedule("t1")
+    (listed,) = await clocked.store.list_schedules("t1")
+    assert listed.last_job_id == triggered and listed.last_job_state == "queued"
 
 
 async def test_a_tick_whose_job_exists_is_not_counted_again(conn: asyncpg.Connection, clocked: Clocked) -> None:
@@ -466,3 +470,77 @@ async def test_the_label_of_a_deleted_schedule_is_released(conn: asyncpg.Connect
     assert clocked.metrics.registry.get_sample_value(
         "notifyq_schedule_ticks_total", {"schedule": "gone", "result": "enqueued"}
     ) is None
+
+
+async def test_no_write_of_the_scheduler_waits_on_a_row_held_elsewhere(
+    conn: asyncpg.Connection, clocked: Clocked, db_dsn: str
+) -> None:
+    # A row with nothing due (its next tick is written) and a broken one (its error is written), each held.
+    await make(conn, at(0), "yearly", "0 0 1 1 *")
+    await make(conn, at(0), "broken", "61 * * * *")
+    await make(conn, at(0), "free", "* * * * *")
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM notifyq.schedules WHERE name <> 'free' FOR UPDATE")
+            with anyio.fail_after(5):
+                await clocked.at(at(1))
+            assert await ticks(conn, "free") == [(at(1), False)]
+        await clocked.at(at(1) + timedelta(seconds=1))
+    finally:
+        await holder.close()
+    rows = {r[0]: r[1:] for r in await conn.fetch("SELECT name, next_tick, error FROM notifyq.schedules")}
+    assert rows["yearly"][0] == datetime(2027, 1, 1, tzinfo=UTC) and rows["broken"][1] == "Bad minute"
+
+
+async def test_a_clock_ahead_error_is_written_once_and_a_future_since_is_reported(
+    conn: asyncpg.Connection, clocked: Clocked
+) -> None:
+    await make(conn, at(0), "jumped", "* * * * *")
+    await clocked.at(at(60))
+    await clocked.at(at(2))
+    first = await conn.fetchrow("SELECT error, xmin::text AS version FROM notifyq.schedules")
+    await clocked.at(at(3))
+    assert await conn.fetchrow("SELECT error, xmin::text AS version FROM notifyq.schedules") == first
+    await make(conn, at(90), "ahead", "* * * * *")  # created on a clock an hour and a half ahead
+    await clocked.at(at(4))
+    error = await conn.fetchval("SELECT error FROM notifyq.schedules WHERE name = 'ahead'")
+    assert "start (since)" in error and "ahead of the database clock" in error
+
+
+async def test_code_schedules_held_elsewhere_are_skipped_then_written(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    registry = Registry()
+    registry.periodic("* * * * *", name="a", task="t")
+    registry.periodic("* * * * *", name="b", task="t")
+    await conn.execute("INSERT INTO notifyq.schedules (name, cron, task) VALUES ('a', '0 * * * *', 't')")
+    store = await Store.open(db_dsn, max_size=1)
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM notifyq.schedules WHERE name = 'a' FOR UPDATE")
+            with anyio.fail_after(5):  # an upsert waits on the held row: a daemon hung at start
+                assert await store.upsert_code_schedules(registry.schedules) == 1
+        assert await conn.fetchval("SELECT cron FROM notifyq.schedules WHERE name = 'a'") == "0 * * * *"
+        assert await conn.fetchval("SELECT source FROM notifyq.schedules WHERE name = 'b'") == "code"
+        assert await store.upsert_code_schedules(registry.schedules) == 0
+        assert await conn.fetchval("SELECT cron FROM notifyq.schedules WHERE name = 'a'") == "* * * * *"
+        version = await conn.fetchval("SELECT xmin::text FROM notifyq.schedules WHERE name = 'a'")
+        assert await store.upsert_code_schedules(registry.schedules) == 0  # the same: not even locked
+        assert await conn.fetchval("SELECT xmin::text FROM notifyq.schedules WHERE name = 'a'") == version
+    finally:
+        await holder.close()
+        await store.close()
+
+
+async def test_a_deleted_schedule_is_not_reported_held(conn: asyncpg.Connection, db_dsn: str) -> None:
+    await make(conn, at(0), "gone", "* * * * *")
+    store = await Store.open(db_dsn, max_size=1)
+    try:
+        (row,) = [r for r in await store.schedules_for_pass("", 10)]
+        await conn.execute("DELETE FROM notifyq.schedules")
+        wrote = await store.enqueue_ticks(row, at(1), at(2), [(at(1), False)])
+        assert not wrote.advanced and not wrote.locked and wrote.made == 0
+    finally:
+        await store.close()

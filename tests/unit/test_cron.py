@@ -3,6 +3,7 @@ database-clock tests are in tests/integration/test_schedules.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -183,6 +184,20 @@ def test_plan_caps_a_long_backfill_and_goes_on_next_pass() -> None:
     assert len(step.run) == MAX_TICKS_PER_PASS and all(late for _, late in step.run)
     assert step.through == T0 + timedelta(seconds=MAX_TICKS_PER_PASS)
     assert step.next_tick is not None and step.next_tick <= now
+
+
+@pytest.mark.parametrize(("backfill", "backfilled"), [(0, []), (120, [6])])
+def test_a_large_payload_never_makes_a_tick_run_that_its_backfill_does_not_cover(
+    backfill: int, backfilled: list[int]
+) -> None:
+    # A megabyte payload allows 4 ticks per statement; the 6 ticks due after a 6-minute outage (12:02 to
+    # 12:07) once all ran, backfilled, whatever the schedule's backfill said.
+    now = T0 + timedelta(minutes=7, seconds=5)
+    late = row(now, T0, last_tick=T0 + timedelta(minutes=1), backfill=backfill)
+    step = plan(EVERY_MINUTE, dataclasses.replace(late, payload_bytes=1 << 20))
+    expected = [(T0 + timedelta(minutes=m), True) for m in backfilled] + [(T0 + timedelta(minutes=7), False)]
+    assert step.run == expected
+    assert step.missed == 6 - len(expected)
 
 
 def test_plan_skip_overlap_keeps_only_the_latest() -> None:
