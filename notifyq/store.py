@@ -65,6 +65,9 @@ _FATAL: tuple[type[BaseException], ...] = (
 )
 
 
+# How long declaring the code's schedules may wait on a lock (a name another transaction is inserting).
+DECLARE_LOCK_TIMEOUT = "500ms"
+
 # A row's place in a queue's claim order: (priority, run_at, id).
 Position = tuple[int, datetime, int] | tuple[None, None, None]
 
@@ -465,8 +468,7 @@ class Store:
         """Write the code's schedules; returns how many were skipped, held locked by someone else."""
         if not schedules:
             return 0
-        rows = await self._fetch(
-            "upsert_code_schedules",
+        args = (
             [p.name for p in schedules],
             [p.cron for p in schedules],
             [p.timezone for p in schedules],
@@ -478,6 +480,15 @@ class Store:
             [p.backfill.total_seconds() for p in schedules],
             [p.skip_overlap for p in schedules],
         )
+        async with self._conn() as conn:
+            try:
+                async with conn.transaction():
+                    # A name another transaction is inserting makes the INSERT wait for it, and a lock
+                    # cannot be skipped there: the wait is bounded instead, and all are tried again later.
+                    await conn.execute(self._q["local_lock_timeout"], DECLARE_LOCK_TIMEOUT)
+                    rows = await conn.fetch(self._q["upsert_code_schedules"], *args)
+            except asyncpg.exceptions.LockNotAvailableError:
+                return len(schedules)
         return int(rows[0]["held"])
 
     async def list_schedules(self, name: str | None = None) -> list[ScheduleDetail]:

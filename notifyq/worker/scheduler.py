@@ -144,6 +144,8 @@ class Scheduler:
         self._metrics = metrics
         self._declared = list(declared)  # this daemon's code schedules (@registry.periodic)
         self._undeclared = bool(self._declared)  # some are still to be written (held, failed, or gone)
+        self._refused: dict[str, str] = {}  # code schedules the database refused, and why (logged once)
+        self._declare_said: str | None = None  # the last thing logged about declaring (each cause once)
         self._changed = anyio.Event()
         self._errors: dict[str, str] = {}  # schedule -> the error last logged for it
         self._locked: dict[str, int] = {}  # schedule -> passes in a row that found it held elsewhere
@@ -208,8 +210,8 @@ class Scheduler:
         for memo in (self._errors, self._locked):
             for name in [n for n in memo if n not in seen]:
                 del memo[name]  # deleted schedules
-        gone = [p.name for p in self._declared if p.name not in seen]
-        if gone:
+        gone = [p.name for p in self._declared if p.name not in seen and p.name not in self._refused]
+        if gone and not self._undeclared:
             # Pruned while this daemon could not show it was alive (paused past its lease), or deleted:
             # the code it runs still declares them. Written back as new schedules, so they never
             # backfill the gap (disable a code schedule to stop it; a deleted one comes back).
@@ -225,16 +227,37 @@ class Scheduler:
 
     async def _declare(self) -> bool:
         """Write the code's schedules; True once all are written (a row held locked elsewhere, or a
-        failed statement, leaves them for a later pass)."""
+        failed statement, leaves them for a later pass; one the database refuses is logged and left)."""
+        specs = [p for p in self._declared if p.name not in self._refused]
         try:
-            held = await self._store.upsert_code_schedules(self._declared)
-        except (QueryError, StatementTimeout) as exc:
-            self._log.error("schedules_not_declared", error=str(exc), count=len(self._declared))
+            try:
+                held = await self._store.upsert_code_schedules(specs)
+            except QueryError:
+                # One definition the database refuses (the registry checks what it can) must not keep
+                # the others out: each alone, and the refused ones named.
+                held = 0
+                for spec in specs:
+                    try:
+                        held += await self._store.upsert_code_schedules([spec])
+                    except QueryError as exc:
+                        self._refused[spec.name] = str(exc)
+                        self._log.error("schedule_refused", schedule=spec.name, error=str(exc))
+        except StatementTimeout as exc:
+            self._say("error", "schedules_not_declared", error=str(exc), count=len(specs))
             raise
         self._undeclared = held > 0
         if held:
-            self._log.info("schedules_held", count=held, reason="locked by another transaction; tried again")
+            self._say("info", "schedules_held", count=held, reason="locked or being written elsewhere")
+        else:
+            self._declare_said = None
         return not self._undeclared
+
+    def _say(self, level: str, event: str, **fields: object) -> None:
+        """Log about declaring, once for each cause (the same one at every retry is noise)."""
+        said = f"{event} {sorted(fields.items())}"
+        if said != self._declare_said:
+            self._declare_said = said
+            getattr(self._log, level)(event, **fields)
 
     async def _plan(self, row: ScheduleRow) -> Plan | None:
         """This pass's plan for one schedule, or None when its ticks cannot be computed (reported)."""

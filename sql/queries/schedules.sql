@@ -85,13 +85,19 @@ SET error = $2::text, next_tick = NULL
 WHERE s.name = $1::text AND s.updated_at = $3::timestamptz AND s.error IS DISTINCT FROM $2::text
   AND EXISTS (SELECT 1 FROM locked);
 
+-- name: local_lock_timeout :exec
+-- Inside a transaction: how long its statements may wait on a lock ($1, such as '500ms').
+SELECT set_config('lock_timeout', $1::text, true);
+
 -- name: upsert_code_schedules :one
 -- The schedules this daemon's code declares (@registry.periodic), written by its scheduler before its
 -- first pass, and again for any found gone. A row that already holds the same definition is left alone
 -- (no lock, no write, no NOTIFY); `enabled` is never touched, so a schedule an operator disabled stays
 -- disabled across deploys. A row that differs but is held locked by someone else is skipped, not waited
 -- on (a daemon must not hang at start behind an operator's open transaction): returns how many were, to
--- be written at a later pass.
+-- be written at a later pass. (A name another transaction is inserting cannot be skipped so: the caller
+-- bounds that wait with a lock_timeout.) A row written through notifyq.schedule() or by hand
+-- (source 'sql') belongs to its writer: the code's definition of the same name is not applied to it.
 WITH d AS (
     SELECT d.name, d.cron, d.timezone, d.queue, d.task, d.payload::jsonb AS payload, d.priority,
            d.max_attempts, make_interval(secs => d.backfill) AS backfill, d.skip_overlap
@@ -100,11 +106,10 @@ WITH d AS (
         AS d(name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, skip_overlap)
 ), stale AS (
     SELECT s.name FROM notifyq.schedules AS s JOIN d ON d.name = s.name
-    WHERE (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill,
-           s.skip_overlap, s.source)
+    WHERE s.source = 'code'
+      AND (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill, s.skip_overlap)
           IS DISTINCT FROM
-          (d.cron, d.timezone, d.queue, d.task, d.payload, d.priority, d.max_attempts, d.backfill,
-           d.skip_overlap, 'code')
+          (d.cron, d.timezone, d.queue, d.task, d.payload, d.priority, d.max_attempts, d.backfill, d.skip_overlap)
 ), mine AS (
     SELECT s.name FROM notifyq.schedules AS s
     WHERE s.name = ANY(ARRAY(SELECT st.name FROM stale AS st))
@@ -121,11 +126,11 @@ WITH d AS (
     SET cron = excluded.cron, timezone = excluded.timezone, queue = excluded.queue, task = excluded.task,
         payload = excluded.payload, priority = excluded.priority, max_attempts = excluded.max_attempts,
         backfill = excluded.backfill, skip_overlap = excluded.skip_overlap, source = 'code'
-    WHERE (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill,
-           s.skip_overlap, s.source)
+    WHERE s.source = 'code'
+      AND (s.cron, s.timezone, s.queue, s.task, s.payload, s.priority, s.max_attempts, s.backfill, s.skip_overlap)
           IS DISTINCT FROM
-          (excluded.cron, excluded.timezone, excluded.queue, excluded.task, excluded.payload,
-           excluded.priority, excluded.max_attempts, excluded.backfill, excluded.skip_overlap, excluded.source)
+          (excluded.cron, excluded.timezone, excluded.queue, excluded.task, excluded.payload, excluded.priority,
+           excluded.max_attempts, excluded.backfill, excluded.skip_overlap)
     RETURNING s.name
 )
 SELECT ((SELECT count(*) FROM stale) - (SELECT count(*) FROM mine))::int AS held,

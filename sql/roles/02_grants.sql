@@ -36,6 +36,8 @@ GRANT INSERT (name, cron, timezone, queue, task, payload, priority, max_attempts
       UPDATE (name, cron, timezone, queue, task, payload, priority, max_attempts, backfill, enabled, skip_overlap)
     ON notifyq.schedules TO notifyq_producer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON notifyq.schedules TO notifyq_worker;
+-- The schedules guard checks a zone against this list, as whoever writes the row.
+GRANT SELECT ON notifyq.zone_names TO notifyq_producer, notifyq_worker;
 GRANT EXECUTE ON FUNCTION notifyq.schedule(text, text, text, jsonb, text, text, integer, integer, interval,
                                            boolean, boolean)
     TO notifyq_producer, notifyq_worker;

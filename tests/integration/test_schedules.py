@@ -4,6 +4,7 @@ database clock, skip_overlap, broken rules, and `notifyq schedules` (daemons: te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -97,6 +98,9 @@ async def test_schedule_function_creates_and_replaces_by_name(conn: asyncpg.Conn
     ("column", "value", "message"),
     [
         ("timezone", "Mars/Olympus", "notifyq.schedules.timezone: must be an IANA time zone"),
+        ("timezone", "PST", "notifyq.schedules.timezone"),  # an abbreviation, not a zone
+        ("timezone", "UTC+5", "notifyq.schedules.timezone"),  # a POSIX rule
+        ("timezone", "europe/berlin", "notifyq.schedules.timezone"),  # names are spelled exactly
         ("cron", "* * * *", "notifyq.schedules.cron: must be 5 fields"),
         ("cron", "* * * * * * *", "notifyq.schedules.cron: must be 5 fields"),
         ("cron", "   ", "notifyq.schedules.cron"),
@@ -514,7 +518,9 @@ async def test_code_schedules_held_elsewhere_are_skipped_then_written(
     registry = Registry()
     registry.periodic("* * * * *", name="a", task="t")
     registry.periodic("* * * * *", name="b", task="t")
-    await conn.execute("INSERT INTO notifyq.schedules (name, cron, task) VALUES ('a', '0 * * * *', 't')")
+    await conn.execute(
+        "INSERT INTO notifyq.schedules (name, cron, task, source) VALUES ('a', '0 * * * *', 't', 'code')"
+    )
     store = await Store.open(db_dsn, max_size=1)
     holder = await asyncpg.connect(db_dsn)
     try:
@@ -544,3 +550,49 @@ async def test_a_deleted_schedule_is_not_reported_held(conn: asyncpg.Connection,
         assert not wrote.advanced and not wrote.locked and wrote.made == 0
     finally:
         await store.close()
+
+
+async def test_a_name_another_transaction_is_inserting_does_not_hold_up_the_declaration(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    registry = Registry()
+    registry.periodic("* * * * *", name="a", task="t")
+    store = await Store.open(db_dsn, max_size=1)
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("INSERT INTO notifyq.schedules (name, cron, task) VALUES ('a', '0 3 * * *', 't')")
+            with anyio.fail_after(3):
+                assert await store.upsert_code_schedules(registry.schedules) == 1  # tried again later
+    finally:
+        await holder.close()
+        await store.close()
+
+
+async def test_a_code_schedule_the_database_refuses_keeps_no_other_out(conn: asyncpg.Connection, db_dsn: str) -> None:
+    registry = Registry()
+    registry.periodic("* * * * *", name="good", task="t")
+    registry.periodic("* * * * *", name="bad", task="t")
+    good, bad = registry.schedules
+    bad = dataclasses.replace(bad, timezone="Mars/Olympus")  # what the registry would have refused
+    store = await Store.open(db_dsn, max_size=1)
+    try:
+        clocked = Clocked(store, [good, bad])
+        await clocked.at(at(0))
+        await clocked.at(at(1))
+        assert [r[0] for r in await conn.fetch("SELECT name FROM notifyq.schedules")] == ["good"]
+    finally:
+        await store.close()
+
+
+async def test_a_schedule_its_sql_writer_owns_is_not_taken_back_by_code(conn: asyncpg.Connection, db_dsn: str) -> None:
+    await conn.execute("SELECT notifyq.schedule('mine', '0 3 * * *', 't')")
+    registry = Registry()
+    registry.periodic("* * * * *", name="mine", task="t")
+    store = await Store.open(db_dsn, max_size=1)
+    try:
+        assert await store.upsert_code_schedules(registry.schedules) == 0
+    finally:
+        await store.close()
+    row = await conn.fetchrow("SELECT cron, source FROM notifyq.schedules")
+    assert (row["cron"], row["source"]) == ("0 3 * * *", "sql")

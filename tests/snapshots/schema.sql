@@ -373,7 +373,7 @@ BEGIN
     -- schedule back and have its backfill run ticks from before it existed.
     clock := CASE WHEN (SELECT bool_and(r.rolsuper) FROM pg_roles AS r
                         WHERE r.rolname IN (session_user, current_user))
-                  THEN notifyq.now() ELSE now() END;
+                  THEN notifyq.now() ELSE clock_timestamp() END;  -- the row's writing, not its transaction's start
     IF NEW.name IS NULL OR char_length(NEW.name) NOT BETWEEN 1 AND 200 OR NEW.name ~ '[\x01-\x1f\x7f]' THEN
         RAISE EXCEPTION 'notifyq.schedules.name: must be 1 to 200 characters with no control characters (got %)',
             coalesce(char_length(NEW.name)::text || ' characters', 'NULL')
@@ -391,18 +391,15 @@ BEGIN
             USING ERRCODE = 'check_violation', COLUMN = 'cron', CONSTRAINT = 'schedules_cron',
                   SCHEMA = 'notifyq', TABLE = 'schedules';
     END IF;
-    -- A zone name, not an offset or a POSIX rule, that Postgres can convert to. Asking the time zone cache
-    -- (AT TIME ZONE) takes microseconds; a lookup in pg_timezone_names reads the zone files, about 30 ms
-    -- a row, and a daemon declaring hundreds of schedules timed out at start.
-    zone_known := NEW.timezone ~ '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$';
-    IF zone_known THEN
-        BEGIN
-            PERFORM now() AT TIME ZONE NEW.timezone;
-        EXCEPTION WHEN invalid_parameter_value THEN
-            zone_known := false;
-        END;
-    END IF;
-    IF NEW.timezone IS NULL OR NOT zone_known THEN
+    -- A zone name Postgres knows, exactly as pg_timezone_names spells it (not an abbreviation such as
+    -- PST, nor a POSIX rule such as UTC+5, which the daemons' parser would refuse later). That view reads
+    -- the zone files, about 30 ms a row: a daemon declaring hundreds of schedules timed out at start. So
+    -- the names known when the schema was migrated are kept in notifyq.zone_names, and only a name not
+    -- found there (a zone added by a later tzdata, or a wrong one) pays for the view.
+    zone_known := NEW.timezone IS NOT NULL
+        AND (EXISTS (SELECT 1 FROM notifyq.zone_names AS z WHERE z.name = NEW.timezone)
+             OR EXISTS (SELECT 1 FROM pg_timezone_names AS z WHERE z.name = NEW.timezone));
+    IF NOT zone_known THEN
         RAISE EXCEPTION 'notifyq.schedules.timezone: must be an IANA time zone name such as UTC or Europe/Berlin (got %)',
             coalesce(quote_literal(left(NEW.timezone, 100)), 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'timezone', CONSTRAINT = 'schedules_timezone',
@@ -558,6 +555,9 @@ CREATE TABLE notifyq.workers (
     entered_through timestamp with time zone,
     schedules text[] DEFAULT '{}'::text[] NOT NULL
 );
+CREATE TABLE notifyq.zone_names (
+    name text NOT NULL
+);
 ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_attempts_within_max CHECK ((attempts <= max_attempts)) NOT VALID;
 ALTER TABLE ONLY notifyq.jobs
@@ -574,6 +574,8 @@ ALTER TABLE ONLY notifyq.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 ALTER TABLE ONLY notifyq.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY notifyq.zone_names
+    ADD CONSTRAINT zone_names_pkey PRIMARY KEY (name);
 CREATE INDEX jobs_claim_idx ON notifyq.jobs USING btree (queue, priority DESC, run_at, id) WHERE (state = 'queued'::notifyq.job_state);
 CREATE UNIQUE INDEX jobs_dedup_key_idx ON notifyq.jobs USING btree (dedup_key) WHERE ((dedup_key IS NOT NULL) AND (state = ANY (ARRAY['queued'::notifyq.job_state, 'running'::notifyq.job_state])));
 CREATE INDEX jobs_failed_idx ON notifyq.jobs USING btree (queue) WHERE (state = 'failed'::notifyq.job_state);

@@ -247,6 +247,7 @@ def test_plan_never_runs_a_tick_twice_nor_one_outside_the_rules(gap: int, backfi
         ("* * * * *", {"payload": {"a": "x\x00y"}}, "NUL"),
         ("* * * * *", {"payload": {"a": object()}}, "payload"),
         ("* * * * *", {"payload": float("nan")}, "payload"),
+        ("* * * * *", {"payload": [0] * 400_000}, "as Postgres writes it"),  # 800 kB compact, 1.2 MB as jsonb
         ("* * * * *", {"backfill": timedelta(days=-1)}, "backfill"),
         ("* * * * *", {"backfill": 3600}, "backfill"),
         ("* * * * *", {"name": "bad\nname"}, "printable"),
