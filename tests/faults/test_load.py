@@ -84,7 +84,7 @@ async def test_million_job_backlog_flat_memory_and_fast_claims(
         await d.wait_event("daemon_ready", timeout=30)
         started = time.monotonic()
         start_left = await conn.fetchval("SELECT count(*) FROM notifyq.jobs WHERE state = 'queued'")
-        window = 600 if soak else 15
+        window = 600 if soak else 10
         while time.monotonic() - started < window:
             rss.append(rss_mb(d.pid))
             await anyio.sleep(1)
@@ -123,7 +123,7 @@ async def test_long_held_snapshot_while_jobs_churn(
     conn: asyncpg.Connection, db_dsn: str, tmp_path: Path, soak: bool
 ) -> None:
     await checker.install(conn)
-    hold = 300 if soak else 12
+    hold = 300 if soak else 8
     port = free_port()
     d = DaemonProcess(
         db_dsn,
