@@ -1,0 +1,73 @@
+"""The SSRF rule, address by address: every range the rule names, without a packet sent anywhere."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from notifyq.callbacks.addresses import Allowed, Refused, check, refusal
+
+REFUSED = [
+    "127.0.0.1",
+    "10.0.0.1",
+    "172.16.5.4",
+    "192.168.1.1",
+    "169.254.169.254",  # cloud metadata
+    "100.64.0.1",  # carrier-grade NAT
+    "0.0.0.0",
+    "240.0.0.1",
+    "255.255.255.255",
+    "224.0.0.1",
+    "198.18.0.1",
+    "192.0.0.8",
+    "::1",
+    "::",
+    "::ffff:127.0.0.1",  # mapped
+    "::ffff:169.254.169.254",
+    "::127.0.0.1",  # IPv4-compatible
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b:1::a00:1",  # local-use NAT64
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    "fd00::1",
+    "fe80::1",
+    "fe80::1%2",
+    "fec0::1",
+    "ff02::1",
+    "ff0e::1",
+    "2001:db8::1",
+]
+ALLOWED = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+
+
+@pytest.mark.parametrize("text", REFUSED)
+def test_every_address_that_is_not_globally_routable_is_refused(text: str) -> None:
+    assert refusal(ipaddress.ip_address(text)) is not None
+
+
+@pytest.mark.parametrize("text", ALLOWED)
+def test_global_addresses_pass_wrapped_or_not(text: str) -> None:
+    assert refusal(ipaddress.ip_address(text)) is None
+
+
+def test_a_name_is_refused_if_any_of_its_addresses_is() -> None:
+    with pytest.raises(Refused, match=r"hooks.example resolves to 10.0.0.1: not a globally routable"):
+        check("hooks.example", ["8.8.8.8", "10.0.0.1"], Allowed())
+    with pytest.raises(Refused, match="no address"):
+        check("hooks.example", [], Allowed())
+
+
+def test_the_allow_list_exempts_networks_and_host_names() -> None:
+    allowed = Allowed.parse(["127.0.0.0/8", " receiver.internal. ", "fd00::/8", ""])
+    assert check("local", ["127.0.0.1"], allowed) == [ipaddress.ip_address("127.0.0.1")]
+    assert check("Receiver.Internal", ["10.1.2.3"], allowed)
+    assert check("v6", ["fd00::5"], allowed)
+    with pytest.raises(Refused):
+        check("other", ["10.1.2.3"], allowed)
+
+
+@pytest.mark.parametrize("entry", ["not a host!", "http://x", "10.0.0.0/33"])
+def test_a_bad_allow_list_entry_is_named(entry: str) -> None:
+    with pytest.raises(ValueError, match="callback_allow"):
+        Allowed.parse([entry])
