@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -31,6 +31,63 @@ MAX_RETENTION_SECONDS = 100 * 365 * 86400.0
 
 QUEUE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,62}$")
 APP_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class EndpointSettings(BaseModel):
+    """A callback destination an operator configures (`[endpoints.NAME]` in the TOML file), so that its
+    URL, signing secret and headers never sit in job payloads: a job names it (`"endpoint": "NAME"`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    secret: Annotated[tuple[str, ...], NoDecode] = ()  # whsec_ secrets; several during a rotation
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Never the secret, nor a header's value (an Authorization header is a secret too).
+        secrets, headers = len(self.secret), sorted(self.headers)
+        return f"EndpointSettings(url={self.url!r}, secret={secrets} secret(s), headers={headers})"
+
+    __str__ = __repr__
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        from notifyq.callbacks.addresses import Refused
+        from notifyq.callbacks.sender import check_url
+
+        try:
+            check_url(value)
+        except Refused as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _split_secret(cls, value: Any) -> Any:
+        return _split_secrets(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        from notifyq.callbacks.task import PayloadError, check_headers
+
+        try:
+            return check_headers(value)
+        except PayloadError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _split_secrets(value: Any) -> Any:
+    """A comma-separated list of `whsec_` secrets, each checked (the message never quotes one)."""
+    from notifyq.callbacks.signing import parse_secret
+
+    items = tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+    if isinstance(items, list | tuple):
+        for item in items:
+            if isinstance(item, str):
+                parse_secret(item)
+    return items
 
 
 class Settings(BaseSettings):
@@ -91,6 +148,40 @@ class Settings(BaseSettings):
     statement_cache_size: int = Field(
         default=100, ge=0, le=100_000, description="0 for PgBouncer in transaction mode."
     )
+    callback_secret: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="whsec_ secrets signing callbacks that have no endpoint; comma-separated.",
+    )
+    callback_allow: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="CIDRs and host names callbacks may reach despite the SSRF rule (comma list)."
+    )
+    endpoints: dict[str, EndpointSettings] = Field(
+        default_factory=dict, description="Named callback destinations ([endpoints.NAME] in the TOML file)."
+    )
+
+    @field_validator("callback_secret", mode="before")
+    @classmethod
+    def _split_callback_secret(cls, value: Any) -> Any:
+        return _split_secrets(value)
+
+    @field_validator("callback_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        from notifyq.callbacks.addresses import Allowed
+
+        if isinstance(value, list | tuple):
+            Allowed.parse(str(v) for v in value)
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoint_names(cls, value: dict[str, EndpointSettings]) -> dict[str, EndpointSettings]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", name):
+                raise ValueError(f"endpoint name {name!r} must match [a-z0-9][a-z0-9_.-]{{0,62}}")
+        return value
 
     @field_validator("dsn", "listen_dsn")
     @classmethod
@@ -175,6 +266,11 @@ class Settings(BaseSettings):
         for key in ("dsn", "listen_dsn"):
             if shown[key]:
                 shown[key] = redact_dsn(shown[key])
+        # Secrets, and endpoint headers (an Authorization header is one), are never shown.
+        shown["callback_secret"] = ["***"] * len(self.callback_secret)
+        for endpoint in shown["endpoints"].values():
+            endpoint["secret"] = ["***"] * len(endpoint["secret"])
+            endpoint["headers"] = dict.fromkeys(endpoint["headers"], "***")
         return f"Settings({shown})"
 
     __str__ = __repr__

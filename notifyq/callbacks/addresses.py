@@ -81,7 +81,7 @@ class Allowed:
                 pass
             name = entry.lower().rstrip(".")
             if not name or any(not (c.isalnum() or c in "-._") for c in name):
-                raise ValueError(f"callback_allow: {entry!r} is neither a CIDR, an address nor a host name")
+                raise ValueError(f"{entry!r} is neither a CIDR, an address nor a host name")
             hosts.add(name)
         return cls(tuple(networks), frozenset(hosts))
 

@@ -97,7 +97,7 @@ def parse(payload: Any, endpoints: Mapping[str, Endpoint]) -> Call:
     method = payload.get("method", "POST")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise PayloadError(f"method: must be one of {', '.join(sorted(METHODS))}")
-    headers.update(_headers(payload.get("headers", {})))
+    headers.update(check_headers(payload.get("headers", {})))
     body, kind = _body(payload.get("body"))
     if kind is not None:
         headers.setdefault("content-type", kind)
@@ -107,7 +107,8 @@ def parse(payload: Any, endpoints: Mapping[str, Endpoint]) -> Call:
     return Call(method.upper(), url, headers, body, float(timeout), name)
 
 
-def _headers(given: Any) -> dict[str, str]:
+def check_headers(given: Any) -> dict[str, str]:
+    """Headers a payload or an endpoint may set, names lower-cased; a PayloadError names a bad one."""
     if not isinstance(given, dict):
         raise PayloadError("headers: must be an object of names to string values")
     if len(given) > MAX_HEADERS:
