@@ -151,16 +151,17 @@ def main() -> None:
 def serve(config: str | None, **flags: Any) -> None:
     """Run the daemon: claim jobs and run their handlers until SIGTERM."""
     from notifyq.daemon import Daemon, loop_options
-    from notifyq.registry import load_app
+    from notifyq.registry import Registry, load_app
 
     settings = _settings(config, logged=True, **flags)
-    if settings.app is None:
-        _fail("invalid setting app: required (--app MODULE:ATTR or NOTIFYQ_APP)", EXIT_USAGE)
-    try:
-        registry = load_app(settings.app or "")
-    except AppLoadError as exc:
-        _fail(str(exc), EXIT_USAGE)
-        return
+    # With no app, the daemon serves the built-in tasks only (notifyq.http callbacks).
+    registry = Registry()
+    if settings.app is not None:
+        try:
+            registry = load_app(settings.app)
+        except AppLoadError as exc:
+            _fail(str(exc), EXIT_USAGE)
+            return
     _check_http_address(settings)
     daemon = Daemon(settings, registry)
     try:

@@ -21,6 +21,9 @@ from importlib.metadata import PackageNotFoundError, version
 import anyio
 
 from notifyq import logs, migrate
+from notifyq.callbacks.builtin import CallbackTask
+from notifyq.callbacks.builtin import install as install_callbacks
+from notifyq.callbacks.task import TASK as CALLBACK_TASK
 from notifyq.config import Settings
 from notifyq.errors import DatabaseUnavailable, NotifyqError
 from notifyq.http import HttpServer
@@ -96,8 +99,10 @@ class Daemon:
     """`notifyq serve`: one process, one root task group."""
 
     def __init__(self, settings: Settings, registry: Registry) -> None:
-        if len(registry) == 0:
-            raise ValueError("the registry has no tasks; register at least one handler")
+        # Every daemon serves the built-in callback task, with or without an app of its own.
+        self.callbacks = CallbackTask(settings, f"notifyq/{notifyq_version()}")
+        if registry.get(CALLBACK_TASK) is None:
+            install_callbacks(registry, self.callbacks)
         self.settings = settings
         self.registry = registry
         self.worker_id = uuid.uuid4()
@@ -235,11 +240,15 @@ class Daemon:
         self._store = store
         self._parts = parts
         self._dispatcher = parts.dispatcher
+        self.callbacks.disabled = store.endpoint_disabled
+        self.callbacks.disable = store.disable_endpoint
         try:
             await self._run_parts(parts)
             self._stopped_cleanly = True
         finally:
             parts.completer.dispose()
+            with anyio.CancelScope(shield=True):
+                await self.callbacks.aclose()
 
     def _build(self, store: Store) -> _Parts:
         """Wire the parts together; nothing starts here."""

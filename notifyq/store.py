@@ -491,6 +491,22 @@ class Store:
                 return len(schedules)
         return int(rows[0]["held"])
 
+    async def endpoint_disabled(self, name: str) -> str | None:
+        """Why the endpoint is disabled, or None while it is enabled."""
+        rows = await self._fetch("endpoint_disabled", name)
+        return str(rows[0]["reason"]) if rows else None
+
+    async def disable_endpoint(self, name: str, reason: str) -> None:
+        await self._execute("disable_endpoint", name, reason)
+
+    async def enable_endpoint(self, name: str) -> bool:
+        """False when it was not disabled."""
+        return bool(await self._fetch("enable_endpoint", name))
+
+    async def list_disabled_endpoints(self) -> list[tuple[str, str, datetime]]:
+        rows = await self._fetch("list_disabled_endpoints")
+        return [(r["name"], r["reason"], r["disabled_at"]) for r in rows]
+
     async def list_schedules(self, name: str | None = None) -> list[ScheduleDetail]:
         return [ScheduleDetail(**r) for r in await self._fetch("list_schedules", name)]
 

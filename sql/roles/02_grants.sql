@@ -42,5 +42,8 @@ GRANT EXECUTE ON FUNCTION notifyq.schedule(text, text, text, jsonb, text, text, 
                                            boolean, boolean)
     TO notifyq_producer, notifyq_worker;
 
+-- Callbacks (migration 0008): a daemon disables an endpoint on a 410 and reads which are disabled.
+GRANT SELECT, INSERT, DELETE ON notifyq.disabled_endpoints TO notifyq_worker;
+
 -- Observers: read everything, change nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA notifyq TO notifyq_observer;

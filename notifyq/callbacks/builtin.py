@@ -1,0 +1,132 @@
+"""The handler of the built-in task `notifyq.http`, which every daemon serves (with or without --app).
+
+It turns the payload into a call (task.py), refuses what the SSRF rule refuses (addresses.py), signs the
+request (signing.py), sends it (sender.py) and makes the answer the job's outcome: a result, a retry on
+the webhook schedule, a wait that spends no attempt, or a failure that says why. Nothing here raises
+anything but those outcomes, whatever the payload or the receiver does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from notifyq import logs
+from notifyq.callbacks import signing
+from notifyq.callbacks.addresses import Allowed, Refused
+from notifyq.callbacks.sender import Sender
+from notifyq.callbacks.task import (
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_TIMEOUT,
+    TASK,
+    Call,
+    Endpoint,
+    PayloadError,
+    backoff,
+    decide,
+    parse,
+)
+from notifyq.config import Settings
+from notifyq.errors import Discard, Retry, Snooze
+from notifyq.models import Job
+from notifyq.registry import Registry
+
+# Retry-After is honoured without spending an attempt while the job is younger than this; after it, a
+# receiver that keeps answering "later" spends attempts like any failure (else it could hold a job for
+# ever).
+MAX_WAIT_AGE = timedelta(days=3)
+
+
+def endpoints_from(settings: Settings) -> dict[str, Endpoint]:
+    return {
+        name: Endpoint(name, e.url, tuple(signing.parse_secrets(e.secret)), dict(e.headers))
+        for name, e in settings.endpoints.items()
+    }
+
+
+class CallbackTask:
+    """`notifyq.http`'s handler; one per daemon, sharing one HTTP client."""
+
+    def __init__(self, settings: Settings, user_agent: str) -> None:
+        self.endpoints = endpoints_from(settings)
+        self.keys = tuple(signing.parse_secrets(settings.callback_secret))
+        self.allowed = Allowed.parse(settings.callback_allow)
+        self.user_agent = user_agent
+        self._sender: Sender | None = None
+        self.disabled: Callable[[str], Any] | None = None  # async (name) -> reason or None; set by the daemon
+        self.disable: Callable[[str, str], Any] | None = None  # async (name, reason)
+        self._log = logs.get("callbacks")
+
+    def sender(self) -> Sender:
+        if self._sender is None:
+            self._sender = Sender(self.allowed)
+        return self._sender
+
+    async def aclose(self) -> None:
+        if self._sender is not None:
+            await self._sender.aclose()
+            self._sender = None
+
+    async def __call__(self, job: Job) -> dict[str, Any]:
+        try:
+            call = parse(job.payload, self.endpoints)
+        except PayloadError as exc:
+            raise Discard(str(exc)) from None
+        if call.endpoint is not None and self.disabled is not None:
+            reason = await self.disabled(call.endpoint)
+            if reason is not None:
+                raise Discard(f"endpoint {call.endpoint!r} is disabled: {reason} (notifyq endpoints enable)")
+        headers = self._headers(job, call)
+        try:
+            reply = await self.sender().send(call.method, call.url, headers, call.body, call.timeout)
+        except Refused as exc:
+            raise Discard(f"refused: {exc}") from None
+        except TimeoutError:
+            said = f"no complete answer from {call.url} within {call.timeout:g} s"
+            raise Retry(said, delay=backoff(job.attempt)) from None
+        except httpx.HTTPError as exc:
+            said = f"{type(exc).__name__} calling {call.url}: {exc}"[:500]
+            raise Retry(said, delay=backoff(job.attempt)) from None
+        decision = decide(reply, job.attempt, call)
+        if decision.result is not None:
+            return decision.result
+        if decision.wait is not None:
+            if datetime.now(UTC) - job.created_at < MAX_WAIT_AGE:
+                raise Snooze(decision.wait)
+            said = f"HTTP {reply.status}: still asked to wait after {MAX_WAIT_AGE.days} days"
+            raise Retry(said, delay=decision.wait)
+        if decision.retry_in is not None:
+            said = f"HTTP {reply.status} from {call.url}: {reply.excerpt[:200]}"
+            raise Retry(said, delay=decision.retry_in)
+        assert decision.fail is not None
+        if decision.disable_endpoint and call.endpoint is not None and self.disable is not None:
+            when = datetime.now(UTC).isoformat(timespec="seconds")
+            await self.disable(call.endpoint, f"HTTP 410 Gone at {when}")
+            self._log.warning("endpoint_disabled", endpoint=call.endpoint, reason="410 Gone")
+        raise Discard(decision.fail)
+
+    def _headers(self, job: Job, call: Call) -> dict[str, str]:
+        endpoint = self.endpoints.get(call.endpoint) if call.endpoint is not None else None
+        keys = endpoint.keys if endpoint is not None and endpoint.keys else self.keys
+        signed = signing.headers(keys, str(job.id), int(time.time()), call.body)
+        return {"user-agent": self.user_agent, **call.headers, **signed}
+
+
+def install(registry: Registry, task: CallbackTask) -> None:
+    """Register `notifyq.http` in `registry` (the daemon serves it whatever the app)."""
+
+    async def http_callback(job: Job) -> dict[str, Any]:
+        return await task(job)
+
+    registry.task(TASK, max_attempts=DEFAULT_MAX_ATTEMPTS, timeout=MAX_TIMEOUT + 30)(http_callback)
+
+
+def callback_hosts(endpoints: Mapping[str, Endpoint]) -> list[str]:
+    """The hosts of the configured endpoints: metric labels known up front."""
+    from urllib.parse import urlsplit
+
+    return sorted({urlsplit(e.url).hostname or "" for e in endpoints.values()} - {""})
