@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 import anyio
 
 from notifyq import logs, migrate
-from notifyq.callbacks.builtin import CallbackTask
+from notifyq.callbacks.builtin import CallbackTask, callback_hosts
 from notifyq.callbacks.builtin import install as install_callbacks
 from notifyq.callbacks.task import TASK as CALLBACK_TASK
 from notifyq.config import Settings
@@ -112,6 +112,8 @@ class Daemon:
             settings.queues, registry.names, notifyq_version(), schedules=[p.name for p in self._schedules]
         )
         self.metrics.worker_slots.set(settings.concurrency)
+        self.callbacks.metrics = self.metrics
+        self.metrics.known_callback_hosts(callback_hosts(self.callbacks.endpoints))
         self.http: HttpServer | None = None
         self.systemd = SystemdNotifier()
         self._store: Store | None = None

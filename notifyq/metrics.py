@@ -14,6 +14,7 @@ is released at the next pass, with its series.
 from __future__ import annotations
 
 import contextlib
+import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -27,6 +28,10 @@ from notifyq.wakeup import WakeSource
 OTHER = "other"
 MAX_QUEUE_LABELS = 50
 MAX_SCHEDULE_LABELS = 100
+MAX_CALLBACK_HOSTS = 50
+_HOST_LABEL = re.compile(r"[a-z0-9.:-]{1,253}")  # a host name or an address, as a URL's host may be
+# What became of a callback: the `outcome` label of notifyq_callbacks_total.
+CALLBACK_OUTCOMES = ("succeeded", "retried", "waited", "failed", "refused")
 # Label values, each from its one vocabulary.
 QUEUE_STATES = tuple(state.value for state in QueueState)
 OUTCOMES = OUTCOME_LABELS
@@ -237,7 +242,37 @@ class Metrics:
             "Enabled schedules whose cron or time zone the parser refuses (see notifyq.schedules.error).",
             registry=r,
         )
+        self._callback_hosts: dict[str, None] = {}
+        self.callbacks_total = Counter(
+            "notifyq_callbacks",
+            "Callbacks by destination host and outcome: succeeded, retried, waited, failed, refused.",
+            ["host", "outcome"],
+            registry=r,
+        )
+        self.callback_seconds = Histogram(
+            "notifyq_callback_duration_seconds",
+            "Time from a callback's request to the end of its answer, by destination host.",
+            ["host"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
         self._prefill()
+
+    def callback_host(self, host: str) -> str:
+        """The label for a destination host: the configured endpoints' hosts and the first others seen,
+        MAX_CALLBACK_HOSTS in all; hosts come from job payloads, so the rest are folded into `other`."""
+        host = host.lower()
+        if not _HOST_LABEL.fullmatch(host):
+            return OTHER
+        if host not in self._callback_hosts and len(self._callback_hosts) < MAX_CALLBACK_HOSTS:
+            self._callback_hosts[host] = None
+        return host if host in self._callback_hosts else OTHER
+
+    def known_callback_hosts(self, hosts: Iterable[str]) -> None:
+        for host in hosts:
+            label = self.callback_host(host)
+            for outcome in CALLBACK_OUTCOMES:
+                self.callbacks_total.labels(label, outcome)
 
     def schedule_label(self, name: str) -> str:
         if name not in self._schedule_labels and len(self._schedule_labels) < MAX_SCHEDULE_LABELS:

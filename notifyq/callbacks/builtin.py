@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -32,6 +33,7 @@ from notifyq.callbacks.task import (
 )
 from notifyq.config import Settings
 from notifyq.errors import Discard, Retry, Snooze
+from notifyq.metrics import Metrics
 from notifyq.models import Job
 from notifyq.registry import Registry
 
@@ -59,6 +61,7 @@ class CallbackTask:
         self._sender: Sender | None = None
         self.disabled: Callable[[str], Any] | None = None  # async (name) -> reason or None; set by the daemon
         self.disable: Callable[[str, str], Any] | None = None  # async (name, reason)
+        self.metrics: Metrics | None = None  # set by the daemon
         self._log = logs.get("callbacks")
 
     def sender(self) -> Sender:
@@ -75,7 +78,33 @@ class CallbackTask:
         try:
             call = parse(job.payload, self.endpoints)
         except PayloadError as exc:
+            self._count("", "failed")
             raise Discard(str(exc)) from None
+        host = urlsplit(call.url).hostname or ""
+        began = time.perf_counter()
+        try:
+            result = await self._call(job, call)
+        except Snooze:
+            self._count(host, "waited", began)
+            raise
+        except Retry:
+            self._count(host, "retried", began)
+            raise
+        except Discard as exc:
+            self._count(host, "refused" if exc.reason.startswith("refused:") else "failed", began)
+            raise
+        self._count(host, "succeeded", began)
+        return result
+
+    def _count(self, host: str, outcome: str, began: float | None = None) -> None:
+        if self.metrics is None:
+            return
+        label = self.metrics.callback_host(host) if host else "other"
+        self.metrics.callbacks_total.labels(label, outcome).inc()
+        if began is not None and outcome != "refused":
+            self.metrics.callback_seconds.labels(label).observe(time.perf_counter() - began)
+
+    async def _call(self, job: Job, call: Call) -> dict[str, Any]:
         if call.endpoint is not None and self.disabled is not None:
             reason = await self.disabled(call.endpoint)
             if reason is not None:

@@ -59,7 +59,7 @@ async def settled(conn: asyncpg.Connection, job_id: int, *states: str) -> asyncp
 async def test_a_callback_is_signed_and_its_answer_is_the_result(
     conn: asyncpg.Connection, db_dsn: str, receiver: Receiver
 ) -> None:
-    async with serving(db_dsn, receiver):
+    async with serving(db_dsn, receiver) as daemon:
         job_id = await callback(conn, {"url": receiver.url("/ok"), "body": {"order": 42}, "headers": {"x-kind": "o"}})
         row = await settled(conn, job_id, "succeeded")
         assert row["state"] == "succeeded" and json.loads(row["result"]) == {"status": 200, "body": "thanks"}
@@ -67,6 +67,9 @@ async def test_a_callback_is_signed_and_its_answer_is_the_result(
         assert got.headers["webhook-id"] == str(job_id) and got.headers["x-kind"] == "o"
         assert got.headers["user-agent"].startswith("notifyq/")
         assert Webhook(SECRET).verify(got.body, got.headers) == {"order": 42}
+        sample = daemon.metrics.registry.get_sample_value
+        assert sample("notifyq_callbacks_total", {"host": "127.0.0.1", "outcome": "succeeded"}) == 1
+        assert sample("notifyq_callback_duration_seconds_count", {"host": "127.0.0.1"}) == 1
 
 
 async def test_an_endpoint_brings_its_url_headers_and_secret(
