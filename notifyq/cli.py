@@ -487,6 +487,35 @@ def schedules_prune(config: str | None, **flags: Any) -> None:
     click.echo("\n".join(f"removed {name!r}" for name in removed) or "nothing to prune")
 
 
+@main.group()
+def endpoints() -> None:
+    """Callback endpoints: list them, enable one that a 410 Gone disabled."""
+
+
+@endpoints.command("list")
+@db_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def endpoints_list(config: str | None, as_json: bool, **flags: Any) -> None:
+    """The configured endpoints (never their secrets) and which a 410 disabled."""
+    from notifyq.callbacks import cli as callbacks_cli
+
+    settings = _settings(config, **flags)
+    click.echo(_run(lambda: callbacks_cli.listing(settings, as_json)))
+
+
+@endpoints.command("enable")
+@db_options
+@click.argument("name")
+def endpoints_enable(config: str | None, name: str, **flags: Any) -> None:
+    """Call an endpoint again after a 410 Gone disabled it."""
+    from notifyq.callbacks import cli as callbacks_cli
+
+    settings = _settings(config, **flags)
+    if not _run(lambda: callbacks_cli.enable(settings, name)):
+        _fail(f"endpoint {name!r} is not disabled", EXIT_RUNTIME)
+    click.echo(f"endpoint {name!r} enabled")
+
+
 def _check_range(flag: str, value: int | None, limits: tuple[int, int]) -> None:
     if value is not None and not limits[0] <= value <= limits[1]:
         _fail(f"{flag}: must be between {limits[0]} and {limits[1]} (got {value})", EXIT_USAGE)

@@ -18,7 +18,7 @@ from standardwebhooks import Webhook
 from notifyq.daemon import Daemon
 from notifyq.registry import Registry
 from tests.callback_receiver import Receiver, running_receiver
-from tests.support import running_daemon, wait_for
+from tests.support import cli, running_daemon, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,3 +141,10 @@ async def test_410_disables_the_endpoint_until_it_is_enabled(
         second = await callback(conn, {"endpoint": "gone"})
         assert "is disabled" in (await settled(conn, second, "failed"))["last_error"]
         assert len(receiver.received) == 1  # the second was never sent
+    endpoints = json.dumps({"gone": {"url": receiver.url("/status/410"), "secret": BILLING_SECRET}})
+    listed = cli("endpoints", "list", "--dsn", db_dsn, env={"NOTIFYQ_ENDPOINTS": endpoints})
+    assert "DISABLED: HTTP 410 Gone" in listed.stdout and BILLING_SECRET not in listed.stdout
+    assert cli("endpoints", "enable", "gone", "--dsn", db_dsn).returncode == 0
+    assert await conn.fetchval("SELECT count(*) FROM notifyq.disabled_endpoints") == 0
+    again = cli("endpoints", "enable", "gone", "--dsn", db_dsn)
+    assert again.returncode != 0 and "is not disabled" in again.stderr
