@@ -516,6 +516,56 @@ def endpoints_enable(config: str | None, name: str, **flags: Any) -> None:
     click.echo(f"endpoint {name!r} enabled")
 
 
+@main.group()
+def tokens() -> None:
+    """Bearer tokens for the HTTP API (api_address): create, list, revoke."""
+
+
+@tokens.command("create")
+@db_options
+@click.argument("name")
+@click.option("--queues", required=True, help="Comma list of the queues it reaches, or * for all.")
+@click.option("--write", "can_write", is_flag=True, help="Let it enqueue, cancel, retry and edit schedules.")
+def tokens_create(config: str | None, name: str, queues: str, can_write: bool, **flags: Any) -> None:
+    """Make a token; it is printed once, and only its hash is kept."""
+    from notifyq.api import admin
+
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    wrong = admin.check(name, wanted)
+    if wrong is not None:
+        _fail(wrong, EXIT_USAGE)
+    settings = _settings(config, **flags)
+    token = _run(lambda: admin.create(settings, name, wanted, can_write))
+    if token is None:
+        _fail(f"a token named {name!r} exists (notifyq tokens revoke {name}, or another name)", EXIT_RUNTIME)
+    click.echo(token)
+    click.echo(f"token {name!r} made; it is shown only now: keep it in a secret store", err=True)
+
+
+@tokens.command("list")
+@db_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def tokens_list(config: str | None, as_json: bool, **flags: Any) -> None:
+    """Every token's name, queues and scope (never the token)."""
+    from notifyq.api import admin
+
+    settings = _settings(config, **flags)
+    click.echo(_run(lambda: admin.listing(settings, as_json)))
+
+
+@tokens.command("revoke")
+@db_options
+@click.argument("name")
+def tokens_revoke(config: str | None, name: str, **flags: Any) -> None:
+    """Revoke a token: requests with it are refused within 5 s."""
+    from notifyq.api import admin
+
+    settings = _settings(config, **flags)
+    if not _run(lambda: admin.revoke(settings, name)):
+        _fail(f"no active token {name!r}", EXIT_RUNTIME)
+    click.echo(f"token {name!r} revoked")
+
+
 def _check_range(flag: str, value: int | None, limits: tuple[int, int]) -> None:
     if value is not None and not limits[0] <= value <= limits[1]:
         _fail(f"{flag}: must be between {limits[0]} and {limits[1]} (got {value})", EXIT_USAGE)

@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     callback_allow: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="CIDRs and host names callbacks may reach despite the SSRF rule (comma list)."
     )
+    api_address: str = Field(
+        default="off", description="HOST:PORT for the HTTP API (bearer tokens: notifyq tokens), or 'off'."
+    )
     endpoints: dict[str, EndpointSettings] = Field(
         default_factory=dict, description="Named callback destinations ([endpoints.NAME] in the TOML file)."
     )
@@ -221,7 +224,7 @@ class Settings(BaseSettings):
             raise ValueError("must look like MODULE:ATTRIBUTE, e.g. myproject.jobs:registry")
         return value
 
-    @field_validator("http_address")
+    @field_validator("http_address", "api_address")
     @classmethod
     def _check_http(cls, value: str) -> str:
         if value in ("", "off"):

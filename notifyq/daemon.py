@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 import anyio
 
 from notifyq import logs, migrate
+from notifyq.api.server import ApiServer
 from notifyq.callbacks.builtin import CallbackTask, callback_hosts
 from notifyq.callbacks.builtin import install as install_callbacks
 from notifyq.callbacks.task import TASK as CALLBACK_TASK
@@ -115,6 +116,11 @@ class Daemon:
         self.callbacks.metrics = self.metrics
         self.metrics.known_callback_hosts(callback_hosts(self.callbacks.endpoints))
         self.http: HttpServer | None = None
+        self.api = (
+            None
+            if settings.api_address == "off"
+            else ApiServer(settings, self.callbacks.endpoints, self.callbacks.allowed)
+        )
         self.systemd = SystemdNotifier()
         self._store: Store | None = None
         self._parts: _Parts | None = None
@@ -361,6 +367,8 @@ class Daemon:
                 await root.start(parts.maintenance.run)
                 await root.start(parts.gauges.run)
                 await root.start(parts.scheduler.run)
+                if self.api is not None:
+                    await root.start(self.api.run)
             if self._starting.cancelled_caught:
                 parts.completer.close(flush_seconds=0)
                 root.cancel_scope.cancel()
@@ -378,6 +386,8 @@ class Daemon:
             if self._stop_requested:  # a signal came during start-up
                 parts.dispatcher.stop()
             await parts.dispatcher.run()
+            if self.api is not None:
+                self.api.stop()  # no new requests; the database's pool stays for the outcomes' flush
             parts.completer.close(flush_seconds=_FLUSH_SECONDS)
             await flushed.wait()  # bounded: the completer gives up at the flush deadline
             root.cancel_scope.cancel()

@@ -223,6 +223,10 @@ class Store:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - began)
 
+    def query(self, name: str) -> str:
+        """A named statement's text, for a caller that runs it on a connection of its own."""
+        return self._q[name]
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection for callers outside the daemon's hot path (CLI, client helpers)."""

@@ -15,3 +15,26 @@ DELETE FROM notifyq.disabled_endpoints AS e WHERE e.name = $1::text RETURNING e.
 
 -- name: list_disabled_endpoints :many
 SELECT e.name, e.reason, e.disabled_at FROM notifyq.disabled_endpoints AS e ORDER BY e.name;
+
+-- The HTTP API's tokens (migration 0008).
+
+-- name: token_by_hash :many
+-- The token whose SHA-256 is $1, unless revoked.
+SELECT t.name, t.token_hash, t.queues, t.can_write
+FROM notifyq.api_tokens AS t
+WHERE t.token_hash = $1::bytea AND t.revoked_at IS NULL;
+
+-- name: create_token :many
+-- No row when the name is taken.
+INSERT INTO notifyq.api_tokens (name, token_hash, queues, can_write)
+VALUES ($1::text, $2::bytea, $3::text[], $4::boolean)
+ON CONFLICT (name) DO NOTHING
+RETURNING name;
+
+-- name: list_tokens :many
+SELECT t.name, t.queues, t.can_write, t.created_at, t.revoked_at FROM notifyq.api_tokens AS t ORDER BY t.name;
+
+-- name: revoke_token :many
+UPDATE notifyq.api_tokens AS t SET revoked_at = now()
+WHERE t.name = $1::text AND t.revoked_at IS NULL
+RETURNING t.name;

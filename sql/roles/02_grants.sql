@@ -44,6 +44,10 @@ GRANT EXECUTE ON FUNCTION notifyq.schedule(text, text, text, jsonb, text, text, 
 
 -- Callbacks (migration 0008): a daemon disables an endpoint on a 410 and reads which are disabled.
 GRANT SELECT, INSERT, DELETE ON notifyq.disabled_endpoints TO notifyq_worker;
+-- The HTTP API runs in the daemon: it reads tokens; the owner makes and revokes them (`notifyq tokens`).
+GRANT SELECT ON notifyq.api_tokens TO notifyq_worker;
 
 -- Observers: read everything, change nothing.
 GRANT SELECT ON ALL TABLES IN SCHEMA notifyq TO notifyq_observer;
+-- Except the API tokens' hashes: no reader needs them.
+REVOKE SELECT ON notifyq.api_tokens FROM notifyq_observer;

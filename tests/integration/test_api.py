@@ -1,0 +1,131 @@
+"""The HTTP API in a real daemon, driven by a real HTTP client: tokens and their scopes, the SQL
+contract's rules and errors over HTTP, jobs, callbacks and schedules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+import pytest
+
+from notifyq.api import tokens as tokens_module
+from notifyq.daemon import Daemon
+from notifyq.registry import Registry
+from tests.callback_receiver import Receiver, running_receiver
+from tests.support import cli, running_daemon, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as r:
+        yield r
+
+
+@asynccontextmanager
+async def api(db_dsn: str) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+    registry = Registry()
+
+    @registry.task("work")
+    async def work(job: object) -> None:
+        pass
+
+    async with running_daemon(
+        db_dsn, registry, api_address="127.0.0.1:0", callback_allow=("127.0.0.1",), queues=("default", "other")
+    ) as daemon:
+        assert daemon.api is not None and daemon.api.port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.api.port}", timeout=10) as client:
+            yield daemon, client
+
+
+def token(db_dsn: str, name: str, queues: str, *write: str) -> dict[str, str]:
+    made = cli("tokens", "create", name, "--queues", queues, *write, "--dsn", db_dsn)
+    assert made.returncode == 0, made.stderr
+    return {"authorization": f"Bearer {made.stdout.strip()}"}
+
+
+async def test_tokens_are_required_and_scoped(db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens_module, "CACHE_SECONDS", 0.0)
+    writer = token(db_dsn, "writer", "default", "--write")
+    reader = token(db_dsn, "reader", "default")
+    other = token(db_dsn, "other", "other", "--write")
+    async with api(db_dsn) as (_, client):
+        job = {"task": "work", "payload": {"n": 1}}
+        assert (await client.post("/v1/jobs", json=job)).status_code == 401
+        bad = {"authorization": "Bearer nqt_made-up"}
+        assert (await client.post("/v1/jobs", json=job, headers=bad)).status_code == 401
+        assert (await client.post("/v1/jobs", json=job, headers=reader)).status_code == 403
+        assert (await client.post("/v1/jobs", json=job, headers=other)).status_code == 403
+        made = await client.post("/v1/jobs", json=job, headers=writer)
+        assert made.status_code == 201, made.text
+        job_id = made.json()["id"]
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=reader)).status_code == 200
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=other)).status_code == 404  # not even its existence
+        assert cli("tokens", "revoke", "reader", "--dsn", db_dsn).returncode == 0
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=reader)).status_code == 401
+    listed = cli("tokens", "list", "--dsn", db_dsn)
+    assert "reader" in listed.stdout and "revoked" in listed.stdout and "nqt_" not in listed.stdout
+
+
+async def test_jobs_follow_the_sql_contract(conn: asyncpg.Connection, db_dsn: str) -> None:
+    writer = token(db_dsn, "w", "*", "--write")
+    async with api(db_dsn) as (_, client):
+        first = await client.post("/v1/jobs", json={"task": "nobody", "dedup_key": "k1"}, headers=writer)
+        again = await client.post("/v1/jobs", json={"task": "nobody", "dedup_key": "k1"}, headers=writer)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["id"] == again.json()["id"] and again.json()["deduplicated"] is True
+        assert first.headers["location"] == f"/v1/jobs/{first.json()['id']}"
+        for body, field in (
+            ({"task": "w", "priority": 5000}, "priority"),
+            ({"task": "w", "queue": "Bad Queue"}, "queue"),
+            ({"task": "w", "run_at": "2026-01-01T00:00:00Z", "delay_seconds": 5}, "body"),
+            ({"task": "w", "payload": {"x": "a" * 1_100_000}}, "payload"),  # refused by the database's guard
+        ):
+            refused = await client.post("/v1/jobs", json=body, headers=writer)
+            assert refused.status_code == 422, (body, refused.text)
+            assert field in json.dumps(refused.json()["detail"]), refused.text
+        job_id = first.json()["id"]
+        cancelled = await client.post(f"/v1/jobs/{job_id}/cancel", headers=writer)
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert (await client.post(f"/v1/jobs/{job_id}/cancel", headers=writer)).status_code == 200  # idempotent
+        retried = await client.post(f"/v1/jobs/{job_id}/retry", headers=writer)
+        assert retried.status_code == 200 and retried.json()["state"] == "queued"
+        assert (await client.get("/v1/jobs/999999999", headers=writer)).status_code == 404
+        done = (await client.post("/v1/jobs", json={"task": "work"}, headers=writer)).json()["id"]
+        await wait_for(lambda: conn.fetchval("SELECT state = 'succeeded' FROM notifyq.jobs WHERE id = $1", done), 10, "done")
+        late = await client.post(f"/v1/jobs/{done}/cancel", headers=writer)
+        assert late.status_code == 409 and "succeeded" in late.text
+        huge = await client.post("/v1/jobs", content=b"x" * (3 * 1024 * 1024), headers=writer)
+        assert huge.status_code == 413
+
+
+async def test_a_callback_from_a_url_is_made_and_sent(
+    conn: asyncpg.Connection, db_dsn: str, receiver: Receiver
+) -> None:
+    writer = token(db_dsn, "w", "default", "--write")
+    async with api(db_dsn) as (_, client):
+        made = await client.post("/v1/callbacks", json={"url": receiver.url("/ok"), "body": {"a": 1}}, headers=writer)
+        assert made.status_code == 201, made.text
+        await wait_for(lambda: receiver.received, 10, "the callback")
+        assert receiver.received[0].body == b'{"a":1}'
+        refused = await client.post("/v1/callbacks", json={"url": "http://10.0.0.1/x"}, headers=writer)
+        assert refused.status_code == 422 and "not a globally routable" in refused.text
+        neither = await client.post("/v1/callbacks", json={"body": 1}, headers=writer)
+        assert neither.status_code == 422
+
+
+async def test_schedules_are_put_read_and_deleted(conn: asyncpg.Connection, db_dsn: str) -> None:
+    writer = token(db_dsn, "w", "default", "--write")
+    async with api(db_dsn) as (_, client):
+        put = await client.put("/v1/schedules/nightly", json={"cron": "0 3 * * *", "task": "work",
+                                                              "timezone": "Europe/Berlin"}, headers=writer)  # fmt: skip
+        assert put.status_code == 200 and put.json()["timezone"] == "Europe/Berlin", put.text
+        assert (await client.get("/v1/schedules/nightly", headers=writer)).json()["cron"] == "0 3 * * *"
+        bad = await client.put("/v1/schedules/x", json={"cron": "* * *", "task": "work"}, headers=writer)
+        assert bad.status_code == 422 and "cron" in bad.text
+        assert (await client.delete("/v1/schedules/nightly", headers=writer)).status_code == 204
+        assert (await client.get("/v1/schedules/nightly", headers=writer)).status_code == 404
