@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notifyq import logs
 from notifyq.api.tokens import PREFIX, Token, TokenCache, digest, matches
@@ -166,6 +167,56 @@ def invalid(field: str, message: str) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}]}, 422)
 
 
+class BodyLimit:
+    """Refuses a body over MAX_BODY_BYTES with 413, whether it announces its length or streams it in
+    chunks (a chunked body never says how long it is, and FastAPI would read it all into memory)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY_BYTES:
+                    raise _TooLarge
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    @staticmethod
+    async def _refuse(send: Send) -> None:
+        body = json.dumps({"detail": f"the body may be at most {MAX_BODY_BYTES} bytes"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
 class Api:
     """The application and what it needs: a store of its own, the callback endpoints, the token cache."""
 
@@ -237,16 +288,15 @@ class Api:
         }  # fmt: skip
 
         @app.middleware("http")
-        async def limit_body(
+        async def unavailable(
             request: Request, call_next: Callable[[Request], Awaitable[Response]]
         ) -> Response:
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                return JSONResponse({"detail": f"the body may be at most {MAX_BODY_BYTES} bytes"}, 413)
             try:
                 return await call_next(request)
             except (DatabaseUnavailable, OSError):
                 return JSONResponse({"detail": "the database is unavailable; try again"}, 503)
+
+        app.add_middleware(BodyLimit)
 
         @app.exception_handler(RequestValidationError)
         async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -102,6 +102,13 @@ async def test_jobs_follow_the_sql_contract(conn: asyncpg.Connection, db_dsn: st
         huge = await client.post("/v1/jobs", content=b"x" * (3 * 1024 * 1024), headers=writer)
         assert huge.status_code == 413
 
+        async def chunks() -> AsyncIterator[bytes]:  # no content-length: the size is only seen as it comes
+            for _ in range(40):
+                yield b"x" * 100_000
+
+        streamed = await client.post("/v1/jobs", content=chunks(), headers=writer)
+        assert streamed.status_code == 413
+
 
 async def test_a_callback_from_a_url_is_made_and_sent(
     conn: asyncpg.Connection, db_dsn: str, receiver: Receiver
