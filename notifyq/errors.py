@@ -45,7 +45,10 @@ class StatementTimeout(DatabaseUnavailable):
 
 
 class QueryError(NotifyqError):
-    """Raised when a statement fails for a reason other than reachability (a bug or a changed schema)."""
+    """Raised when a statement fails for a reason other than reachability (a bug or a changed schema).
+    `sqlstate` is the server's code when it gave one (class 22 or 23: a value the database refused)."""
+
+    sqlstate: str | None = None
 
 
 class DatabaseConfigError(NotifyqError):

@@ -100,7 +100,9 @@ def map_error(exc: BaseException) -> BaseException:
     if isinstance(exc, _UNAVAILABLE):
         return DatabaseUnavailable(describe(exc))
     if isinstance(exc, asyncpg.PostgresError):
-        return QueryError(describe(exc))
+        error = QueryError(describe(exc))
+        error.sqlstate = getattr(exc, "sqlstate", None)
+        return error
     return exc
 
 

@@ -22,7 +22,7 @@ import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notifyq import logs
@@ -37,14 +37,48 @@ from notifyq.store import Store, decode_payload
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a 1 MiB payload as JSON text, escaped, with room for the rest
 MAX_DELAY_SECONDS = 10 * 365 * 86400.0
 _FIELD = re.compile(r"notifyq\.(?:jobs|schedules)\.(\w+)")
-# The errors of a value the database refuses (class 22, data exceptions; class 23, constraints).
-_CONSTRAINT = re.compile(
-    r"(CheckViolation|NotNullViolation|UniqueViolation|\w*DataError|InvalidText\w*|"
-    r"NumericValueOutOfRange|DatetimeFieldOverflow|InvalidDatetimeFormat)\w*:"
-)
 
 
-class JobIn(BaseModel):
+def unstorable(value: Any, path: str) -> str | None:
+    """Where a value holds text Postgres cannot store (a NUL, or half of a UTF-16 surrogate pair, which
+    JSON allows and UTF-8 cannot encode), or None. Refused here, naming it, not as a 500 later."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path}: holds a NUL character"
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return f"{path}: holds an unpaired surrogate (not valid UTF-8)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unstorable(key, f"{path} key") or unstorable(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = unstorable(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+class Storable(BaseModel):
+    """A request body whose every string Postgres can store, and whose time, if any, is given once."""
+
+    @model_validator(mode="after")
+    def _storable(self) -> Storable:
+        for name, value in self:
+            found = unstorable(value, name)
+            if found:
+                raise ValueError(found)
+        run_at, delay = getattr(self, "run_at", None), getattr(self, "delay_seconds", None)
+        if run_at is not None and delay is not None:
+            raise ValueError("give run_at or delay_seconds, not both")
+        if run_at is not None and run_at.tzinfo is None:
+            raise ValueError("run_at must carry a time zone (an offset or Z)")
+        return self
+
+
+class JobIn(Storable):
     """A job to enqueue: the same fields, defaults and limits as `notifyq.enqueue()`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -58,16 +92,9 @@ class JobIn(BaseModel):
     dedup_key: str | None = Field(default=None, min_length=1, max_length=512)
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
 
-    @model_validator(mode="after")
-    def _one_time(self) -> JobIn:
-        if self.run_at is not None and self.delay_seconds is not None:
-            raise ValueError("give run_at or delay_seconds, not both")
-        if self.run_at is not None and self.run_at.tzinfo is None:
-            raise ValueError("run_at must carry a time zone (an offset or Z)")
-        return self
 
 
-class CallbackIn(BaseModel):
+class CallbackIn(Storable):
     """The short form: a `notifyq.http` job from a URL (or a configured endpoint) and a body."""
 
     model_config = ConfigDict(extra="forbid")
@@ -119,7 +146,7 @@ class JobOut(BaseModel):
     schedule: str | None
 
 
-class ScheduleIn(BaseModel):
+class ScheduleIn(Storable):
     """A schedule, as `notifyq.schedule()` takes it; what is not given takes the column's default."""
 
     model_config = ConfigDict(extra="forbid")
@@ -183,27 +210,28 @@ class BodyLimit:
             await self._refuse(send)
             return
         seen = 0
-        started = False
+        refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            # Past the limit, the 413 goes out at once and the application is told the client left: it
+            # stops reading, and whatever it answers is dropped (FastAPI would make any error a 400).
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > MAX_BODY_BYTES:
-                    raise _TooLarge
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
 
-        try:
-            await self.app(scope, counted, watched)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, counted, unless_refused)
 
     @staticmethod
     async def _refuse(send: Send) -> None:
@@ -211,10 +239,6 @@ class BodyLimit:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Api:
@@ -317,7 +341,11 @@ class Api:
         async def create_callback(callback: CallbackIn, response: Response, token: Token = auth) -> Any:
             if (callback.url is None) == (callback.endpoint is None):
                 return invalid("url", "give exactly one of url and endpoint")
-            return await self._enqueue(callback.job(), token, response)
+            try:
+                job = callback.job()
+            except ValidationError as exc:  # what the short form's own checks could not see
+                return invalid("body", str(exc.errors()[0].get("msg", exc)))
+            return await self._enqueue(job, token, response)
 
         @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=errors)
         async def get_job(job_id: int, token: Token = auth) -> Any:
@@ -403,12 +431,12 @@ class Api:
         return Created(id=job_id, deduplicated=not created)
 
     def _refusal(self, exc: QueryError) -> JSONResponse:
-        """A refusal by the database's checks (their messages start with the column, such as
-        `notifyq.jobs.payload: ...`), as a 422 naming the field; any other error is raised (500)."""
+        """A value the database refused (SQLSTATE class 22, data, or 23, constraints; its own checks name
+        the column: `notifyq.jobs.payload: ...`), as a 422 naming the field; anything else is raised."""
+        if not (exc.sqlstate or "").startswith(("22", "23")):
+            raise exc
         text = str(exc)
         found = _FIELD.search(text)
-        if found is None and not _CONSTRAINT.match(text):
-            raise exc
         return invalid(found.group(1) if found else "body", text.split(": ", 1)[-1])
 
     async def _job(self, job_id: int, token: Token) -> JobOut:

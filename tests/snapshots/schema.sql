@@ -485,6 +485,24 @@ BEGIN
     RETURN NULL;
 END
 $$;
+CREATE TABLE notifyq.api_tokens (
+    name text NOT NULL,
+    token_hash bytea NOT NULL,
+    queues text[] NOT NULL,
+    can_write boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_tokens_name_check CHECK ((name ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'::text)),
+    CONSTRAINT api_tokens_queues_check CHECK (((cardinality(queues) >= 1) AND (cardinality(queues) <= 100))),
+    CONSTRAINT api_tokens_token_hash_check CHECK ((octet_length(token_hash) = 32))
+);
+CREATE TABLE notifyq.disabled_endpoints (
+    name text NOT NULL,
+    reason text NOT NULL,
+    disabled_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT disabled_endpoints_name_check CHECK ((name ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'::text)),
+    CONSTRAINT disabled_endpoints_reason_check CHECK ((char_length(reason) <= 1000))
+);
 CREATE TABLE notifyq.jobs (
     id bigint NOT NULL,
     queue text DEFAULT 'default'::text NOT NULL,
@@ -558,6 +576,12 @@ CREATE TABLE notifyq.workers (
 CREATE TABLE notifyq.zone_names (
     name text NOT NULL
 );
+ALTER TABLE ONLY notifyq.api_tokens
+    ADD CONSTRAINT api_tokens_pkey PRIMARY KEY (name);
+ALTER TABLE ONLY notifyq.api_tokens
+    ADD CONSTRAINT api_tokens_token_hash_key UNIQUE (token_hash);
+ALTER TABLE ONLY notifyq.disabled_endpoints
+    ADD CONSTRAINT disabled_endpoints_pkey PRIMARY KEY (name);
 ALTER TABLE notifyq.jobs
     ADD CONSTRAINT jobs_attempts_within_max CHECK ((attempts <= max_attempts)) NOT VALID;
 ALTER TABLE ONLY notifyq.jobs
