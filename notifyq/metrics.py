@@ -315,6 +315,9 @@ class Metrics:
         for name in self._schedule_labels:
             for result in TICK_RESULTS:
                 self.schedule_ticks_total.labels(name, result)
+        for outcome in CALLBACK_OUTCOMES:
+            self.callbacks_total.labels(OTHER, outcome)
+        self.callback_seconds.labels(OTHER)
 
     def for_job(self, queue: str, task: str) -> JobSeries:
         """The series for a job of this queue and task. Keyed by label, so their number stays bounded;

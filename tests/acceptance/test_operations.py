@@ -136,9 +136,10 @@ def test_dashboard_has_the_promised_panels_and_variables() -> None:
         "wake-ups by source",
         "statements p99",
         "schedule",
+        "callbacks",
     ):
         assert needed in titles, needed
-    assert len(alert_exprs()) == 10
+    assert len(alert_exprs()) == 11
 
 
 def test_every_panel_and_alert_expression_parses(tmp_path: Path) -> None:

@@ -341,6 +341,7 @@ async def test_migration_0004_keeps_existing_jobs_as_the_old_rules_ran_them(empt
             "0005_unclear_crashes",
             "0006_queue_counts",
             "0007_schedules",
+            "0008_callbacks",
         ]
         rows = {
             r["id"]: r

@@ -1083,4 +1083,40 @@ CATALOGUE: tuple[Mutation, ...] = (
         ),
         (f"{SCHEDULES}::test_a_backfill_of_large_payloads_goes_in_statements_of_bounded_size",),
     ),
+    Mutation(
+        "callback_ssrf_wrapped_v4",
+        "an IPv4 address wrapped in IPv6 (mapped, NAT64, 6to4) is judged as the address it reaches",
+        (
+            Edit(
+                "notifyq/callbacks/addresses.py",
+                "        inner = embedded_v4(address)\n",
+                "        inner = None\n",
+            ),
+        ),
+        ("tests/unit/test_callback_addresses.py",),
+    ),
+    Mutation(
+        "callback_signature_covers_id_and_time",
+        "a callback's signature covers its id and timestamp as well as its body (Standard Webhooks)",
+        (
+            Edit(
+                "notifyq/callbacks/signing.py",
+                'signed = f"{msg_id}.{timestamp}.".encode() + body',
+                "signed = body",
+            ),
+        ),
+        ("tests/unit/test_callback_signing.py",),
+    ),
+    Mutation(
+        "api_token_scope",
+        "a token reaches the jobs and schedules of its own queues only",
+        (
+            Edit(
+                "notifyq/api/tokens.py",
+                'return "*" in self.queues or queue in self.queues',
+                "return True",
+            ),
+        ),
+        ("tests/integration/test_api.py::test_tokens_are_required_and_scoped",),
+    ),
 )
