@@ -163,6 +163,13 @@ def serve(config: str | None, **flags: Any) -> None:
             _fail(str(exc), EXIT_USAGE)
             return
     _check_http_address(settings)
+    if settings.api_address != "off":
+        from notifyq.api.server import bind
+
+        try:
+            bind(settings.api_address).close()  # a port in use is one line now, not a crash later
+        except ConfigError as exc:
+            _fail(str(exc), EXIT_USAGE)
     daemon = Daemon(settings, registry)
     try:
         _run(daemon.run, loop_options())

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from notifyq import logs
+from notifyq import cron, logs
 from notifyq.api.tokens import PREFIX, Token, TokenCache, digest, matches
 from notifyq.callbacks.addresses import Refused
 from notifyq.callbacks.task import TASK as CALLBACK_TASK
@@ -36,6 +36,8 @@ from notifyq.store import Store, decode_payload
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a 1 MiB payload as JSON text, escaped, with room for the rest
 MAX_DELAY_SECONDS = 10 * 365 * 86400.0
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)  # the jobs table's run_at range (migration 0004)
+LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 _FIELD = re.compile(r"notifyq\.(?:jobs|schedules)\.(\w+)")
 
 
@@ -75,6 +77,8 @@ class Storable(BaseModel):
             raise ValueError("give run_at or delay_seconds, not both")
         if run_at is not None and run_at.tzinfo is None:
             raise ValueError("run_at must carry a time zone (an offset or Z)")
+        if run_at is not None and not EARLIEST <= run_at <= LATEST:
+            raise ValueError("run_at must lie between 0001-01-02 and 9999-12-31 UTC")
         return self
 
 
@@ -370,7 +374,14 @@ class Api:
         @app.put("/v1/schedules/{name}", response_model=ScheduleOut, responses=errors)
         async def put_schedule(name: str, schedule: ScheduleIn, token: Token = auth) -> Any:
             self._writes(token, schedule.queue)
-            existing = await self.store.list_schedules(name)
+            try:  # what only the parser can judge, judged here rather than left to fail at every pass
+                cron.parse(schedule.cron, schedule.timezone)
+            except cron.CronError as exc:
+                return invalid("cron", str(exc))
+            refused = await self._callback_refusal(schedule.task, schedule.payload)
+            if refused is not None:
+                return refused
+            existing = await self._schedules_named(name)
             if existing and not token.reaches(existing[0].queue):
                 raise HTTPException(404, f"no schedule {name!r}")
             try:
@@ -387,7 +398,7 @@ class Api:
 
         @app.delete("/v1/schedules/{name}", status_code=204, responses=errors)
         async def delete_schedule(name: str, token: Token = auth) -> Response:
-            found = await self.store.list_schedules(name)
+            found = await self._schedules_named(name)
             if not found or not token.reaches(found[0].queue):
                 raise HTTPException(404, f"no schedule {name!r}")
             self._writes(token, found[0].queue)
@@ -397,6 +408,27 @@ class Api:
 
         return app
 
+    async def _callback_refusal(self, task: str, payload: Any) -> JSONResponse | None:
+        """A 422 for a callback payload that cannot be sent, or None (any other task: None)."""
+        if task != CALLBACK_TASK:
+            return None
+        try:
+            call = parse(payload, self.endpoints)
+            if call.endpoint is None and self.check_url is not None:
+                await self.check_url(call.url)  # at enqueue, and again at every attempt
+        except PayloadError as exc:
+            return invalid("payload", str(exc))
+        except Refused as exc:
+            return invalid("payload", f"url: {exc}")
+        return None
+
+    async def _schedules_named(self, name: str) -> list[Any]:
+        """The schedule so named, if any; a name no schedule can have (a NUL, an unpaired surrogate, over
+        200 characters) is simply not found."""
+        if len(name) > 200 or unstorable(name, "name"):
+            return []
+        return list(await self.store.list_schedules(name))
+
     def _writes(self, token: Token, queue: str) -> None:
         if not token.reaches(queue):
             raise HTTPException(403, f"token {token.name!r} does not reach queue {queue!r}")
@@ -405,15 +437,9 @@ class Api:
 
     async def _enqueue(self, job: JobIn, token: Token, response: Response) -> Any:
         self._writes(token, job.queue)
-        if job.task == CALLBACK_TASK:
-            try:
-                call = parse(job.payload, self.endpoints)
-                if call.endpoint is None and self.check_url is not None:
-                    await self.check_url(call.url)  # at enqueue, and again at every attempt
-            except PayloadError as exc:
-                return invalid("payload", str(exc))
-            except Refused as exc:
-                return invalid("payload", f"url: {exc}")
+        refused = await self._callback_refusal(job.task, job.payload)
+        if refused is not None:
+            return refused
         delay = timedelta(seconds=job.delay_seconds) if job.delay_seconds is not None else None
         try:
             async with self.store.connection() as conn, conn.transaction():
@@ -426,6 +452,11 @@ class Api:
         except QueryError as exc:
             return self._refusal(exc)
         if not created:
+            holder = await self.store.show_job(job_id)
+            if holder is None or not token.reaches(holder.queue):
+                # dedup keys are one namespace across queues (the SQL contract): never name a job this
+                # token may not see, not even by its id.
+                raise HTTPException(409, "dedup_key is held by a job outside this token's queues")
             response.status_code = 200
         response.headers["location"] = f"/v1/jobs/{job_id}"
         return Created(id=job_id, deduplicated=not created)
@@ -464,7 +495,7 @@ class Api:
         return await self._job(job_id, token)
 
     async def _schedule(self, name: str, token: Token) -> ScheduleOut:
-        found = await self.store.list_schedules(name)
+        found = await self._schedules_named(name)
         if not found or not token.reaches(found[0].queue):
             raise HTTPException(404, f"no schedule {name!r}")
         s = found[0]

@@ -35,6 +35,7 @@ _REFUSED_V4 = tuple(
         "192.168.0.0/16",
         "198.18.0.0/15",  # benchmarking
         "198.51.100.0/24",
+        "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
         "203.0.113.0/24",
         "224.0.0.0/4",  # multicast
         "240.0.0.0/4",  # reserved, and the broadcast address
@@ -48,6 +49,7 @@ _REFUSED_V6 = tuple(
         "100::/64",  # discard-only
         "2001::/23",  # IETF protocol assignments, Teredo (2001::/32) among them
         "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637)
         "fc00::/7",  # unique local
         "fe80::/10",  # link-local
         "fec0::/10",  # site-local (deprecated, still routed inside some networks)
@@ -55,6 +57,10 @@ _REFUSED_V6 = tuple(
     )
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (SIIT), RFC 2765
+# The only IPv6 unicast space IANA allocates for the global Internet; anything outside (and not an IPv4
+# address wrapped in IPv6) is refused, so that ranges a table of exceptions forgot stay refused too.
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +99,11 @@ class Allowed:
 
 
 def embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address reaches: mapped (::ffff:a.b.c.d), NAT64 (64:ff9b::a.b.c.d) or
-    6to4 (2002:aabb:ccdd::); None for a plain IPv6 address."""
+    """The IPv4 address an IPv6 address reaches: mapped (::ffff:a.b.c.d), translated (::ffff:0:a.b.c.d),
+    NAT64 (64:ff9b::a.b.c.d) or 6to4 (2002:aabb:ccdd::); None for a plain IPv6 address."""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
-    if address in _NAT64:
+    if address in _NAT64 or address in _TRANSLATED:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     if address.sixtofour is not None:
         return address.sixtofour
@@ -113,7 +119,7 @@ def refusal(address: IPAddress) -> str | None:
         if inner is not None:
             why = refusal(inner)
             return None if why is None else f"{why}, inside an IPv6 address"
-        if any(address in network for network in _REFUSED_V6):
+        if address not in _GLOBAL_UNICAST_V6 or any(address in network for network in _REFUSED_V6):
             return "not a globally routable address"
     elif any(address in network for network in _REFUSED_V4):
         return "not a globally routable address"

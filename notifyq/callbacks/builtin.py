@@ -30,6 +30,7 @@ from notifyq.callbacks.task import (
     backoff,
     decide,
     parse,
+    where,
 )
 from notifyq.config import Settings
 from notifyq.errors import Discard, Retry, Snooze
@@ -99,7 +100,9 @@ class CallbackTask:
     def _count(self, host: str, outcome: str, began: float | None = None) -> None:
         if self.metrics is None:
             return
-        label = self.metrics.callback_host(host) if host else "other"
+        # A refused host takes no label of its own: anyone may enqueue a URL, and 50 refused made-up hosts
+        # would fill every label before a real receiver was seen.
+        label = self.metrics.callback_host(host) if host and outcome != "refused" else "other"
         self.metrics.callbacks_total.labels(label, outcome).inc()
         if began is not None and outcome != "refused":
             self.metrics.callback_seconds.labels(label).observe(time.perf_counter() - began)
@@ -114,12 +117,15 @@ class CallbackTask:
             reply = await self.sender().send(call.method, call.url, headers, call.body, call.timeout)
         except Refused as exc:
             raise Discard(f"refused: {exc}") from None
+        except httpx.InvalidURL as exc:
+            raise Discard(f"url: {exc}"[:500]) from None
         except TimeoutError:
-            said = f"no complete answer from {call.url} within {call.timeout:g} s"
+            said = f"no complete answer from {where(call)} within {call.timeout:g} s"
             raise Retry(said, delay=backoff(job.attempt)) from None
-        except httpx.HTTPError as exc:
-            said = f"{type(exc).__name__} calling {call.url}: {exc}"[:500]
-            raise Retry(said, delay=backoff(job.attempt)) from None
+        except Exception as exc:  # connection errors, a failed lookup: the receiver may be back later
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            said = f"{type(exc).__name__} calling {where(call)}: {first}"
+            raise Retry(said[:500], delay=backoff(job.attempt)) from None
         decision = decide(reply, job.attempt, call)
         if decision.result is not None:
             return decision.result
@@ -129,7 +135,7 @@ class CallbackTask:
             said = f"HTTP {reply.status}: still asked to wait after {MAX_WAIT_AGE.days} days"
             raise Retry(said, delay=decision.wait)
         if decision.retry_in is not None:
-            said = f"HTTP {reply.status} from {call.url}: {reply.excerpt[:200]}"
+            said = f"HTTP {reply.status} from {where(call)}: {reply.excerpt[:200]}"
             raise Retry(said, delay=decision.retry_in)
         assert decision.fail is not None
         if decision.disable_endpoint and call.endpoint is not None and self.disable is not None:

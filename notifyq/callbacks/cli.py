@@ -25,7 +25,8 @@ async def listing(settings: Settings, as_json: bool) -> str:
         rows.append(
             {
                 "name": name,
-                "url": configured.url if configured else None,
+                # Scheme and host only: a URL's path or query can hold a secret (a chat webhook's token).
+                "url": _origin(configured.url) if configured else None,
                 "signed": bool(configured and configured.secret) or bool(settings.callback_secret),
                 "disabled": reason is not None,
                 "reason": reason,
@@ -54,3 +55,10 @@ async def enable(settings: Settings, name: str) -> bool:
         return await store.enable_endpoint(name)
     finally:
         await store.close()
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}/..."

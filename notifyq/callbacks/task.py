@@ -38,6 +38,9 @@ RETRY_DELAYS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 DEFAULT_MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 JITTER = 0.2
 MAX_RETRY_AFTER = 86400.0  # a Retry-After further off than a day is taken as a day
+# ... and one nearer than the first retry step as that step: "Retry-After: 0" must not make a job call
+# its receiver in a loop for days.
+MIN_RETRY_AFTER = RETRY_DELAYS[0]
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 # Set by notifyq itself, or meaningless for one request: a payload may not set them.
 RESERVED_HEADERS = frozenset(
@@ -84,20 +87,20 @@ def parse(payload: Any, endpoints: Mapping[str, Endpoint]) -> Call:
     url, name = payload.get("url"), payload.get("endpoint")
     if (url is None) == (name is None):
         raise PayloadError("payload: give exactly one of url and endpoint")
-    headers: dict[str, str] = {}
     endpoint = None
     if name is not None:
         if not isinstance(name, str) or name not in endpoints:
             raise PayloadError(f"endpoint: no endpoint {name!r} is configured")
         endpoint = endpoints[name]
         url = endpoint.url
-        headers.update(endpoint.headers)
     elif not isinstance(url, str) or not 1 <= len(url) <= 2048:
         raise PayloadError("url: must be a string of 1 to 2048 characters")
     method = payload.get("method", "POST")
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise PayloadError(f"method: must be one of {', '.join(sorted(METHODS))}")
-    headers.update(check_headers(payload.get("headers", {})))
+    headers = check_headers(payload.get("headers", {}))
+    if endpoint is not None:
+        headers.update(endpoint.headers)  # the operator's headers win: a job cannot replace its credentials
     body, kind = _body(payload.get("body"))
     if kind is not None:
         headers.setdefault("content-type", kind)
@@ -119,8 +122,8 @@ def check_headers(given: Any) -> dict[str, str]:
             raise PayloadError(f"headers: the value of {name!r} must be a string")
         if not name or not all(33 <= ord(c) < 127 and c not in '()<>@,;:\\"/[]?={}' for c in name):
             raise PayloadError(f"headers: {name!r} is not a header name")
-        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
-            raise PayloadError(f"headers: the value of {name!r} holds a control character")
+        if any(not (32 <= ord(c) < 127 or c == "\t") for c in value):
+            raise PayloadError(f"headers: the value of {name!r} must be printable ASCII")
         if name.lower() in RESERVED_HEADERS:
             raise PayloadError(f"headers: {name!r} is set by notifyq")
         out[name.lower()] = value
@@ -177,16 +180,22 @@ def decide(reply: Reply, attempt: int, call: Call) -> Decision:
     status = reply.status
     if 200 <= status < 300:
         return Decision(result={"status": status, "body": reply.excerpt})
-    said = f"HTTP {status} from {call.method} {call.url}: {reply.excerpt[:200]}".rstrip(": ")
+    said = f"HTTP {status} from {call.method} {where(call)}: {reply.excerpt[:200]}".rstrip(": ")
     if status in (429, 503):
         seconds = retry_after(reply.headers.get("retry-after"))
         if seconds is not None:
-            return Decision(wait=seconds)
+            return Decision(wait=max(seconds, MIN_RETRY_AFTER))
     if status in RETRY_STATUSES:
         return Decision(retry_in=backoff(attempt))
     if 300 <= status < 400:
-        where = reply.headers.get("location", "no Location")
-        return Decision(fail=f"HTTP {status} redirect to {where} from {call.url}: redirects are not followed")
+        to = "elsewhere" if call.endpoint is not None else reply.headers.get("location", "no Location")
+        return Decision(fail=f"HTTP {status} redirect to {to} from {where(call)}: redirects are not followed")
     if status == 410 and call.endpoint is not None:
         return Decision(fail=f"{said}; endpoint {call.endpoint!r} disabled", disable_endpoint=True)
     return Decision(fail=said)
+
+
+def where(call: Call) -> str:
+    """How messages name a call's destination: a configured endpoint by its name, never its URL (a URL
+    can carry a secret, such as a chat service's webhook token)."""
+    return f"endpoint {call.endpoint!r}" if call.endpoint is not None else call.url[:300]

@@ -65,6 +65,10 @@ async def test_tokens_are_required_and_scoped(db_dsn: str, monkeypatch: pytest.M
         job_id = made.json()["id"]
         assert (await client.get(f"/v1/jobs/{job_id}", headers=reader)).status_code == 200
         assert (await client.get(f"/v1/jobs/{job_id}", headers=other)).status_code == 404  # not even its existence
+        keyed = {"task": "nobody", "dedup_key": "shared"}  # no handler: it stays queued, holding its key
+        assert (await client.post("/v1/jobs", json=keyed, headers=writer)).status_code == 201
+        held = await client.post("/v1/jobs", json={**keyed, "queue": "other"}, headers=other)
+        assert held.status_code == 409 and "id" not in held.json()  # held by a job it may not see
         assert cli("tokens", "revoke", "reader", "--dsn", db_dsn).returncode == 0
         assert (await client.get(f"/v1/jobs/{job_id}", headers=reader)).status_code == 401
     listed = cli("tokens", "list", "--dsn", db_dsn)
@@ -134,5 +138,12 @@ async def test_schedules_are_put_read_and_deleted(conn: asyncpg.Connection, db_d
         assert (await client.get("/v1/schedules/nightly", headers=writer)).json()["cron"] == "0 3 * * *"
         bad = await client.put("/v1/schedules/x", json={"cron": "* * *", "task": "work"}, headers=writer)
         assert bad.status_code == 422 and "cron" in bad.text
+        parser = await client.put("/v1/schedules/x", json={"cron": "61 * * * *", "task": "work"}, headers=writer)
+        assert parser.status_code == 422 and "Bad minute" in parser.text
+        ssrf = await client.put("/v1/schedules/x", json={"cron": "* * * * *", "task": "notifyq.http",
+                                                         "payload": {"url": "http://169.254.169.254/"}},
+                                headers=writer)  # fmt: skip
+        assert ssrf.status_code == 422 and "not a globally routable" in ssrf.text
+        assert (await client.get("/v1/schedules/%00", headers=writer)).status_code == 404
         assert (await client.delete("/v1/schedules/nightly", headers=writer)).status_code == 204
         assert (await client.get("/v1/schedules/nightly", headers=writer)).status_code == 404

@@ -118,6 +118,8 @@ async def test_retry_after_waits_without_spending_the_attempt(
         ({"url": "http://169.254.169.254/latest/meta-data/"}, "not a globally routable"),
         ({"url": "/ok", "headers": {"host": "evil"}}, "headers: 'host' is set by notifyq"),
         ({"endpoint": "nope"}, "no endpoint 'nope'"),
+        ({"url": "http://0177.0.0.1/"}, "url:"),  # httpx refuses it: a failure, not a retry
+        ({"url": "/ok", "headers": {"x": "caf\u00e9"}}, "printable ASCII"),
     ],
 )
 async def test_what_cannot_succeed_fails_at_once_saying_why(
@@ -144,6 +146,7 @@ async def test_410_disables_the_endpoint_until_it_is_enabled(
     endpoints = json.dumps({"gone": {"url": receiver.url("/status/410"), "secret": BILLING_SECRET}})
     listed = cli("endpoints", "list", "--dsn", db_dsn, env={"NOTIFYQ_ENDPOINTS": endpoints})
     assert "DISABLED: HTTP 410 Gone" in listed.stdout and BILLING_SECRET not in listed.stdout
+    assert "/status/410" not in listed.stdout  # a URL's path can hold a secret
     assert cli("endpoints", "enable", "gone", "--dsn", db_dsn).returncode == 0
     assert await conn.fetchval("SELECT count(*) FROM notifyq.disabled_endpoints") == 0
     again = cli("endpoints", "enable", "gone", "--dsn", db_dsn)
