@@ -12,6 +12,7 @@ the jobs and schedules of its queues; anything else is 404, as if it did not exi
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,9 +42,17 @@ LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 _FIELD = re.compile(r"notifyq\.(?:jobs|schedules)\.(\w+)")
 
 
-def unstorable(value: Any, path: str) -> str | None:
-    """Where a value holds text Postgres cannot store (a NUL, or half of a UTF-16 surrogate pair, which
-    JSON allows and UTF-8 cannot encode), or None. Refused here, naming it, not as a 500 later."""
+MAX_DEPTH = 64  # of nested JSON in a payload: deeper ones could be stored but not read back as JSON
+
+
+def unstorable(value: Any, path: str, depth: int = 0) -> str | None:
+    """Where a value holds what Postgres cannot store or give back (a NUL, half of a UTF-16 surrogate
+    pair, which JSON allows and UTF-8 cannot encode, NaN or infinity, nesting past MAX_DEPTH), or None.
+    Refused here, naming it, not as a 500 later."""
+    if depth > MAX_DEPTH:
+        return f"{path}: nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path}: NaN and infinities are not JSON"
     if isinstance(value, str):
         if "\x00" in value:
             return f"{path}: holds a NUL character"
@@ -52,12 +61,12 @@ def unstorable(value: Any, path: str) -> str | None:
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            found = unstorable(key, f"{path} key") or unstorable(item, f"{path}.{key}")
+            found = unstorable(key, f"{path} key") or unstorable(item, f"{path}.{key}", depth + 1)
             if found:
                 return found
     if isinstance(value, list):
         for i, item in enumerate(value):
-            found = unstorable(item, f"{path}[{i}]")
+            found = unstorable(item, f"{path}[{i}]", depth + 1)
             if found:
                 return found
     return None
@@ -374,10 +383,12 @@ class Api:
         @app.put("/v1/schedules/{name}", response_model=ScheduleOut, responses=errors)
         async def put_schedule(name: str, schedule: ScheduleIn, token: Token = auth) -> Any:
             self._writes(token, schedule.queue)
+            if len(name) > 200 or unstorable(name, "name"):
+                return invalid("name", "a schedule name is 1 to 200 characters, with no NUL")
             try:  # what only the parser can judge, judged here rather than left to fail at every pass
                 cron.parse(schedule.cron, schedule.timezone)
             except cron.CronError as exc:
-                return invalid("cron", str(exc))
+                return invalid("timezone" if "time zone" in str(exc) else "cron", str(exc))
             refused = await self._callback_refusal(schedule.task, schedule.payload)
             if refused is not None:
                 return refused

@@ -139,4 +139,5 @@ class Sender:
                 except LookupError:  # a charset Python does not know
                     text = bytes(data).decode("utf-8", errors="replace")
                 kept = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "location")}
-                return Reply(response.status_code, kept, text[:EXCERPT_CHARS])
+                # A NUL cannot be stored in the job's result (Postgres text), and the status with it.
+                return Reply(response.status_code, kept, text[:EXCERPT_CHARS].replace("\x00", "\ufffd"))

@@ -18,6 +18,7 @@ followed) and any other 4xx fail at once, saying why; 410 Gone also disables the
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,7 +139,10 @@ def _body(body: Any) -> tuple[bytes, str | None]:
         return b"", None
     if isinstance(body, str):
         return body.encode(), "text/plain; charset=utf-8"
-    return orjson.dumps(body), "application/json"
+    try:
+        return orjson.dumps(body), "application/json"
+    except TypeError as exc:  # an integer beyond 64 bits, nesting past orjson's limit
+        raise PayloadError(f"body: cannot be sent as JSON: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +168,11 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]{1,15}", text):  # ASCII digits only: str.isdigit() takes "²" too
         return min(float(text), MAX_RETRY_AFTER)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # the receiver's text: anything
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

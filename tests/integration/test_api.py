@@ -103,6 +103,10 @@ async def test_jobs_follow_the_sql_contract(conn: asyncpg.Connection, db_dsn: st
         await wait_for(lambda: conn.fetchval("SELECT state = 'succeeded' FROM notifyq.jobs WHERE id = $1", done), 10, "done")
         late = await client.post(f"/v1/jobs/{done}/cancel", headers=writer)
         assert late.status_code == 409 and "succeeded" in late.text
+        for raw, field in ((b'{"task": "w", "payload": NaN}', "payload"),
+                           (b'{"task": "w", "payload": ' + b"[" * 100 + b"]" * 100 + b"}", "payload")):  # fmt: skip
+            odd = await client.post("/v1/jobs", content=raw, headers={**writer, "content-type": "application/json"})
+            assert odd.status_code == 422 and field in odd.text, odd.text
         huge = await client.post("/v1/jobs", content=b"x" * (3 * 1024 * 1024), headers=writer)
         assert huge.status_code == 413
 

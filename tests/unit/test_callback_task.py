@@ -20,6 +20,14 @@ from notifyq.callbacks.task import (
     retry_after,
 )
 
+
+def _deep(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 BILLING = Endpoint("billing", "https://billing.example/hooks", (b"k" * 32,), {"authorization": "Bearer t"})
 
 
@@ -135,3 +143,15 @@ def test_messages_name_an_endpoint_never_its_url() -> None:
         decision = decide(reply(status, location="https://elsewhere/"), 1, TO_BILLING)
         said = decision.fail or ""
         assert BILLING.url not in said and ("endpoint 'billing'" in said or decision.retry_in is not None)
+
+
+def test_a_receivers_unreadable_retry_after_is_ignored_not_a_crash() -> None:
+    assert retry_after("²") is None  # str.isdigit() says yes
+    assert retry_after("1 Oct 99999999999999999999 07:28:00 GMT") is None
+    assert decide(reply(503, **{"retry-after": "¹"}), 1, CALL).retry_in is not None
+
+
+@pytest.mark.parametrize("body", [2**64, _deep(300)])
+def test_a_body_json_cannot_send_fails_naming_it(body: object) -> None:
+    with pytest.raises(PayloadError, match="body: cannot be sent as JSON"):
+        parse({"url": "https://a", "body": body}, {})
