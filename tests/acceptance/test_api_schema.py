@@ -5,7 +5,6 @@ The daemon is a real process, with a write token for every queue."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import anyio
@@ -15,16 +14,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from notifyq.devserver import free_port
 from tests.support import DaemonProcess, cli
 
 pytestmark = pytest.mark.timeout(240)
 EXAMPLES = int(os.environ.get("NOTIFYQ_SCHEMATHESIS_EXAMPLES", "50"))  # 300 ran clean here too
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fuzz(base: str, token: str) -> list[str]:

@@ -9,7 +9,6 @@ import base64
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import anyio
 import pytest
 
 from notifyq.daemon import Daemon
+from notifyq.devserver import free_port
 from notifyq.registry import Registry
 from tests.support import ROOT, cli, running_daemon, wait_for
 
@@ -29,11 +29,6 @@ pytestmark = pytest.mark.timeout(120)
 SECRET = "whsec_" + base64.b64encode(b"L" * 32).decode()
 EXAMPLES = ROOT / "examples"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ReceiverProcess:
