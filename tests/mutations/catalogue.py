@@ -386,7 +386,7 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "claim_order",
             ),
         ),
-        (STATE_MACHINE,),
+        (f"{DAEMON}::test_a_higher_priority_job_jumps_a_draining_backlog", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     Mutation(
@@ -400,7 +400,10 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "claim_jobs",
             ),
         ),
-        (STATE_MACHINE,),
+        (
+            "tests/integration/test_plans.py::test_claim_continues_after_a_position_and_takes_lower_priorities_after_it",
+            STATE_MACHINE,
+        ),
         SMALL_MACHINE,
     ),
     Mutation(
@@ -425,7 +428,10 @@ CATALOGUE: tuple[Mutation, ...] = (
         "max_attempts_override_any_task",
         "a task's max_attempts applies to that task's jobs only",
         (Edit(WORKER_SQL, "WHERE o.task = j.task", "WHERE o.task IS NOT NULL", "claim_lease"),),
-        (STATE_MACHINE,),
+        (
+            "tests/integration/test_producer_guards.py::test_the_claim_writes_the_producers_value_else_the_tasks_else_the_default",
+            STATE_MACHINE,
+        ),
         SMALL_MACHINE,
     ),
     Mutation(
@@ -439,7 +445,8 @@ CATALOGUE: tuple[Mutation, ...] = (
                 "record_outcomes",
             ),
         ),
-        (STATE_MACHINE,),
+        # The daemon test kills it every time; the state machine only when its examples snooze.
+        (f"{DAEMON}::test_retry_snooze_discard_and_timeout", STATE_MACHINE),
         SMALL_MACHINE,
     ),
     # -- the wake-up protocol --------------------------------------------------------------------
