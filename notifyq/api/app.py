@@ -72,6 +72,19 @@ def unstorable(value: Any, path: str, depth: int = 0) -> str | None:
     return None
 
 
+def presentable(text: str | bytes) -> tuple[Any, str | None]:
+    """Stored JSON as (value, None), or as (None, its text) when the API could not have taken it: SQL
+    producers are not held to MAX_DEPTH, and nesting past a few hundred levels breaks JSON encoders."""
+    try:
+        value = decode_payload(text)
+    except (RecursionError, ValueError):
+        value = None
+    else:
+        if unstorable(value, "") is None:
+            return value, None
+    return None, text if isinstance(text, str) else text.decode("utf-8", "replace")
+
+
 class Storable(BaseModel):
     """A request body whose every string Postgres can store, and whose time, if any, is given once."""
 
@@ -144,7 +157,11 @@ class JobOut(BaseModel):
     id: int
     queue: str
     task: str
-    payload: Any
+    payload: Any = Field(description="The payload; null when it is given in payload_text instead.")
+    payload_text: str | None = Field(
+        description=f"Only for a payload nested deeper than {MAX_DEPTH} levels (SQL producers may): "
+        "its JSON text."
+    )
     priority: int
     state: str
     attempts: int
@@ -155,6 +172,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     last_error: str | None
     result: Any
+    result_text: str | None = Field(description="Like payload_text, for the result.")
     dedup_key: str | None
     schedule: str | None
 
@@ -183,6 +201,7 @@ class ScheduleOut(BaseModel):
     queue: str
     task: str
     payload: Any
+    payload_text: str | None = Field(description="As in a job.")
     priority: int
     max_attempts: int | None
     backfill_seconds: float
@@ -487,13 +506,14 @@ class Api:
         detail = await self.store.show_job(job_id)
         if detail is None or not token.reaches(detail.queue):
             raise HTTPException(404, f"no job {job_id}")
+        payload, payload_text = presentable(detail.payload)
+        result, result_text = presentable(detail.result) if detail.result is not None else (None, None)
         return JobOut(
-            id=detail.id, queue=detail.queue, task=detail.task, payload=decode_payload(detail.payload),
+            id=detail.id, queue=detail.queue, task=detail.task, payload=payload, payload_text=payload_text,
             priority=detail.priority, state=detail.state, attempts=detail.attempts,
             max_attempts=detail.max_attempts, run_at=detail.run_at, created_at=detail.created_at,
             started_at=detail.started_at, finished_at=detail.finished_at, last_error=detail.last_error,
-            result=decode_payload(detail.result) if detail.result is not None else None,
-            dedup_key=detail.dedup_key, schedule=detail.schedule,
+            result=result, result_text=result_text, dedup_key=detail.dedup_key, schedule=detail.schedule,
         )  # fmt: skip
 
     async def _act(self, job_id: int, token: Token, query: str, wanted: str) -> JobOut:
@@ -510,9 +530,10 @@ class Api:
         if not found or not token.reaches(found[0].queue):
             raise HTTPException(404, f"no schedule {name!r}")
         s = found[0]
+        payload, payload_text = presentable(s.payload)
         return ScheduleOut(
             name=s.name, cron=s.cron, timezone=s.timezone, queue=s.queue, task=s.task,
-            payload=decode_payload(s.payload), priority=s.priority, max_attempts=s.max_attempts,
+            payload=payload, payload_text=payload_text, priority=s.priority, max_attempts=s.max_attempts,
             backfill_seconds=s.backfill_seconds, enabled=s.enabled, skip_overlap=s.skip_overlap,
             source=s.source, last_tick=s.last_tick, next_tick=s.next_tick, error=s.error,
         )  # fmt: skip

@@ -151,3 +151,24 @@ async def test_schedules_are_put_read_and_deleted(conn: asyncpg.Connection, db_d
         assert (await client.get("/v1/schedules/%00", headers=writer)).status_code == 404
         assert (await client.delete("/v1/schedules/nightly", headers=writer)).status_code == 204
         assert (await client.get("/v1/schedules/nightly", headers=writer)).status_code == 404
+
+
+async def test_a_job_the_api_could_not_have_taken_is_still_shown(conn: asyncpg.Connection, db_dsn: str) -> None:
+    """SQL producers are not held to the API's depth limit; such a payload comes back as its JSON text."""
+    reader = token(db_dsn, "r", "default")
+    deep = "[" * 3000 + "]" * 3000
+    job_id = await conn.fetchval(
+        "INSERT INTO notifyq.jobs (task, payload) VALUES ('nobody', jsonb_build_object('deep', $1::text::jsonb)) RETURNING id",
+        deep,
+    )
+    async with api(db_dsn) as (_, client):
+        shown = await client.get(f"/v1/jobs/{job_id}", headers=reader)
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["payload_text"].replace(" ", "") == '{"deep":' + deep + "}"
+        assert shown.json()["payload"] is None
+        await conn.execute(
+            "INSERT INTO notifyq.schedules (name, cron, task, payload) VALUES ('deep', '0 3 * * *', 'nobody', $1::text::jsonb)",
+            deep,
+        )
+        schedule = await client.get("/v1/schedules/deep", headers=reader)
+        assert schedule.status_code == 200 and schedule.json()["payload_text"].replace(" ", "") == deep
