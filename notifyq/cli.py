@@ -534,7 +534,7 @@ def tokens() -> None:
 @click.option("--queues", required=True, help="Comma list of the queues it reaches, or * for all.")
 @click.option("--write", "can_write", is_flag=True, help="Let it enqueue, cancel, retry and edit schedules.")
 def tokens_create(config: str | None, name: str, queues: str, can_write: bool, **flags: Any) -> None:
-    """Make a token; it is printed once, and only its hash is kept."""
+    """Make a token (or renew a revoked one's name); it is printed once, and only its hash is kept."""
     from notifyq.api import admin
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
@@ -544,7 +544,7 @@ def tokens_create(config: str | None, name: str, queues: str, can_write: bool, *
     settings = _settings(config, **flags)
     token = _run(lambda: admin.create(settings, name, wanted, can_write))
     if token is None:
-        _fail(f"a token named {name!r} exists (notifyq tokens revoke {name}, or another name)", EXIT_RUNTIME)
+        _fail(f"a token named {name!r} is active (revoke it first to renew it under that name)", EXIT_RUNTIME)
     click.echo(token)
     click.echo(f"token {name!r} made; it is shown only now: keep it in a secret store", err=True)
 

@@ -56,6 +56,8 @@ _REFUSED_V6 = tuple(
         "ff00::/8",  # multicast
     )
 )
+# Where clouds serve instance credentials (AWS, GCP, Azure, and AWS's IPv6 address).
+_METADATA = (ipaddress.IPv4Address("169.254.169.254"), ipaddress.IPv6Address("fd00:ec2::254"))
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (SIIT), RFC 2765
 # The only IPv6 unicast space IANA allocates for the global Internet; anything outside (and not an IPv4
@@ -93,6 +95,18 @@ class Allowed:
 
     def host(self, name: str) -> bool:
         return name.lower().rstrip(".") in self.hosts
+
+    def risks(self) -> list[str]:
+        """What in this list undoes more of the rule than an on-premises exemption should: a network wider
+        than a /8 (IPv4) or a /16 (IPv6), such as 0.0.0.0/0, or one holding a cloud metadata address.
+        Said at start as a warning; it stays the operator's choice."""
+        found = []
+        for network in self.networks:
+            if network.prefixlen < (8 if network.version == 4 else 16):
+                found.append(f"{network} exempts a large part of the address space from the SSRF rule")
+            elif any(address in network for address in _METADATA if address.version == network.version):
+                found.append(f"{network} lets callbacks reach a cloud metadata service (169.254.169.254)")
+        return found
 
     def address(self, address: IPAddress) -> bool:
         return any(address in network for network in self.networks if network.version == address.version)

@@ -64,6 +64,8 @@ class CallbackTask:
         self.disable: Callable[[str, str], Any] | None = None  # async (name, reason)
         self.metrics: Metrics | None = None  # set by the daemon
         self._log = logs.get("callbacks")
+        for risk in self.allowed.risks():
+            self._log.warning("callback_allow_is_wide", setting="callback_allow", risk=risk)
 
     def sender(self) -> Sender:
         if self._sender is None:

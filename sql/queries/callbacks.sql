@@ -25,11 +25,15 @@ FROM notifyq.api_tokens AS t
 WHERE t.token_hash = $1::bytea AND t.revoked_at IS NULL;
 
 -- name: create_token :many
--- No row when the name is taken.
-INSERT INTO notifyq.api_tokens (name, token_hash, queues, can_write)
+-- No row when an active token has the name; a revoked one's row is taken over (its hash replaced, so
+-- the revoked token stays refused), so that "revoke, then create again" renews a token under its name.
+INSERT INTO notifyq.api_tokens AS t (name, token_hash, queues, can_write)
 VALUES ($1::text, $2::bytea, $3::text[], $4::boolean)
-ON CONFLICT (name) DO NOTHING
-RETURNING name;
+ON CONFLICT (name) DO UPDATE
+    SET token_hash = EXCLUDED.token_hash, queues = EXCLUDED.queues, can_write = EXCLUDED.can_write,
+        created_at = now(), revoked_at = NULL
+    WHERE t.revoked_at IS NOT NULL
+RETURNING t.name;
 
 -- name: list_tokens :many
 SELECT t.name, t.queues, t.can_write, t.created_at, t.revoked_at FROM notifyq.api_tokens AS t ORDER BY t.name;

@@ -71,6 +71,12 @@ async def test_tokens_are_required_and_scoped(db_dsn: str, monkeypatch: pytest.M
         assert held.status_code == 409 and "id" not in held.json()  # held by a job it may not see
         assert cli("tokens", "revoke", "reader", "--dsn", db_dsn).returncode == 0
         assert (await client.get(f"/v1/jobs/{job_id}", headers=reader)).status_code == 401
+        taken = cli("tokens", "create", "writer", "--queues", "default", "--dsn", db_dsn)
+        assert taken.returncode != 0 and "is active" in taken.stderr
+        renewed = token(db_dsn, "reader", "default")  # a revoked token's name is free again
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=renewed)).status_code == 200
+        assert (await client.get(f"/v1/jobs/{job_id}", headers=reader)).status_code == 401  # still revoked
+        assert cli("tokens", "revoke", "reader", "--dsn", db_dsn).returncode == 0
     listed = cli("tokens", "list", "--dsn", db_dsn)
     assert "reader" in listed.stdout and "revoked" in listed.stdout and "nqt_" not in listed.stdout
 

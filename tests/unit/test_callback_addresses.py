@@ -5,8 +5,11 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from structlog.testing import capture_logs
 
 from notifyq.callbacks.addresses import Allowed, Refused, check, refusal
+from notifyq.callbacks.builtin import CallbackTask
+from notifyq.config import Settings
 
 REFUSED = [
     "127.0.0.1",
@@ -78,3 +81,24 @@ def test_the_allow_list_exempts_networks_and_host_names() -> None:
 def test_a_bad_allow_list_entry_is_named(entry: str) -> None:
     with pytest.raises(ValueError, match="neither a CIDR"):
         Allowed.parse([entry])
+
+
+@pytest.mark.parametrize(
+    ("entries", "risk"),
+    [
+        (["0.0.0.0/0"], "large part of the address space"),
+        (["::/0"], "large part of the address space"),
+        (["169.254.0.0/16"], "cloud metadata"),
+        (["fd00:ec2::/32"], "cloud metadata"),
+        (["10.0.0.0/8", "fd12:3456::/32", "receiver.internal"], None),
+    ],
+)
+def test_an_allow_list_that_undoes_the_rule_is_warned_of_at_start(
+    entries: list[str], risk: str | None
+) -> None:
+    found = Allowed.parse(entries).risks()
+    assert (risk is None and not found) or (risk is not None and len(found) == 1 and risk in found[0])
+    with capture_logs() as logged:
+        CallbackTask(Settings(dsn="postgresql://x@127.0.0.1/db", callback_allow=tuple(entries)), "notifyq-test")
+    warned = [e for e in logged if e["event"] == "callback_allow_is_wide"]
+    assert len(warned) == (0 if risk is None else 1)
