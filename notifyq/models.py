@@ -74,6 +74,7 @@ class Job:
     created_at: datetime
     lease_token: uuid.UUID
     unclear_crashes: int = 0  # its worker died after its start, before its handler was known called
+    snoozes: int = 0  # times a handler snoozed it before this run (snoozes give their attempt back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +221,7 @@ class JobDetail:
     started_at: datetime | None
     finished_at: datetime | None
     unclear_crashes: int  # its worker died after its start, before its handler was known called
+    snoozes: int  # times a handler snoozed it (each gave its attempt back)
     schedule: str | None  # the schedule whose tick made it (migration 0007), with that tick's instant
     schedule_tick: datetime | None
     backfilled: bool  # made late, by a schedule's backfill

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -182,7 +183,12 @@ async def job_detail(settings: Settings, job_id: int) -> str | None:
     if row is None:
         return None
     doc = dataclasses.asdict(row)
-    for key in ("payload", "result"):
-        if doc[key] is not None:
-            doc[key] = decode_payload(doc[key])
-    return orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2).decode()
+    raw = {key: doc[key] for key in ("payload", "result")}
+    for key, text in raw.items():
+        if text is not None:
+            with contextlib.suppress(ValueError, RecursionError):  # else shown as the text it is stored as
+                doc[key] = decode_payload(text)
+    try:
+        return orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (SQL producers are not limited)
+        return orjson.dumps({**doc, **raw}, default=str, option=orjson.OPT_INDENT_2).decode()

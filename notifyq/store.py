@@ -32,6 +32,7 @@ from notifyq.models import (
     JobSummary,
     OrphanGroup,
     Outcome,
+    OutcomeKind,
     PeriodicSpec,
     QueueReading,
     QueueStat,
@@ -323,6 +324,7 @@ class Store:
                 [o.refund for o in rest],
                 [o.error for o in rest],
                 [o.result for o in rest],
+                [int(o.kind is OutcomeKind.SNOOZED) for o in rest],
             )
             _split(rows, written, busy)
         return written, busy
@@ -558,6 +560,7 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
         created_at=r["created_at"],
         lease_token=r["lease_token"],
         unclear_crashes=r["unclear_crashes"],
+        snoozes=r["snoozes"],
     )
     return Claim(
         job=job, lease_token=r["lease_token"], waited=r["waited"], decode_error=error, size=len(r["payload"])

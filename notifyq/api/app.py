@@ -166,6 +166,7 @@ class JobOut(BaseModel):
     state: str
     attempts: int
     max_attempts: int | None
+    snoozes: int = Field(description="Times it was put off without spending an attempt (Retry-After).")
     run_at: datetime
     created_at: datetime
     started_at: datetime | None
@@ -510,7 +511,7 @@ class Api:
         result, result_text = presentable(detail.result) if detail.result is not None else (None, None)
         return JobOut(
             id=detail.id, queue=detail.queue, task=detail.task, payload=payload, payload_text=payload_text,
-            priority=detail.priority, state=detail.state, attempts=detail.attempts,
+            priority=detail.priority, state=detail.state, attempts=detail.attempts, snoozes=detail.snoozes,
             max_attempts=detail.max_attempts, run_at=detail.run_at, created_at=detail.created_at,
             started_at=detail.started_at, finished_at=detail.finished_at, last_error=detail.last_error,
             result=result, result_text=result_text, dedup_key=detail.dedup_key, schedule=detail.schedule,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,11 +37,6 @@ from notifyq.errors import Discard, Retry, Snooze
 from notifyq.metrics import Metrics
 from notifyq.models import Job
 from notifyq.registry import Registry
-
-# Retry-After is honoured without spending an attempt while the job is younger than this; after it, a
-# receiver that keeps answering "later" spends attempts like any failure (else it could hold a job for
-# ever).
-MAX_WAIT_AGE = timedelta(days=3)
 
 
 def endpoints_from(settings: Settings) -> dict[str, Endpoint]:
@@ -128,14 +123,11 @@ class CallbackTask:
             first = str(exc).splitlines()[0] if str(exc) else ""
             said = f"{type(exc).__name__} calling {where(call)}: {first}"
             raise Retry(said[:500], delay=backoff(job.attempt)) from None
-        decision = decide(reply, job.attempt, call)
+        decision = decide(reply, job.attempt, call, job.snoozes)
         if decision.result is not None:
             return decision.result
         if decision.wait is not None:
-            if datetime.now(UTC) - job.created_at < MAX_WAIT_AGE:
-                raise Snooze(decision.wait)
-            said = f"HTTP {reply.status}: still asked to wait after {MAX_WAIT_AGE.days} days"
-            raise Retry(said, delay=decision.wait)
+            raise Snooze(decision.wait)
         if decision.retry_in is not None:
             said = f"HTTP {reply.status} from {where(call)}: {reply.excerpt[:200]}"
             raise Retry(said, delay=decision.retry_in)

@@ -39,9 +39,14 @@ RETRY_DELAYS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 DEFAULT_MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 JITTER = 0.2
 MAX_RETRY_AFTER = 86400.0  # a Retry-After further off than a day is taken as a day
-# ... and one nearer than the first retry step as that step: "Retry-After: 0" must not make a job call
-# its receiver in a loop for days.
+# A Retry-After is honoured without spending an attempt (a snooze), but each wait is at least the first
+# retry step, growing by half with every wait already made, up to an hour; after MAX_WAITS waits the
+# job spends attempts like any failure. So "Retry-After: 0" for ever costs about 73 calls over 2.4 days
+# and then the retry schedule, not a call every few seconds for as long as the receiver likes.
 MIN_RETRY_AFTER = RETRY_DELAYS[0]
+WAIT_GROWTH = 1.5
+MAX_WAIT_FLOOR = 3600.0
+MAX_WAITS = 72
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 # Set by notifyq itself, or meaningless for one request: a payload may not set them.
 RESERVED_HEADERS = frozenset(
@@ -179,16 +184,23 @@ def retry_after(value: str | None, now: datetime | None = None) -> float | None:
     return min(max((when - (now or datetime.now(UTC))).total_seconds(), 0.0), MAX_RETRY_AFTER)
 
 
-def decide(reply: Reply, attempt: int, call: Call) -> Decision:
-    """What the receiver's answer makes of the job."""
+def wait_floor(waits: int) -> float:
+    """The shortest wait a Retry-After gets after `waits` earlier ones."""
+    return min(MIN_RETRY_AFTER * WAIT_GROWTH ** min(waits, 64), MAX_WAIT_FLOOR)
+
+
+def decide(reply: Reply, attempt: int, call: Call, waits: int = 0) -> Decision:
+    """What the receiver's answer makes of the job, which the receiver had put off `waits` times."""
     status = reply.status
     if 200 <= status < 300:
         return Decision(result={"status": status, "body": reply.excerpt})
     said = f"HTTP {status} from {call.method} {where(call)}: {reply.excerpt[:200]}".rstrip(": ")
     if status in (429, 503):
         seconds = retry_after(reply.headers.get("retry-after"))
-        if seconds is not None:
-            return Decision(wait=max(seconds, MIN_RETRY_AFTER))
+        if seconds is not None and waits < MAX_WAITS:
+            return Decision(wait=max(seconds, wait_floor(waits)))
+        if seconds is not None:  # waited enough for free: a try like any other, no sooner than asked
+            return Decision(retry_in=max(seconds, backoff(attempt)))
     if status in RETRY_STATUSES:
         return Decision(retry_in=backoff(attempt))
     if 300 <= status < 400:

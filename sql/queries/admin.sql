@@ -30,11 +30,12 @@ SELECT coalesce((SELECT state FROM done),
                 (SELECT j.state::text FROM notifyq.jobs AS j WHERE j.id = $1::bigint)) AS state;
 
 -- name: retry_job :one
--- Put a failed or cancelled job back in the queue, runnable now, with its attempts and unclear crashes reset.
+-- Put a failed or cancelled job back in the queue, runnable now, with its attempts, unclear crashes and
+-- snoozes reset.
 -- Returns the job's state afterwards, or NULL when there is no such job.
 WITH done AS (
     UPDATE notifyq.jobs AS j
-    SET state = 'queued', attempts = 0, unclear_crashes = 0, run_at = notifyq.now(), finished_at = NULL
+    SET state = 'queued', attempts = 0, unclear_crashes = 0, snoozes = 0, run_at = notifyq.now(), finished_at = NULL
     WHERE j.id = $1::bigint AND j.state IN ('failed', 'cancelled')
     RETURNING j.state::text AS state
 )
@@ -44,7 +45,7 @@ SELECT coalesce((SELECT state FROM done),
 -- name: show_job :one
 SELECT j.id, j.queue, j.task, j.payload::text AS payload, j.priority, j.run_at, j.state::text AS state,
        j.attempts, j.max_attempts, j.worker_id, j.leased_until, j.dedup_key, j.last_error,
-       j.result::text AS result, j.created_at, j.started_at, j.finished_at, j.unclear_crashes,
+       j.result::text AS result, j.created_at, j.started_at, j.finished_at, j.unclear_crashes, j.snoozes,
        j.schedule, j.schedule_tick, j.backfilled
 FROM notifyq.jobs AS j
 WHERE j.id = $1::bigint;

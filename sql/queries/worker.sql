@@ -51,7 +51,7 @@ WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.queue, j.task,
           convert_to(j.payload::text, pg_catalog.getdatabaseencoding()) AS payload, j.priority,
           least(greatest(j.run_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS run_at,
-          j.attempts + 1 AS attempts, j.max_attempts, j.unclear_crashes,
+          j.attempts + 1 AS attempts, j.max_attempts, j.unclear_crashes, j.snoozes,
           least(greatest(j.created_at, '0001-01-02 UTC'), '9999-12-30 UTC') AS created_at, j.lease_token,
           greatest(extract(epoch FROM notifyq.now() - j.run_at), 0)::float8 AS waited;
 
@@ -166,15 +166,16 @@ WITH locked AS (
 -- One fenced statement per batch: a row is written only by the holder of its current lease.
 -- $1 ids, $2 lease tokens, $3 new states, $4 delay seconds (queued only), $5 attempts to give back
 -- (1 for a snooze, a shutdown release or a job given back unstarted), $6 errors, $7 results as JSON
--- text. Only a started row has an attempt to give back: a job given back from the prefetch buffer
+-- text, $8 1 for a snooze (counted in `snoozes`), else 0. Only a started row has an attempt to give back: a job given back from the prefetch buffer
 -- usually never had one counted.
 -- Rows are locked first with SKIP LOCKED: a row another session holds (an operator's open transaction,
 -- a report's SELECT ... FOR UPDATE) must stall its own outcome only, not the whole batch, whose leases
 -- would meanwhile expire and be rescued. Returns (id, busy): busy ids were skipped while still this
 -- lease's and are written again later; ids not returned lost their lease.
 WITH o AS (
-    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::text[])
-        AS o(id, token, state, delay, refund, error, result)
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::text[],
+                         $8::int[])
+        AS o(id, token, state, delay, refund, error, result, snoozed)
 ), mine AS (
     SELECT o.*
     FROM /* include: lock_batch */
@@ -182,6 +183,7 @@ WITH o AS (
     UPDATE notifyq.jobs AS j
     SET state = m.state::notifyq.job_state,
         attempts = j.attempts - CASE WHEN j.started_at IS NULL THEN 0 ELSE m.refund END,
+        snoozes = j.snoozes + m.snoozed,
         run_at = CASE WHEN m.state = 'queued' THEN notifyq.now() + make_interval(secs => m.delay) ELSE j.run_at END,
         last_error = coalesce(m.error, j.last_error),
         result = m.result::jsonb,

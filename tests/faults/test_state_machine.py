@@ -346,6 +346,7 @@ class JobLifecycle(RuleBasedStateMachine):
                     [o.refund for o in rest],
                     [o.error for o in rest],
                     [o.result for o in rest],
+                    [int(o.state == "queued" and o.refund == 1) for o in rest],  # only snoozes refund here
                 )
             )
             self.finished(rest, rows)

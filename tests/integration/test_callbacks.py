@@ -105,7 +105,7 @@ async def test_retry_after_waits_without_spending_the_attempt(
             10,
             "the snooze",
         )
-        assert row["attempts"] == 0
+        assert row["attempts"] == 0 and row["snoozes"] == 1
         assert timedelta(seconds=100) < row["run_at"] - row["created_at"] < timedelta(seconds=140)
 
 

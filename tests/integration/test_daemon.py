@@ -220,7 +220,8 @@ async def test_retry_snooze_discard_and_timeout(conn: asyncpg.Connection, db_dsn
         synced = await wait_state(conn, ids["sync.ok"], "succeeded")
     assert retried["attempts"] == 2 and retried["last_error"] == "Retry: not yet"
     assert retried["result"] == '"ok"'
-    assert snoozed["attempts"] == 1, "a snooze spends no attempt"
+    assert snoozed["attempts"] == 1 and snoozed["snoozes"] == 1, "a snooze spends no attempt, and is counted"
+    assert retried["snoozes"] == 0
     assert snoozed["result"] == '{"attempt": 1}'
     assert discarded["attempts"] == 1 and discarded["last_error"] == "Discard: bad address"
     assert timed_out["attempts"] == 2 and "timed out after 0.2s" in timed_out["last_error"]

@@ -72,6 +72,7 @@ async def test_a_finished_holder_frees_its_key(conn: asyncpg.Connection, path: P
         [0],
         [None],
         [None],
+        [0],
     )
     fresh = await path(conn, "k")
     assert fresh != holder

@@ -119,7 +119,8 @@ async def complete(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> l
 def record(state: str, delay: float, refund: int, error: str | None, result: str | None) -> Writer:
     async def write(conn: asyncpg.Connection, job_id: int, token: uuid.UUID) -> list[int]:
         rows = await conn.fetch(
-            queries.get("record_outcomes"), [job_id], [token], [state], [delay], [refund], [error], [result]
+            queries.get("record_outcomes"), [job_id], [token], [state], [delay], [refund], [error], [result],
+            [int(refund == 1 and delay > 0)],  # a snooze puts the job off; a release gives it back now
         )
         return [r["id"] for r in rows]
 
@@ -168,6 +169,7 @@ def expect_snoozed(row: dict[str, Any], now: datetime, attempts: int) -> None:
     assert row["state"] == "queued"
     assert row["run_at"] == now + timedelta(seconds=60)
     assert row["attempts"] == attempts - 1  # a snooze gives the attempt back
+    assert row["snoozes"] == 1
     assert row["finished_at"] is None
 
 
@@ -175,6 +177,7 @@ def expect_released(row: dict[str, Any], now: datetime, attempts: int) -> None:
     assert row["state"] == "queued"
     assert row["run_at"] == now
     assert row["attempts"] == attempts - 1  # a shutdown release gives the attempt back
+    assert row["snoozes"] == 0
     assert row["finished_at"] is None
 
 

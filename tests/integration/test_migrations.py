@@ -44,12 +44,13 @@ async def test_two_concurrent_migrates_apply_once(empty_dsn: str) -> None:
     said = sorted(o[0].strip() for o in outs)
     assert said == [
         "applied 0001_init\napplied 0002_enqueue_many\napplied 0003_claim_index_only\napplied 0004_producer_guards\n"
-        "applied 0005_unclear_crashes\napplied 0006_queue_counts\napplied 0007_schedules\napplied 0008_callbacks",
+        "applied 0005_unclear_crashes\napplied 0006_queue_counts\napplied 0007_schedules\napplied 0008_callbacks\n"
+        "applied 0009_snoozes",
         "schema is current; nothing to apply",
     ]
     conn = await asyncpg.connect(empty_dsn)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 8
+        assert await conn.fetchval("SELECT count(*) FROM notifyq.schema_migrations") == 9
     finally:
         await conn.close()
     again = cli("migrate", "--dsn", empty_dsn)

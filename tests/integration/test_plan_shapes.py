@@ -160,7 +160,7 @@ async def statements(conn: asyncpg.Connection, queue: str = "default") -> dict[s
         "claim_jobs": [queues, ["t"], [None], BATCH, 300.0, str(WORKER), [None], [None], [None], 1 << 40],
         "begin_jobs": [ids, tokens, str(WORKER), None],
         "complete_succeeded": [ids, tokens],
-        "record_outcomes": [ids, tokens, ["failed"] * n, [0.0] * n, [0] * n, ["boom"] * n, [None] * n],
+        "record_outcomes": [ids, tokens, ["failed"] * n, [0.0] * n, [0] * n, ["boom"] * n, [None] * n, [0] * n],
         "extend_leases": [ids, tokens, 300.0, str(WORKER), "host", 1, queues, ["t"], BATCH, None, []],
         "rescue_expired": [100, ids, tokens],
         "next_run_delay": [queues, ["t"]],

@@ -277,6 +277,7 @@ async def test_the_daemons_updates_never_call_the_guard(conn: asyncpg.Connection
             [0, 0, 1],
             ["boom", "boom", None],
             [None, None, None],
+            [0, 0, 1],
         )
         # Rescue: the last lease runs out (the clock is pinned past it).
         await conn.execute("SET LOCAL notifyq.now = '9999-01-01 00:00:00+00'")
@@ -342,6 +343,7 @@ async def test_migration_0004_keeps_existing_jobs_as_the_old_rules_ran_them(empt
             "0006_queue_counts",
             "0007_schedules",
             "0008_callbacks",
+            "0009_snoozes",
         ]
         rows = {
             r["id"]: r

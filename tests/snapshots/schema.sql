@@ -526,6 +526,7 @@ CREATE TABLE notifyq.jobs (
     schedule text,
     schedule_tick timestamp with time zone,
     backfilled boolean DEFAULT false NOT NULL,
+    snoozes integer DEFAULT 0 NOT NULL,
     CONSTRAINT jobs_attempts_range CHECK ((attempts >= 0)),
     CONSTRAINT jobs_dedup_key_length CHECK (((dedup_key IS NULL) OR ((char_length(dedup_key) >= 1) AND (char_length(dedup_key) <= 200)))),
     CONSTRAINT jobs_lease_only_when_running CHECK (((state = 'running'::notifyq.job_state) = ((lease_token IS NOT NULL) AND (leased_until IS NOT NULL)))),
@@ -535,6 +536,7 @@ CREATE TABLE notifyq.jobs (
     CONSTRAINT jobs_queue_format CHECK ((queue ~ '^[a-z0-9][a-z0-9_.:-]{0,62}$'::text)),
     CONSTRAINT jobs_run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT jobs_run_at_range CHECK (((run_at >= notifyq.min_run_at()) AND (run_at <= notifyq.max_run_at()))),
+    CONSTRAINT jobs_snoozes_nonnegative CHECK ((snoozes >= 0)),
     CONSTRAINT jobs_task_length CHECK (((char_length(task) >= 1) AND (char_length(task) <= 200))),
     CONSTRAINT jobs_unclear_crashes_nonnegative CHECK ((unclear_crashes >= 0))
 )

@@ -10,6 +10,8 @@ import pytest
 from notifyq.callbacks.sender import Reply
 from notifyq.callbacks.task import (
     DEFAULT_MAX_ATTEMPTS,
+    MAX_WAIT_FLOOR,
+    MAX_WAITS,
     RETRY_DELAYS,
     Call,
     Endpoint,
@@ -125,6 +127,20 @@ def test_retry_after_reads_seconds_and_dates_and_caps_them() -> None:
 def test_a_retry_after_of_zero_waits_the_first_retry_step() -> None:
     # "Retry-After: 0" once made a job call its receiver about 170 times a second, for days.
     assert decide(reply(429, **{"retry-after": "0"}), 1, CALL).wait == RETRY_DELAYS[0]
+
+
+def test_waits_grow_and_are_bounded_then_spend_attempts() -> None:
+    # "Retry-After: 0" for ever was a call every 5 s for three days (about 52,000 calls).
+    now = reply(429, **{"retry-after": "0"})
+    waits = [decide(now, 1, CALL, n).wait for n in range(MAX_WAITS)]
+    assert all(w is not None for w in waits)
+    assert waits == sorted(waits) and waits[0] == RETRY_DELAYS[0] and waits[-1] == MAX_WAIT_FLOOR
+    assert 1.5 * 86400 < sum(w or 0 for w in waits) < 4 * 86400, "the free waits span days, in few calls"
+    spent = decide(now, 3, CALL, MAX_WAITS)
+    assert spent.wait is None and spent.retry_in is not None and spent.retry_in >= 1800 * 0.8
+    later = decide(reply(503, **{"retry-after": "40000"}), 1, CALL, MAX_WAITS)
+    assert later.retry_in == 40000, "no sooner than the receiver asked"
+    assert decide(reply(429, **{"retry-after": "600"}), 1, CALL, 3).wait == 600, "a longer ask is kept"
 
 
 def test_an_endpoints_headers_win_over_the_payloads() -> None:
