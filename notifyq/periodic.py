@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
-import orjson
-
 from notifyq.config import Settings
 from notifyq.models import ScheduleDetail
-from notifyq.status import _table
-from notifyq.store import Store, decode_payload
+from notifyq.status import _table, document
+from notifyq.store import Store
 
 
 async def _open(settings: Settings) -> Store:
@@ -21,10 +19,8 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S%z")
 
 
-def _document(row: ScheduleDetail) -> dict[str, object]:
-    doc = dataclasses.asdict(row)
-    doc["payload"] = decode_payload(row.payload)
-    return doc
+def _document(row: ScheduleDetail, *, indent: bool = False) -> str:
+    return document(dataclasses.asdict(row), ("payload",), indent=indent)
 
 
 async def listing(settings: Settings, as_json: bool) -> str:
@@ -34,7 +30,7 @@ async def listing(settings: Settings, as_json: bool) -> str:
     finally:
         await store.close()
     if as_json:
-        return "\n".join(orjson.dumps(_document(r), default=str).decode() for r in rows)
+        return "\n".join(_document(r) for r in rows)
     table = [
         [
             r.name,
@@ -61,7 +57,7 @@ async def detail(settings: Settings, name: str) -> str | None:
         await store.close()
     if not rows:
         return None
-    return orjson.dumps(_document(rows[0]), default=str, option=orjson.OPT_INDENT_2).decode()
+    return _document(rows[0], indent=True)
 
 
 async def set_enabled(settings: Settings, name: str, enabled: bool) -> bool:

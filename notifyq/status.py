@@ -182,13 +182,20 @@ async def job_detail(settings: Settings, job_id: int) -> str | None:
         await store.close()
     if row is None:
         return None
-    doc = dataclasses.asdict(row)
-    raw = {key: doc[key] for key in ("payload", "result")}
-    for key, text in raw.items():
-        if text is not None:
-            with contextlib.suppress(ValueError, RecursionError):  # else shown as the text it is stored as
-                doc[key] = decode_payload(text)
+    return document(dataclasses.asdict(row), ("payload", "result"), indent=True)
+
+
+def document(row: dict[str, Any], stored: tuple[str, ...], *, indent: bool = False) -> str:
+    """A row as JSON for the CLI, its `stored` columns (JSON text from jsonb) as JSON values, or as the
+    text they are stored as when they cannot be: SQL producers may nest a payload deeper than Python's
+    recursion limit or orjson's (255 levels)."""
+    option = orjson.OPT_INDENT_2 if indent else 0
+    doc = dict(row)
+    for key in stored:
+        if doc[key] is not None:
+            with contextlib.suppress(ValueError, RecursionError):
+                doc[key] = decode_payload(doc[key])
     try:
-        return orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2).decode()
-    except orjson.JSONEncodeError:  # nested deeper than orjson writes (SQL producers are not limited)
-        return orjson.dumps({**doc, **raw}, default=str, option=orjson.OPT_INDENT_2).decode()
+        return orjson.dumps(doc, default=str, option=option).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(row, default=str, option=option).decode()

@@ -49,6 +49,11 @@ def _app(receiver: Receiver) -> Starlette:
         headers = {"retry-after": request.query_params["after"]} if "after" in request.query_params else {}
         return PlainTextResponse(f"status {code}", status_code=code, headers=headers)
 
+    async def charset(request: Request) -> Response:
+        await record(request)
+        name = request.path_params["name"]
+        return Response(b"done \xff", media_type=f"text/plain; charset={name}")
+
     async def redirect(request: Request) -> Response:
         await record(request)
         return RedirectResponse("http://127.0.0.1:9/elsewhere", status_code=302)
@@ -77,6 +82,7 @@ def _app(receiver: Receiver) -> Starlette:
             Route("/ok", ok, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             Route("/status/{code}", status, methods=["GET", "POST"]),
             Route("/redirect", redirect, methods=["GET", "POST"]),
+            Route("/charset/{name}", charset, methods=["GET", "POST"]),
             Route("/slow", slow, methods=["GET", "POST"]),
             Route("/huge", huge, methods=["GET", "POST"]),
         ]

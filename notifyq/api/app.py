@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from notifyq import cron, logs
 from notifyq.api.tokens import PREFIX, Token, TokenCache, digest, matches
 from notifyq.callbacks.addresses import Refused
+from notifyq.callbacks.lookup import LookupBusy
 from notifyq.callbacks.task import TASK as CALLBACK_TASK
 from notifyq.callbacks.task import Endpoint, PayloadError, parse
 from notifyq.config import QUEUE_PATTERN
@@ -451,6 +452,8 @@ class Api:
             return invalid("payload", str(exc))
         except Refused as exc:
             return invalid("payload", f"url: {exc}")
+        except LookupBusy as exc:  # not the request's fault: the same request may pass in a moment
+            return JSONResponse({"detail": f"url: {exc}; try again"}, 503, headers={"retry-after": "5"})
         return None
 
     async def _schedules_named(self, name: str) -> list[Any]:

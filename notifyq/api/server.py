@@ -19,6 +19,7 @@ import uvicorn
 from notifyq import logs
 from notifyq.api.app import Api
 from notifyq.callbacks.addresses import Allowed, Refused, check
+from notifyq.callbacks.lookup import LookupBusy, Resolver
 from notifyq.callbacks.sender import check_url
 from notifyq.callbacks.task import Endpoint
 from notifyq.config import Settings
@@ -27,6 +28,7 @@ from notifyq.store import Store
 
 POOL_SIZE = 4
 LOOKUP_SECONDS = 5.0
+LOOKUP_THREADS = 16  # the API's own: a flood of slow names through it leaves the callbacks' lookups alone
 
 
 class _Server(uvicorn.Server):
@@ -60,6 +62,7 @@ class ApiServer:
         self.settings = settings
         self.endpoints = endpoints
         self.allowed = allowed
+        self.resolver = Resolver(LOOKUP_THREADS)
         self.port: int | None = None
         self._server: _Server | None = None
         self._log = logs.get("api")
@@ -68,11 +71,14 @@ class ApiServer:
         """The SSRF rule at enqueue: the host resolved now, every address judged (and again at each try)."""
         host = check_url(url)
         try:
-            with anyio.fail_after(LOOKUP_SECONDS):
-                infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except (OSError, TimeoutError) as exc:
+            found = await self.resolver.addresses(host, None, LOOKUP_SECONDS)
+        except TimeoutError:
+            raise Refused(f"cannot resolve {host}: no answer within {LOOKUP_SECONDS:g} s") from None
+        except LookupBusy:
+            raise
+        except OSError as exc:
             raise Refused(f"cannot resolve {host}: {exc}") from None
-        check(host, dict.fromkeys(str(i[4][0]) for i in infos), self.allowed)
+        check(host, found, self.allowed)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         sock = bind(self.settings.api_address)

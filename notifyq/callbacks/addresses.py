@@ -58,7 +58,12 @@ _REFUSED_V6 = tuple(
 )
 # Where clouds serve instance credentials (AWS, GCP, Azure, and AWS's IPv6 address).
 _METADATA = (ipaddress.IPv4Address("169.254.169.254"), ipaddress.IPv6Address("fd00:ec2::254"))
+_METADATA_NAMES = frozenset(
+    {"metadata", "metadata.google.internal", "instance-data", "instance-data.ec2.internal"}
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 _TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (SIIT), RFC 2765
 # The only IPv6 unicast space IANA allocates for the global Internet; anything outside (and not an IPv4
 # address wrapped in IPv6) is refused, so that ranges a table of exceptions forgot stay refused too.
@@ -102,14 +107,33 @@ class Allowed:
         Said at start as a warning; it stays the operator's choice."""
         found = []
         for network in self.networks:
-            if network.prefixlen < (8 if network.version == 4 else 16):
+            # An IPv6 network that wraps IPv4 (mapped, NAT64, 6to4) reaches the IPv4 range it wraps.
+            inner = wrapped_v4(network) if isinstance(network, ipaddress.IPv6Network) else None
+            judged: Network = inner or network
+            if judged.prefixlen < (8 if judged.version == 4 else 16):
                 found.append(f"{network} exempts a large part of the address space from the SSRF rule")
-            elif any(address in network for address in _METADATA if address.version == network.version):
+            elif any(address in judged for address in _METADATA if address.version == judged.version):
                 found.append(f"{network} lets callbacks reach a cloud metadata service (169.254.169.254)")
+        for host in sorted(self.hosts & _METADATA_NAMES):
+            found.append(f"{host} is a cloud metadata service")
         return found
 
     def address(self, address: IPAddress) -> bool:
         return any(address in network for network in self.networks if network.version == address.version)
+
+
+def wrapped_v4(network: ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 range an IPv6 network reaches when it lies within (or covers) one of the ranges that wrap
+    IPv4 addresses; None when it wraps none."""
+    for wrapper, shift in ((_MAPPED, 0), (_TRANSLATED, 0), (_NAT64, 0), (_SIXTOFOUR, 80)):
+        if not network.overlaps(wrapper):
+            continue
+        if network.prefixlen <= wrapper.prefixlen:
+            return ipaddress.IPv4Network("0.0.0.0/0")
+        bits = min(network.prefixlen - wrapper.prefixlen, 32)
+        first = (int(network.network_address) >> shift) & 0xFFFFFFFF
+        return ipaddress.IPv4Network((first, bits), strict=False)
+    return None
 
 
 def embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

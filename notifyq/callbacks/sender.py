@@ -13,7 +13,6 @@ followed, the response read up to a cap and the whole exchange bounded in time.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,9 @@ import httpcore
 import httpx
 
 from notifyq.callbacks.addresses import Allowed, Refused, check
+from notifyq.callbacks.lookup import Resolver
 
+LOOKUP_THREADS = 32  # name lookups under way at once, per daemon (lookup.py)
 MAX_RESPONSE_BYTES = 64 * 1024  # read from a response; the rest is dropped unread (connection closed)
 EXCERPT_CHARS = 2000  # of the response kept in the job's result or error
 
@@ -39,11 +40,14 @@ class Reply:
 
 
 def check_url(url: str) -> str:
-    """The URL's host, if its form may be called back at all; a Refused says why not."""
+    """The URL's host, if its form may be called back at all; a Refused says why not. httpx, which
+    makes the request, must be able to parse it too: a name it refuses (an IDNA form such as a circled
+    letter) would otherwise pass the API's check and fail at the first try."""
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
         raise Refused(f"url: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise Refused(f"url: only http and https are called back (got {parts.scheme or 'no'} scheme)")
@@ -59,8 +63,9 @@ def check_url(url: str) -> str:
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, connecting only to addresses the SSRF rule allows."""
 
-    def __init__(self, allowed: Allowed) -> None:
+    def __init__(self, allowed: Allowed, resolver: Resolver) -> None:
         self._allowed = allowed
+        self._resolver = resolver
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -71,9 +76,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        with anyio.fail_after(timeout):
-            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = check(host, dict.fromkeys(str(info[4][0]) for info in infos), self._allowed)
+        found = await self._resolver.addresses(host, port, timeout if timeout is not None else 30.0)
+        addresses = check(host, found, self._allowed)
         failure: Exception | None = None
         for address in addresses:
             try:
@@ -102,13 +106,14 @@ class Sender:
 
     def __init__(self, allowed: Allowed, *, max_connections: int = 100) -> None:
         self.allowed = allowed
+        self.resolver = Resolver(LOOKUP_THREADS)
         transport = httpx.AsyncHTTPTransport(trust_env=False)
         # httpx has no argument for a network backend: its pool is replaced by one built on ours.
         transport._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=max_connections,
             keepalive_expiry=5.0,
-            network_backend=GuardedBackend(allowed),
+            network_backend=GuardedBackend(allowed, self.resolver),
         )
         self._client = httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False)
 
@@ -136,7 +141,8 @@ class Sender:
                         break
                 try:
                     text = bytes(data).decode(response.encoding or "utf-8", errors="replace")
-                except LookupError:  # a charset Python does not know
+                except (LookupError, ValueError):  # a charset Python does not know, or one (idna) that
+                    # cannot replace what it cannot decode: the reply is still an answer
                     text = bytes(data).decode("utf-8", errors="replace")
                 kept = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "location")}
                 # A NUL cannot be stored in the job's result (Postgres text), and the status with it.

@@ -1,4 +1,5 @@
-"""Load-shaped faults: a 1,000,000-job backlog, and a snapshot held open while jobs churn."""
+"""Load-shaped faults: a deep backlog (1,000,000 jobs with --soak, 200,000 in CI), and a snapshot held
+open while jobs churn."""
 
 from __future__ import annotations
 
@@ -50,11 +51,13 @@ def pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
-async def test_million_job_backlog_flat_memory_and_fast_claims(
+async def test_deep_backlog_flat_memory_and_fast_claims(
     conn: asyncpg.Connection, db_dsn: str, tmp_path: Path, soak: bool
 ) -> None:
     await checker.install(conn)
-    backlog = 1_000_000
+    # 200,000 in CI: deep enough that a plan reading the backlog would show (the plan assertion below)
+    # and memory would grow with it; the million, 40 s of insert and check, is the soak's.
+    backlog = 1_000_000 if soak else 200_000
     t0 = time.monotonic()
     await conn.execute(
         "INSERT INTO notifyq.jobs (task) SELECT 'rec.noop' FROM generate_series(1, $1)", backlog, timeout=300
@@ -98,10 +101,11 @@ async def test_million_job_backlog_flat_memory_and_fast_claims(
         d.close()
     drained = start_left - left
     # The backlog is not drained in CI's window: every job is checked, none need have finished.
-    report = await checker.check(conn, offered, checker.Report("backlog_1m"), finish_all=False)
+    report = await checker.check(conn, offered, checker.Report("backlog_1m" if soak else "backlog_200k"), finish_all=False)
     warm = rss[3:] or rss
     report.figures |= {
-        "insert_1m_seconds": round(insert_s, 1),
+        "backlog": backlog,
+        "insert_seconds": round(insert_s, 1),
         "claim_ms_p50": pct(latencies, 0.5),
         "claim_ms_p99": pct(latencies, 0.99),
         "claim_ms_max": round(max(latencies), 3),

@@ -178,3 +178,6 @@ async def test_a_job_the_api_could_not_have_taken_is_still_shown(conn: asyncpg.C
         )
         schedule = await client.get("/v1/schedules/deep", headers=reader)
         assert schedule.status_code == 200 and schedule.json()["payload_text"].replace(" ", "") == deep
+    for command in (("jobs", "show", str(job_id)), ("schedules", "show", "deep"), ("schedules", "list", "--json")):
+        shown_by_cli = cli(*command, "--dsn", db_dsn)  # the CLI shows it as text too, not a traceback
+        assert shown_by_cli.returncode == 0 and "[[[" in shown_by_cli.stdout, (command, shown_by_cli.stderr[-500:])

@@ -80,8 +80,18 @@ async def test_what_the_rule_refuses_is_never_sent(url: str, receiver: Receiver)
         ("http://user:pw@example.com/", "credentials"),
         ("http:///nohost", "no host"),
         ("http://example.com:99999/", "url:"),
+        ("http://\u24dbocalhost/", "url:"),  # a circled letter: urlsplit takes it, httpx does not
     ],
 )
 async def test_a_url_of_the_wrong_form_is_refused_before_any_lookup(sender: Sender, url: str, message: str) -> None:
     with pytest.raises(Refused, match=message):
         await sender.send("GET", url, {}, b"", 5)
+
+
+@pytest.mark.parametrize("charset", ["idna", "punycode", "undefined", "no-such-charset"])
+async def test_a_2xx_in_a_charset_that_cannot_decode_it_is_still_a_success(
+    sender: Sender, receiver: Receiver, charset: str
+) -> None:
+    # The receiver did the work; calling it again because its reply's charset is odd would repeat it.
+    reply = await sender.send("POST", receiver.url(f"/charset/{charset}"), {}, b"", 5)
+    assert reply.status == 200 and reply.excerpt == "done \ufffd"

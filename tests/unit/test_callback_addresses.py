@@ -90,6 +90,13 @@ def test_a_bad_allow_list_entry_is_named(entry: str) -> None:
         (["::/0"], "large part of the address space"),
         (["169.254.0.0/16"], "cloud metadata"),
         (["fd00:ec2::/32"], "cloud metadata"),
+        (["::ffff:0:0/96"], "large part of the address space"),  # every IPv4 address, wrapped
+        (["64:ff9b::/96"], "large part of the address space"),
+        (["2002::/16"], "large part of the address space"),
+        (["::ffff:169.254.0.0/112"], "cloud metadata"),
+        (["2002:a9fe::/32"], "cloud metadata"),  # 6to4 of 169.254.0.0/16
+        (["metadata.google.internal"], "cloud metadata"),
+        (["::ffff:10.0.0.0/104", "2002:0a00::/24"], None),  # 10.0.0.0/8, wrapped: on premises
         (["10.0.0.0/8", "fd12:3456::/32", "receiver.internal"], None),
     ],
 )
