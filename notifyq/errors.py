@@ -44,6 +44,11 @@ class StatementTimeout(DatabaseUnavailable):
     claim of large payloads shrinks after one)."""
 
 
+class LockUnavailable(DatabaseUnavailable):
+    """Raised when a statement gave up waiting for a lock (lock_timeout, NOWAIT: SQLSTATE 55P03): another
+    session holds the row or table; the same statement may pass once it lets go."""
+
+
 class QueryError(NotifyqError):
     """Raised when a statement fails for a reason other than reachability (a bug or a changed schema).
     `sqlstate` is the server's code when it gave one (class 22 or 23: a value the database refused)."""

@@ -258,13 +258,14 @@ class Metrics:
         )
         self._prefill()
 
-    def callback_host(self, host: str) -> str:
-        """The label for a destination host: the configured endpoints' hosts and the first others seen,
-        MAX_CALLBACK_HOSTS in all; hosts come from job payloads, so the rest are folded into `other`."""
+    def callback_host(self, host: str, *, new: bool = True) -> str:
+        """The label for a destination host: the configured endpoints' hosts and the first others seen
+        (with `new`: only hosts that answered get one), MAX_CALLBACK_HOSTS in all; hosts come from job
+        payloads, so the rest are folded into `other`."""
         host = host.lower()
         if not _HOST_LABEL.fullmatch(host):
             return OTHER
-        if host not in self._callback_hosts and len(self._callback_hosts) < MAX_CALLBACK_HOSTS:
+        if new and host not in self._callback_hosts and len(self._callback_hosts) < MAX_CALLBACK_HOSTS:
             self._callback_hosts[host] = None
         return host if host in self._callback_hosts else OTHER
 

@@ -22,7 +22,14 @@ import orjson
 
 from notifyq import queries
 from notifyq.config import redact_dsn
-from notifyq.errors import ConfigError, DatabaseConfigError, DatabaseUnavailable, QueryError, StatementTimeout
+from notifyq.errors import (
+    ConfigError,
+    DatabaseConfigError,
+    DatabaseUnavailable,
+    LockUnavailable,
+    QueryError,
+    StatementTimeout,
+)
 from notifyq.models import (
     Claim,
     GaugeReading,
@@ -88,6 +95,11 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _millis(seconds: float) -> str:
+    """A server setting in milliseconds; at least 1 (0 would turn the timeout off)."""
+    return str(max(1, round(seconds * 1000)))
+
+
 def map_error(exc: BaseException) -> BaseException:
     """The notifyq error for a driver error; anything that is not a driver error is returned as is."""
     if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):
@@ -98,6 +110,8 @@ def map_error(exc: BaseException) -> BaseException:
         return DatabaseConfigError(describe(exc))
     if isinstance(exc, TimeoutError | asyncpg.exceptions.QueryCanceledError):
         return StatementTimeout(f"statement timed out ({describe(exc)})")
+    if isinstance(exc, asyncpg.exceptions.LockNotAvailableError):
+        return LockUnavailable(describe(exc))
     if isinstance(exc, _UNAVAILABLE):
         return DatabaseUnavailable(describe(exc))
     if isinstance(exc, asyncpg.PostgresError):
@@ -152,9 +166,10 @@ class Store:
         application_name: str = "notifyq",
         synchronous_commit: bool = True,
         statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
     ) -> Store:
-        """`statement_timeout`: seconds, set on the server for this pool's sessions, over whatever the
-        DSN's options, the role or the database set (a startup setting outranks those)."""
+        """`statement_timeout` and `lock_timeout`: seconds, set on the server for this pool's sessions,
+        over whatever the DSN's options, the role or the database set (a startup setting outranks those)."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -170,8 +185,9 @@ class Store:
                     **(
                         {}
                         if statement_timeout is None
-                        else {"statement_timeout": str(max(1, round(statement_timeout * 1000)))}
+                        else {"statement_timeout": _millis(statement_timeout)}
                     ),
+                    **({} if lock_timeout is None else {"lock_timeout": _millis(lock_timeout)}),
                 },
                 reset=_light_reset,
             )

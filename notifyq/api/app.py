@@ -33,9 +33,10 @@ from notifyq.callbacks.lookup import LookupBusy
 from notifyq.callbacks.task import TASK as CALLBACK_TASK
 from notifyq.callbacks.task import Endpoint, PayloadError, parse
 from notifyq.config import QUEUE_PATTERN
-from notifyq.errors import DatabaseUnavailable, QueryError
+from notifyq.errors import DatabaseUnavailable, LockUnavailable, QueryError, StatementTimeout
 from notifyq.store import Store, decode_payload
 
+CONFLICT = "The job's state, a dedup key held elsewhere, or a row locked by another session (try again)."
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a 1 MiB payload as JSON text, escaped, with room for the rest
 MAX_DELAY_SECONDS = 10 * 365 * 86400.0
 EARLIEST = datetime(1, 1, 2, tzinfo=UTC)  # the jobs table's run_at range (migration 0004)
@@ -342,6 +343,7 @@ class Api:
         auth = Depends(self.authorize)
         errors: dict[int | str, dict[str, Any]] = {
             401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
+            409: {"model": Problem, "description": CONFLICT},
             413: {"model": Problem}, 422: {"model": Invalid}, 503: {"model": Problem},
         }  # fmt: skip
 
@@ -351,6 +353,11 @@ class Api:
         ) -> Response:
             try:
                 return await call_next(request)
+            except LockUnavailable:  # lock_timeout (server.py) ran out
+                said = "the row is locked by another session (an open transaction); try again"
+                return JSONResponse({"detail": said}, 409)
+            except StatementTimeout:
+                return JSONResponse({"detail": "the database did not answer in time; try again"}, 503)
             except (DatabaseUnavailable, OSError):
                 return JSONResponse({"detail": "the database is unavailable; try again"}, 503)
 
@@ -406,6 +413,8 @@ class Api:
             self._writes(token, schedule.queue)
             if len(name) > 200 or unstorable(name, "name"):
                 return invalid("name", "a schedule name is 1 to 200 characters, with no NUL")
+            if "\ufffd" in name:  # what the path decoder put for percent-escapes that are not UTF-8
+                return invalid("name", "the name in the path is not valid UTF-8 once its %-escapes are read")
             try:  # what only the parser can judge, judged here rather than left to fail at every pass
                 cron.parse(schedule.cron, schedule.timezone)
             except cron.CronError as exc:
@@ -458,8 +467,8 @@ class Api:
 
     async def _schedules_named(self, name: str) -> list[Any]:
         """The schedule so named, if any; a name no schedule can have (a NUL, an unpaired surrogate, over
-        200 characters) is simply not found."""
-        if len(name) > 200 or unstorable(name, "name"):
+        200 characters, bytes that were not UTF-8) is simply not found."""
+        if len(name) > 200 or unstorable(name, "name") or "\ufffd" in name:
             return []
         return list(await self.store.list_schedules(name))
 

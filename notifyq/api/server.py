@@ -27,6 +27,8 @@ from notifyq.errors import ConfigError
 from notifyq.store import Store
 
 POOL_SIZE = 4
+LOCK_SECONDS = 3.0
+STATEMENT_SECONDS = 15.0
 LOOKUP_SECONDS = 5.0
 LOOKUP_THREADS = 16  # the API's own: a flood of slow names through it leaves the callbacks' lookups alone
 
@@ -82,8 +84,15 @@ class ApiServer:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         sock = bind(self.settings.api_address)
+        # A row or table someone holds locked (an operator's open transaction) answers 409 within
+        # LOCK_SECONDS instead of holding one of the pool's few connections for the command timeout.
         store = await Store.open(
-            self.settings.dsn, max_size=POOL_SIZE, statement_cache_size=self.settings.statement_cache_size
+            self.settings.dsn,
+            max_size=POOL_SIZE,
+            statement_cache_size=self.settings.statement_cache_size,
+            application_name="notifyq-api",
+            lock_timeout=LOCK_SECONDS,
+            statement_timeout=STATEMENT_SECONDS,
         )
         try:
             api = Api(store, self.endpoints, self.check_callback_url)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +38,13 @@ from notifyq.errors import Discard, Retry, Snooze
 from notifyq.metrics import Metrics
 from notifyq.models import Job
 from notifyq.registry import Registry
+
+
+@dataclass(slots=True)
+class Answered:
+    """Whether the receiver answered over HTTP (set by the call, read by the metrics)."""
+
+    yes: bool = False
 
 
 def endpoints_from(settings: Settings) -> dict[str, Endpoint]:
@@ -80,31 +88,34 @@ class CallbackTask:
             raise Discard(str(exc)) from None
         host = urlsplit(call.url).hostname or ""
         began = time.perf_counter()
+        answered = Answered()
         try:
-            result = await self._call(job, call)
+            result = await self._call(job, call, answered)
         except Snooze:
-            self._count(host, "waited", began)
+            self._count(host, "waited", began, answered.yes)
             raise
         except Retry:
-            self._count(host, "retried", began)
+            self._count(host, "retried", began, answered.yes)
             raise
         except Discard as exc:
-            self._count(host, "refused" if exc.reason.startswith("refused:") else "failed", began)
+            outcome = "refused" if exc.reason.startswith("refused:") else "failed"
+            self._count(host, outcome, began, answered.yes)
             raise
-        self._count(host, "succeeded", began)
+        self._count(host, "succeeded", began, answered.yes)
         return result
 
-    def _count(self, host: str, outcome: str, began: float | None = None) -> None:
+    def _count(self, host: str, outcome: str, began: float | None = None, answered: bool = False) -> None:
         if self.metrics is None:
             return
-        # A refused host takes no label of its own: anyone may enqueue a URL, and 50 refused made-up hosts
-        # would fill every label before a real receiver was seen.
-        label = self.metrics.callback_host(host) if host and outcome != "refused" else "other"
+        # Only a host that answered over HTTP takes a label of its own (a configured endpoint's host has
+        # one from the start): anyone may enqueue a URL, and 50 made-up hosts that were refused or never
+        # resolved would fill every label before a real receiver was seen.
+        label = self.metrics.callback_host(host, new=answered) if host and outcome != "refused" else "other"
         self.metrics.callbacks_total.labels(label, outcome).inc()
         if began is not None and outcome != "refused":
             self.metrics.callback_seconds.labels(label).observe(time.perf_counter() - began)
 
-    async def _call(self, job: Job, call: Call) -> dict[str, Any]:
+    async def _call(self, job: Job, call: Call, answered: Answered) -> dict[str, Any]:
         if call.endpoint is not None and self.disabled is not None:
             reason = await self.disabled(call.endpoint)
             if reason is not None:
@@ -123,6 +134,7 @@ class CallbackTask:
             first = str(exc).splitlines()[0] if str(exc) else ""
             said = f"{type(exc).__name__} calling {where(call)}: {first}"
             raise Retry(said[:500], delay=backoff(job.attempt)) from None
+        answered.yes = True
         decision = decide(reply, job.attempt, call, job.snoozes)
         if decision.result is not None:
             return decision.result

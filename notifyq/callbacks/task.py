@@ -17,6 +17,7 @@ followed) and any other 4xx fail at once, saying why; 410 Gone also disables the
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Mapping
@@ -145,9 +146,26 @@ def _body(body: Any) -> tuple[bytes, str | None]:
     if isinstance(body, str):
         return body.encode(), "text/plain; charset=utf-8"
     try:
-        return orjson.dumps(body), "application/json"
+        sent = orjson.dumps(body)
     except TypeError as exc:  # an integer beyond 64 bits, nesting past orjson's limit
         raise PayloadError(f"body: cannot be sent as JSON: {exc}") from None
+    if _overflows(body):  # orjson would write null in its place: the receiver would get other data
+        raise PayloadError("body: a number beyond what a double holds (about 1.8e308) cannot be sent as JSON")
+    return sent, "application/json"
+
+
+def _overflows(value: Any) -> bool:
+    """Whether a decoded JSON value holds a number that became infinite (jsonb stores 1e400 exactly)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 @dataclass(frozen=True, slots=True)

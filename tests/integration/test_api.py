@@ -155,6 +155,9 @@ async def test_schedules_are_put_read_and_deleted(conn: asyncpg.Connection, db_d
                                 headers=writer)  # fmt: skip
         assert ssrf.status_code == 422 and "not a globally routable" in ssrf.text
         assert (await client.get("/v1/schedules/%00", headers=writer)).status_code == 404
+        not_utf8 = await client.put("/v1/schedules/s%ED%A0%80x", json={"cron": "* * * * *", "task": "work"},
+                                    headers=writer)  # fmt: skip
+        assert not_utf8.status_code == 422 and "not valid UTF-8" in not_utf8.text, not_utf8.text
         assert (await client.delete("/v1/schedules/nightly", headers=writer)).status_code == 204
         assert (await client.get("/v1/schedules/nightly", headers=writer)).status_code == 404
 
@@ -181,3 +184,18 @@ async def test_a_job_the_api_could_not_have_taken_is_still_shown(conn: asyncpg.C
     for command in (("jobs", "show", str(job_id)), ("schedules", "show", "deep"), ("schedules", "list", "--json")):
         shown_by_cli = cli(*command, "--dsn", db_dsn)  # the CLI shows it as text too, not a traceback
         assert shown_by_cli.returncode == 0 and "[[[" in shown_by_cli.stdout, (command, shown_by_cli.stderr[-500:])
+
+
+async def test_a_row_locked_by_another_session_is_a_409_not_a_stalled_api(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    writer = token(db_dsn, "w", "default", "--write")
+    job_id = await conn.fetchval("INSERT INTO notifyq.jobs (task) VALUES ('nobody') RETURNING id")
+    async with api(db_dsn) as (_, client):
+        async with conn.transaction():  # an operator's open transaction holding the row
+            await conn.execute("SELECT 1 FROM notifyq.jobs WHERE id = $1 FOR UPDATE", job_id)
+            locked = await client.post(f"/v1/jobs/{job_id}/cancel", headers=writer)
+            assert locked.status_code == 409 and "locked by another session" in locked.text, locked.text
+            # Reading is not held up by the lock.
+            assert (await client.get(f"/v1/jobs/{job_id}", headers=writer)).json()["state"] == "queued"
+        assert (await client.post(f"/v1/jobs/{job_id}/cancel", headers=writer)).json()["state"] == "cancelled"

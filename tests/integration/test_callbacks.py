@@ -70,6 +70,11 @@ async def test_a_callback_is_signed_and_its_answer_is_the_result(
         sample = daemon.metrics.registry.get_sample_value
         assert sample("notifyq_callbacks_total", {"host": "127.0.0.1", "outcome": "succeeded"}) == 1
         assert sample("notifyq_callback_duration_seconds_count", {"host": "127.0.0.1"}) == 1
+        # A host that never answered (no such name) takes no label: made-up names cannot use them up.
+        unknown = await callback(conn, {"url": "http://made-up-host.invalid/x", "timeout_seconds": 3})
+        assert (await settled(conn, unknown))["state"] == "queued"
+        assert sample("notifyq_callbacks_total", {"host": "made-up-host.invalid", "outcome": "retried"}) is None
+        assert sample("notifyq_callbacks_total", {"host": "other", "outcome": "retried"}) == 1
 
 
 async def test_an_endpoint_brings_its_url_headers_and_secret(
