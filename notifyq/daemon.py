@@ -100,6 +100,9 @@ class Daemon:
     """`notifyq serve`: one process, one root task group."""
 
     def __init__(self, settings: Settings, registry: Registry) -> None:
+        # `notifyq dev` adds SIGHUP (its terminal closed): a signal the loop handles stops the daemon
+        # gracefully, where a Python handler's exception lands wherever the loop happened to be.
+        self.stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
         # Every daemon serves the built-in callback task, with or without an app of its own.
         self.callbacks = CallbackTask(settings, f"notifyq/{notifyq_version()}")
         if registry.get(CALLBACK_TASK) is None:
@@ -471,7 +474,7 @@ class Daemon:
         return line
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(*self.stop_signals) as signals:
             async for signum in signals:
                 self._log.info(
                     "signal_received",

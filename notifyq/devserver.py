@@ -180,9 +180,9 @@ def run_dev(*, data_dir: str | None, port: int, app: str, demo_jobs: int, echo: 
             f"VALUES ('{example}', '{{}}')\""
         )
         echo("notifyq dev: Ctrl-C to stop")
-        anyio.run(
-            _dev_main, settings, Daemon(settings, registry), module, demo_jobs, backend_options=loop_options()
-        )
+        daemon = Daemon(settings, registry)
+        daemon.stop_signals += (signal.SIGHUP,)
+        anyio.run(_dev_main, settings, daemon, module, demo_jobs, backend_options=loop_options())
     finally:
         stopping = True
         # The daemon's SIGTERM handling ends with it (asyncio restores the default, which would kill us

@@ -20,8 +20,9 @@ from tests.support import DaemonProcess, wait_for
 
 pytestmark = pytest.mark.timeout(900)  # --soak runs minutes per scenario
 # Rescue runs every half lease in each daemon; a lease of 2 s is rescued within 1 s of expiring, plus
-# the time a loaded 2-core machine takes to get round to it.
-RESCUE_WITHIN = 3.0
+# the time a loaded 2-core machine takes to get round to it (the suite runs on two workers: 3.08 s was
+# seen once with a third process busy beside them).
+RESCUE_WITHIN = 4.0
 RETENTION = 1.0
 
 

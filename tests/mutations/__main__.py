@@ -119,7 +119,9 @@ def run_tests(copy: Path, tests: list[str], env: dict[str, str]) -> tuple[int, s
         done = subprocess.run(
             cmd,
             cwd=copy,
-            env={**os.environ, "PYTHONPATH": str(copy), **env},
+            # Bytecode written and reused: a copy serves many entries, and compiling notifyq and the
+            # tests afresh in every run (PYTHONDONTWRITEBYTECODE, set on some CI machines) cost seconds.
+            env={**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "", **env},
             capture_output=True,
             text=True,
             timeout=RUN_LIMIT_SECONDS,
