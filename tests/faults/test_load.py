@@ -1,4 +1,4 @@
-"""Load-shaped faults: a deep backlog (1,000,000 jobs with --soak, 200,000 in CI), and a snapshot held
+"""Load-shaped faults: a deep backlog (1,000,000 jobs with --soak, 100,000 in CI), and a snapshot held
 open while jobs churn."""
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ async def test_deep_backlog_flat_memory_and_fast_claims(
     conn: asyncpg.Connection, db_dsn: str, tmp_path: Path, soak: bool
 ) -> None:
     await checker.install(conn)
-    # 200,000 in CI: deep enough that a plan reading the backlog would show (the plan assertion below)
+    # 100,000 in CI: deep enough that a plan reading the backlog would show (the plan assertion below)
     # and memory would grow with it; the million, 40 s of insert and check, is the soak's.
-    backlog = 1_000_000 if soak else 200_000
+    backlog = 1_000_000 if soak else 100_000
     t0 = time.monotonic()
     await conn.execute(
         "INSERT INTO notifyq.jobs (task) SELECT 'rec.noop' FROM generate_series(1, $1)", backlog, timeout=300
@@ -87,7 +87,7 @@ async def test_deep_backlog_flat_memory_and_fast_claims(
         await d.wait_event("daemon_ready", timeout=30)
         started = time.monotonic()
         start_left = await conn.fetchval("SELECT count(*) FROM notifyq.jobs WHERE state = 'queued'")
-        window = 600 if soak else 10
+        window = 600 if soak else 6
         while time.monotonic() - started < window:
             rss.append(rss_mb(d.pid))
             await anyio.sleep(1)
@@ -101,7 +101,7 @@ async def test_deep_backlog_flat_memory_and_fast_claims(
         d.close()
     drained = start_left - left
     # The backlog is not drained in CI's window: every job is checked, none need have finished.
-    report = await checker.check(conn, offered, checker.Report("backlog_1m" if soak else "backlog_200k"), finish_all=False)
+    report = await checker.check(conn, offered, checker.Report("backlog_1m" if soak else "backlog_100k"), finish_all=False)
     warm = rss[3:] or rss
     report.figures |= {
         "backlog": backlog,

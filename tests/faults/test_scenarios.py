@@ -72,7 +72,7 @@ def assert_clean(report: checker.Report) -> None:
 async def test_repeated_sigkill_during_a_run(
     db: asyncpg.Connection, db_dsn: str, tmp_path: Path, fleets: list[Fleet], soak: bool
 ) -> None:
-    jobs, kills = (50_000, 200) if soak else (5_000, 20)
+    jobs, kills = (50_000, 200) if soak else (3_000, 12)
     fleet = Fleet(db_dsn, tmp_path, 3, concurrency=10, lease_seconds=2, poll_interval_seconds=1)
     fleets.append(fleet)
     await fleet.ready()
@@ -110,7 +110,7 @@ async def test_repeated_sigkill_during_a_run(
 async def test_pool_connections_killed_mid_claim_and_completion(
     db: asyncpg.Connection, db_dsn: str, tmp_path: Path, fleets: list[Fleet], soak: bool
 ) -> None:
-    jobs = 20_000 if soak else 3_000
+    jobs = 20_000 if soak else 2_000
     fleet = Fleet(
         db_dsn,
         tmp_path,
@@ -124,7 +124,7 @@ async def test_pool_connections_killed_mid_claim_and_completion(
     await fleet.ready()
     ids = await offer(db, jobs, payload='{"seconds": 0.005}')
     killed = 0
-    for _ in range(400 if soak else 60):
+    for _ in range(400 if soak else 40):
         killed += await db.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE application_name = 'notifyq' AND datname = current_database()"

@@ -1,7 +1,7 @@
 """Periodic jobs under SIGKILL: four daemons on two every-second schedules, one of them killed and
 restarted every few seconds; every tick must be made exactly once, none missing, none doubled.
 
-CI runs 10 seconds; `--soak` runs the two minutes the closing figures come from."""
+CI runs 6 seconds; `--soak` runs the two minutes the closing figures come from."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ SCHEDULES = ("every-second", "every-second-plain")
 async def test_four_daemons_with_sigkills_make_every_tick_once(
     conn: asyncpg.Connection, db_dsn: str, tmp_path: Path, daemons: list[DaemonProcess], soak: bool
 ) -> None:
-    seconds = 120 if soak else 10
+    seconds = 120 if soak else 6
     rng = random.Random(14)
     for _ in range(4):
         spawn(daemons, tmp_path, db_dsn, app=APP, concurrency=4)

@@ -21,7 +21,7 @@ the model, which checks the invariants:
   counted) and fails a started job that crashed before and is out of attempts; an attempt is given back
   only if it was counted.
 
-`NOTIFYQ_STATE_MACHINE_EXAMPLES` sets the number of examples (100 in the suite, 1,000 with --soak; the
+`NOTIFYQ_STATE_MACHINE_EXAMPLES` sets the number of examples (60 in the suite, 1,000 with --soak; the
 mutation gate runs 40), and
 `NOTIFYQ_STATE_MACHINE_SHRINK=0` skips shrinking a failure.
 """
@@ -558,7 +558,7 @@ def test_job_lifecycle_state_machine(db_dsn: str, soak: bool) -> None:
     # only the verdict, and shrinking can take Hypothesis's limit of five minutes.
     no_shrink = os.environ.get("NOTIFYQ_STATE_MACHINE_SHRINK") == "0"
     machine = settings(
-        max_examples=int(examples) if examples else 1000 if soak else 100,
+        max_examples=int(examples) if examples else 1000 if soak else 60,
         stateful_step_count=100 if soak else 50,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],

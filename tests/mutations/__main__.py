@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shard",
         metavar="K/N",
-        help="run every N-th entry from the K-th (0 <= K < N): CI runs one third of the gate per commit,"
+        help="run every N-th entry from the K-th (0 <= K < N): CI runs a quarter of the gate per commit,"
         " rotating with the commit, to stay within its time budget",
     )
     args = parser.parse_args(argv)
