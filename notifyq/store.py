@@ -563,7 +563,10 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
     try:
         payload = decode_payload(r["payload"])
     except (ValueError, RecursionError) as exc:  # nested deeper than Python's recursion limit, not UTF-8
-        error = type(exc).__name__
+        # Its type says it for these two; another ValueError (an integer past Python's 4,300 digits)
+        # needs its message.
+        plain = isinstance(exc, RecursionError | UnicodeDecodeError)
+        error = type(exc).__name__ if plain else f"{type(exc).__name__}: {str(exc)[:200]}"
     job = Job(
         id=r["id"],
         queue=r["queue"],

@@ -74,8 +74,8 @@ class ApiServer:
         host = check_url(url)
         try:
             found = await self.resolver.addresses(host, None, LOOKUP_SECONDS)
-        except TimeoutError:
-            raise Refused(f"cannot resolve {host}: no answer within {LOOKUP_SECONDS:g} s") from None
+        except TimeoutError:  # a slow DNS server, perhaps for a moment: the client may try again
+            raise LookupBusy(f"no answer for {host} within {LOOKUP_SECONDS:g} s") from None
         except LookupBusy:
             raise
         except OSError as exc:

@@ -8,6 +8,7 @@ anything but those outcomes, whatever the payload or the receiver does.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import httpx
 from notifyq import logs
 from notifyq.callbacks import signing
 from notifyq.callbacks.addresses import Allowed, Refused
+from notifyq.callbacks.lookup import LookupBusy
 from notifyq.callbacks.sender import Sender
 from notifyq.callbacks.task import (
     DEFAULT_MAX_ATTEMPTS,
@@ -38,6 +40,10 @@ from notifyq.errors import Discard, Retry, Snooze
 from notifyq.metrics import Metrics
 from notifyq.models import Job
 from notifyq.registry import Registry
+
+# A callback whose lookup found every lookup thread busy waits this long (up to twice, spread) without
+# spending an attempt.
+LOOKUP_BUSY_WAIT = 10.0
 
 
 @dataclass(slots=True)
@@ -131,6 +137,8 @@ class CallbackTask:
             said = f"no complete answer from {where(call)} within {call.timeout:g} s"
             raise Retry(said, delay=backoff(job.attempt)) from None
         except Exception as exc:  # connection errors, a failed lookup: the receiver may be back later
+            if _lookups_busy(exc):  # other producers' slow names, not this receiver: no attempt spent
+                raise Snooze(LOOKUP_BUSY_WAIT * (1 + random.random())) from None
             first = str(exc).splitlines()[0] if str(exc) else ""
             said = f"{type(exc).__name__} calling {where(call)}: {first}"
             raise Retry(said[:500], delay=backoff(job.attempt)) from None
@@ -155,6 +163,18 @@ class CallbackTask:
         keys = endpoint.keys if endpoint is not None and endpoint.keys else self.keys
         signed = signing.headers(keys, str(job.id), int(time.time()), call.body)
         return {"user-agent": self.user_agent, **call.headers, **signed}
+
+
+def _lookups_busy(exc: BaseException) -> bool:
+    """Whether `exc` is, or was raised from, a lookup refused because too many were under way."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # httpx may wrap what the network backend raised
+        if seen is None:
+            return False
+        if isinstance(seen, LookupBusy):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def install(registry: Registry, task: CallbackTask) -> None:

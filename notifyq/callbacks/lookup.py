@@ -66,15 +66,23 @@ class Resolver:
             error: BaseException | None = None
             try:
                 infos = self._getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except Exception as exc:  # handed to the waiting task, which raises it
-                error = exc
+            except BaseException as exc:  # handed to the waiting task, which raises it
+                # A future cannot hold StopIteration, and what is not an Exception must not end the
+                # loop: both become an OSError saying what the lookup raised.
+                plain = isinstance(exc, Exception) and not isinstance(exc, StopIteration)
+                error = exc if plain else OSError(f"the lookup of {host} raised {exc!r}")
             finally:
                 with self._lock:
                     self._running -= 1
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(settle, infos, error)
 
-        threading.Thread(target=look_up, name="notifyq-lookup", daemon=True).start()
+        try:
+            threading.Thread(target=look_up, name="notifyq-lookup", daemon=True).start()
+        except BaseException:  # no thread (the process's limit): this lookup never ran
+            with self._lock:
+                self._running -= 1
+            raise
         with anyio.fail_after(seconds):
             infos = await answer
         return list(dict.fromkeys(str(info[4][0]) for info in infos))

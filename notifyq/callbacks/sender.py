@@ -57,6 +57,10 @@ def check_url(url: str) -> str:
         raise Refused("url: credentials in the URL are refused; send them as a header of an endpoint")
     if port == 0:
         raise Refused("url: port 0")
+    try:  # an empty label (a..b) or one over 63 characters: no lookup can take it, ever
+        parts.hostname.encode("idna")
+    except UnicodeError as exc:
+        raise Refused(f"url: host {parts.hostname[:100]!r}: {exc}") from None
     return parts.hostname
 
 

@@ -17,6 +17,7 @@ followed) and any other 4xx fail at once, saying why; 410 Gone also disables the
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -145,13 +146,18 @@ def _body(body: Any) -> tuple[bytes, str | None]:
         return b"", None
     if isinstance(body, str):
         return body.encode(), "text/plain; charset=utf-8"
-    try:
-        sent = orjson.dumps(body)
-    except TypeError as exc:  # an integer beyond 64 bits, nesting past orjson's limit
-        raise PayloadError(f"body: cannot be sent as JSON: {exc}") from None
     if _overflows(body):  # orjson would write null in its place: the receiver would get other data
         raise PayloadError("body: a number beyond what a double holds (about 1.8e308) cannot be sent as JSON")
-    return sent, "application/json"
+    try:
+        return orjson.dumps(body), "application/json"
+    except TypeError:  # an integer beyond 64 bits (jsonb keeps 1e20 as one), nesting past 254 levels
+        pass
+    try:  # the standard library writes any integer exactly, and nests as deep as Python recurses
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(), (
+            "application/json"
+        )
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PayloadError(f"body: cannot be sent as JSON: {type(exc).__name__}") from None
 
 
 def _overflows(value: Any) -> bool:

@@ -135,6 +135,8 @@ async def test_a_callback_from_a_url_is_made_and_sent(
         assert receiver.received[0].body == b'{"a":1}'
         refused = await client.post("/v1/callbacks", json={"url": "http://10.0.0.1/x"}, headers=writer)
         assert refused.status_code == 422 and "not a globally routable" in refused.text
+        no_label = await client.post("/v1/callbacks", json={"url": "http://a..example.com/"}, headers=writer)
+        assert no_label.status_code == 422 and "url: host" in no_label.text, no_label.text
         neither = await client.post("/v1/callbacks", json={"body": 1}, headers=writer)
         assert neither.status_code == 422
 

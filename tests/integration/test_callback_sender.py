@@ -81,6 +81,8 @@ async def test_what_the_rule_refuses_is_never_sent(url: str, receiver: Receiver)
         ("http:///nohost", "no host"),
         ("http://example.com:99999/", "url:"),
         ("http://\u24dbocalhost/", "url:"),  # a circled letter: urlsplit takes it, httpx does not
+        ("http://a..example.com/", "url: host"),  # an empty label: no lookup could ever take it
+        ("http://" + "a" * 64 + ".example.com/", "url: host"),  # a label over 63 characters
     ],
 )
 async def test_a_url_of_the_wrong_form_is_refused_before_any_lookup(sender: Sender, url: str, message: str) -> None:

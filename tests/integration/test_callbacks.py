@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from standardwebhooks import Webhook
 
+from notifyq.callbacks import sender as sender_module
 from notifyq.daemon import Daemon
 from notifyq.registry import Registry
 from tests.callback_receiver import Receiver, running_receiver
@@ -156,3 +157,16 @@ async def test_410_disables_the_endpoint_until_it_is_enabled(
     assert await conn.fetchval("SELECT count(*) FROM notifyq.disabled_endpoints") == 0
     again = cli("endpoints", "enable", "gone", "--dsn", db_dsn)
     assert again.returncode != 0 and "is not disabled" in again.stderr
+
+
+async def test_a_callback_that_finds_every_lookup_busy_waits_without_spending_an_attempt(
+    conn: asyncpg.Connection, db_dsn: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Other producers' slow names holding every lookup thread are not this receiver's fault.
+    monkeypatch.setattr(sender_module, "LOOKUP_THREADS", 0)
+    async with serving(db_dsn, receiver):
+        job_id = await callback(conn, {"url": receiver.url("/ok")})
+        row = await wait_for(
+            lambda: conn.fetchrow("SELECT * FROM notifyq.jobs WHERE id = $1 AND snoozes > 0", job_id), 10, "a wait"
+        )
+        assert row["state"] == "queued" and row["attempts"] == 0 and not receiver.received

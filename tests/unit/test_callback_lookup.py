@@ -73,3 +73,23 @@ async def test_a_failed_lookup_raises_its_own_error() -> None:
 async def _expect_timeout(resolver: Resolver, host: str) -> None:
     with pytest.raises(TimeoutError):
         await resolver.addresses(host, 443, 1.0)
+
+
+async def test_a_thread_that_cannot_start_leaks_no_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    resolver = Resolver(2, SlowDns())
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            await resolver.addresses("fine.example", 443, 5)
+    assert resolver.running == 0
+
+
+async def test_what_a_lookup_raises_beyond_exceptions_reaches_its_caller_as_an_oserror() -> None:
+    def odd(host: str, port: int | None, **kwargs: Any) -> list[tuple[Any, ...]]:
+        raise StopIteration  # a future cannot hold it
+
+    with pytest.raises(OSError, match="raised StopIteration"):
+        await Resolver(2, odd).addresses("x.example", 80, 5)
