@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
@@ -11,7 +10,7 @@ import orjson
 from notifyq import migrate
 from notifyq.config import Settings
 from notifyq.stats import Overview, summarize
-from notifyq.store import Store, decode_payload
+from notifyq.store import Store, presentable
 
 
 async def gather(settings: Settings) -> Overview:
@@ -187,15 +186,14 @@ async def job_detail(settings: Settings, job_id: int) -> str | None:
 
 def document(row: dict[str, Any], stored: tuple[str, ...], *, indent: bool = False) -> str:
     """A row as JSON for the CLI, its `stored` columns (JSON text from jsonb) as JSON values, or as the
-    text they are stored as when they cannot be: SQL producers may nest a payload deeper than Python's
-    recursion limit or orjson's (255 levels)."""
+    text they are stored as when they cannot be (store.presentable)."""
     option = orjson.OPT_INDENT_2 if indent else 0
     doc = dict(row)
     for key in stored:
         if doc[key] is not None:
-            with contextlib.suppress(ValueError, RecursionError):
-                doc[key] = decode_payload(doc[key])
+            value, text = presentable(doc[key])
+            doc[key] = value if text is None else text
     try:
         return orjson.dumps(doc, default=str, option=option).decode()
-    except orjson.JSONEncodeError:
+    except orjson.JSONEncodeError:  # an integer past 64 bits, which orjson does not write
         return orjson.dumps(row, default=str, option=option).decode()

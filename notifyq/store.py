@@ -586,6 +586,35 @@ def _claim_from_row(r: asyncpg.Record) -> Claim:
     )
 
 
+PRESENTABLE_DEPTH = 64  # levels of nested JSON shown back as JSON; what SQL nested deeper, as text
+
+
+def presentable(text: str | bytes) -> tuple[Any, str | None]:
+    """Stored JSON (a payload, a result) for showing: (value, None), or (None, its text) when it cannot be
+    decoded or nests deeper than PRESENTABLE_DEPTH. SQL producers are not held to the API's depth limit,
+    and JSON encoders give up a few hundred levels down (orjson at 255)."""
+    try:
+        value = decode_payload(text)
+    except (RecursionError, ValueError):
+        pass
+    else:
+        if _depth_within(value, PRESENTABLE_DEPTH):
+            return value, None
+    return None, text if isinstance(text, str) else text.decode("utf-8", "replace")
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return True
+
+
 def decode_payload(text: str | bytes) -> Any:
     """JSON text from jsonb to Python, exactly. orjson is fast but turns integers beyond 64 bits into
     floats and refuses numbers beyond a double (1e400), both valid jsonb; any text with a 19-digit run

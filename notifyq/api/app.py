@@ -34,7 +34,7 @@ from notifyq.callbacks.task import TASK as CALLBACK_TASK
 from notifyq.callbacks.task import Endpoint, PayloadError, parse
 from notifyq.config import QUEUE_PATTERN
 from notifyq.errors import DatabaseUnavailable, LockUnavailable, QueryError, StatementTimeout
-from notifyq.store import Store, decode_payload
+from notifyq.store import PRESENTABLE_DEPTH, Store, presentable
 
 CONFLICT = "The job's state, a dedup key held elsewhere, or a row locked by another session (try again)."
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a 1 MiB payload as JSON text, escaped, with room for the rest
@@ -44,7 +44,7 @@ LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 _FIELD = re.compile(r"notifyq\.(?:jobs|schedules)\.(\w+)")
 
 
-MAX_DEPTH = 64  # of nested JSON in a payload: deeper ones could be stored but not read back as JSON
+MAX_DEPTH = PRESENTABLE_DEPTH  # of nested JSON in a payload: deeper ones are shown back only as text
 
 
 def unstorable(value: Any, path: str, depth: int = 0) -> str | None:
@@ -72,19 +72,6 @@ def unstorable(value: Any, path: str, depth: int = 0) -> str | None:
             if found:
                 return found
     return None
-
-
-def presentable(text: str | bytes) -> tuple[Any, str | None]:
-    """Stored JSON as (value, None), or as (None, its text) when the API could not have taken it: SQL
-    producers are not held to MAX_DEPTH, and nesting past a few hundred levels breaks JSON encoders."""
-    try:
-        value = decode_payload(text)
-    except (RecursionError, ValueError):
-        value = None
-    else:
-        if unstorable(value, "") is None:
-            return value, None
-    return None, text if isinstance(text, str) else text.decode("utf-8", "replace")
 
 
 class Storable(BaseModel):
